@@ -1,0 +1,442 @@
+"""Routed-batch cost model: time, FLOPs, bytes and energy of one decoder layer, per operator.
+
+Pure functions of (hardware, architecture, execution settings, routed batch). A *routed batch* is a
+set of sequences in one layer launch: how many new tokens each brings (`new_tokens`), how many KV
+entries the layer already holds for it (`context_tokens`) and how many of the new tokens visit the
+layer (`visiting_tokens`). Arrays may carry leading dimensions (e.g. layers, routing steps), so many
+launches are costed in one numpy call; results have shape `(len(OPS), *leading)`.
+
+Each operator is a roofline: max(FLOPs / achievable FLOP/s, bytes / achievable bytes/s) plus a launch
+overhead, with GEMM rows and columns padded to the library's output tile. A layer's weights are read
+once per launch whenever any token needs them, however many do. What a skipped token does to the
+layer's KV cache (`kv_policy`) decides which rows each operator processes:
+
+- ``none``: skipped tokens write no K/V; later tokens attend only to the tokens that visited.
+- ``copy``: skipped tokens' K/V are projected from their current hidden state (CALM-style).
+- ``compute``: attention runs for every token, only the MLP is skipped (DLO's default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from radsim.arch import Arch
+from radsim.errors import ConfigError
+from radsim.hardware import Hardware
+from radsim.power import op_energy_J
+
+DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0}
+KV_POLICIES = ("none", "copy", "compute")
+OPS = (
+    "attn_norm",
+    "qkv",
+    "attention",
+    "o_proj",
+    "attn_allreduce",
+    "mlp_norm",
+    "mlp",
+    "mlp_allreduce",
+    "router",
+    "gather_scatter",
+)
+# Per-element work of a normalisation (mean of squares, rsqrt, scale, weight) and of the
+# activation (SiLU and the gating product), counted in vector-unit FLOPs.
+NORM_FLOPS_PER_ELEMENT = 5.0
+ACT_FLOPS_PER_ELEMENT = 5.0
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the model runs: dtype of weights and KV cache, tensor parallelism, KV policy, routing."""
+
+    dtype: str = "fp16"
+    tp: int = 1
+    kv_policy: str = "none"
+    routed: bool = False  # a router runs after every visit and visitors are gathered/scattered
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPE_BYTES:
+            raise ConfigError(
+                f"dtype '{self.dtype}' not supported; allowed: {', '.join(DTYPE_BYTES)}"
+            )
+        if self.kv_policy not in KV_POLICIES:
+            raise ConfigError(f"kv_policy '{self.kv_policy}'; allowed: {', '.join(KV_POLICIES)}")
+        if self.tp < 1:
+            raise ConfigError(f"tp must be >= 1, got {self.tp}")
+
+    @property
+    def weight_bytes(self) -> float:
+        """Bytes per weight element."""
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def act_bytes(self) -> float:
+        """Bytes per activation element: fp32 stays fp32, everything else keeps 16-bit activations."""
+        return 4.0 if self.dtype == "fp32" else 2.0
+
+    @property
+    def kv_bytes(self) -> float:
+        """Bytes per KV-cache element (the KV cache is stored in the model dtype)."""
+        return DTYPE_BYTES[self.dtype]
+
+    def gemm_peak_flops(self, hw: Hardware) -> float:
+        """Matrix peak used by the projections and the MLP."""
+        return hw.peak_flops(self.dtype)
+
+    def attention_peak_flops(self, hw: Hardware) -> float:
+        """Matrix peak used by attention: fp8 KV is dequantised and attention runs in 16-bit."""
+        return hw.peak_flops(
+            "fp32" if self.dtype == "fp32" else ("bf16" if self.dtype == "fp8" else self.dtype)
+        )
+
+
+@dataclass(frozen=True)
+class RoutedBatch:
+    """Sequences in one layer launch; arrays broadcast to (*leading, sequences)."""
+
+    new_tokens: np.ndarray
+    context_tokens: np.ndarray
+    visiting_tokens: np.ndarray
+
+    @classmethod
+    def of(cls, new_tokens, context_tokens, visiting_tokens=None) -> RoutedBatch:
+        """Build from array-likes; `visiting_tokens` defaults to every new token visiting."""
+        n = np.asarray(new_tokens, dtype=np.float64)
+        c = np.asarray(context_tokens, dtype=np.float64)
+        v = n if visiting_tokens is None else np.asarray(visiting_tokens, dtype=np.float64)
+        n, c, v = np.broadcast_arrays(n, c, v)
+        if (n < 0).any() or (c < 0).any() or (v < 0).any():
+            raise ConfigError("routed batch: token counts must be >= 0")
+        if (v > n).any():
+            raise ConfigError("routed batch: visiting_tokens cannot exceed new_tokens")
+        return cls(n, c, v)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Per-operator costs; every array has shape (len(ops), *leading)."""
+
+    ops: tuple[str, ...]
+    time_s: np.ndarray
+    compute_time_s: np.ndarray
+    memory_time_s: np.ndarray
+    flops: np.ndarray
+    weight_bytes: np.ndarray
+    kv_read_bytes: np.ndarray
+    kv_write_bytes: np.ndarray
+    act_bytes: np.ndarray
+    link_bytes: np.ndarray
+    launches: np.ndarray
+    energy_J: np.ndarray
+
+    @property
+    def bytes(self) -> np.ndarray:
+        """All DRAM traffic per operator."""
+        return self.weight_bytes + self.kv_read_bytes + self.kv_write_bytes + self.act_bytes
+
+    def total(self, name: str) -> np.ndarray:
+        """Sum of one field over operators, shape (*leading)."""
+        return getattr(self, name).sum(axis=0)
+
+    def op(self, name: str, field: str = "time_s") -> np.ndarray:
+        """One operator's row of one field."""
+        return getattr(self, field)[self.ops.index(name)]
+
+
+@dataclass(frozen=True)
+class _Op:
+    """One operator's totals over the batch (arrays of shape (*leading))."""
+
+    time_s: np.ndarray
+    compute_time_s: np.ndarray
+    memory_time_s: np.ndarray
+    flops: np.ndarray
+    weight_bytes: np.ndarray
+    kv_read_bytes: np.ndarray
+    kv_write_bytes: np.ndarray
+    act_bytes: np.ndarray
+    link_bytes: np.ndarray
+    launches: np.ndarray
+    peak_flops: float
+
+
+def _ceil_to(x: np.ndarray, tile: int) -> np.ndarray:
+    return np.ceil(x / tile) * tile
+
+
+def _roofline(hw: Hardware, flops_time, memory_bytes, runs, launches, **fields) -> _Op:
+    """Combine compute and memory time of an operator that runs `launches` kernels when `runs`."""
+    memory_time = memory_bytes / (hw.memory_bandwidth_Bps * hw.memory_efficiency)
+    time = np.where(
+        runs, np.maximum(flops_time, memory_time) + launches * hw.kernel_launch_overhead_s, 0.0
+    )
+    zero = np.zeros_like(time)
+    base = dict(
+        weight_bytes=zero, kv_read_bytes=zero, kv_write_bytes=zero, act_bytes=zero, link_bytes=zero
+    )
+    base.update(fields)
+    return _Op(
+        time_s=time,
+        compute_time_s=np.where(runs, flops_time, 0.0),
+        memory_time_s=np.where(runs, memory_time, 0.0),
+        launches=np.where(runs, launches, 0.0),
+        **base,
+    )
+
+
+def gemm(
+    hw: Hardware, peak_flops: float, rows, n: int, k: int, w_bytes: float, a_bytes: float
+) -> _Op:
+    """One GEMM launch: `rows` tokens (summed over the batch) times a (k x n) weight matrix."""
+    rows = np.asarray(rows, dtype=np.float64)
+    runs = rows > 0
+    flops = 2.0 * rows * n * k
+    padded = 2.0 * _ceil_to(rows, hw.gemm_tile_m) * _ceil_to(np.float64(n), hw.gemm_tile_n) * k
+    weight = np.where(runs, float(n) * k * w_bytes, 0.0)
+    act = rows * (k + n) * a_bytes
+    flops_time = padded / (peak_flops * hw.gemm_efficiency)
+    return _roofline(
+        hw,
+        flops_time,
+        weight + act,
+        runs,
+        1.0,
+        flops=flops,
+        weight_bytes=weight,
+        act_bytes=act,
+        peak_flops=peak_flops,
+    )
+
+
+def elementwise(
+    hw: Hardware, rows, width: float, flops_per_element: float, a_bytes: float, reads: float
+) -> _Op:
+    """A memory-bound elementwise kernel reading `reads` and writing one (rows x width) tensor."""
+    rows = np.asarray(rows, dtype=np.float64)
+    elements = rows * width
+    flops = elements * flops_per_element
+    act = elements * a_bytes * (reads + 1.0)
+    flops_time = flops / hw.fp32_dense_flops
+    return _roofline(
+        hw,
+        flops_time,
+        act,
+        rows > 0,
+        1.0,
+        flops=flops,
+        act_bytes=act,
+        peak_flops=hw.fp32_dense_flops,
+    )
+
+
+def allreduce(hw: Hardware, rows, width: int, a_bytes: float, tp: int) -> _Op:
+    """Ring all-reduce of a (rows x width) activation across `tp` devices."""
+    rows = np.asarray(rows, dtype=np.float64)
+    if tp == 1:
+        zero = np.zeros_like(rows)
+        return _roofline(hw, zero, zero, zero > 0, 0.0, flops=zero, peak_flops=hw.fp32_dense_flops)
+    message = rows * width * a_bytes
+    link = 2.0 * (tp - 1) / tp * message
+    link_time = link / hw.collective_bandwidth_Bps + 2.0 * (tp - 1) * hw.link_latency_s
+    # Each device reads its buffer and writes the reduced result: local DRAM traffic too.
+    act = 2.0 * message
+    flops = (tp - 1) / tp * rows * width
+    return _roofline(
+        hw,
+        link_time,
+        act,
+        rows > 0,
+        1.0,
+        flops=flops,
+        act_bytes=act,
+        link_bytes=link,
+        peak_flops=hw.fp32_dense_flops,
+    )
+
+
+def _rows(batch: RoutedBatch, kv_policy: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-sequence rows of attention (Q, O), of K/V projection and of the MLP."""
+    n, v = batch.new_tokens, batch.visiting_tokens
+    if kv_policy == "none":
+        return v, v, v
+    if kv_policy == "copy":
+        return v, n, v
+    return n, n, v
+
+
+def attention(hw: Hardware, arch: Arch, exe: Execution, batch: RoutedBatch, q_rows, kv_rows) -> _Op:
+    """Attention of the visiting queries over the layer's KV cache, with RoPE and the KV write.
+
+    Causal pairs per sequence: each query sees the held context and, on average, half of the
+    entries written in this launch. FLOPs are 4 x head_dim per (head, pair) for QK^T and PV; the
+    softmax's exponentials run on special-function units and do not overlap with the MMAs
+    (FlashAttention-2 schedule), so their time adds.
+    """
+    heads = arch.num_heads / exe.tp
+    kv_heads = np.ceil(arch.num_kv_heads / exe.tp)
+    c = batch.context_tokens
+    pairs = (q_rows * c + q_rows * (kv_rows + 1.0) / 2.0).sum(axis=-1)
+    pairs = np.where(q_rows.sum(axis=-1) > 0, pairs, 0.0)
+    peak = exe.attention_peak_flops(hw)
+    flops = 4.0 * heads * arch.head_dim * pairs
+    flops_time = flops / (peak * hw.gemm_efficiency) + heads * pairs / hw.exp_ops_per_s
+    held = np.where(q_rows > 0, c + kv_rows, 0.0).sum(axis=-1)
+    entry = 2.0 * kv_heads * arch.head_dim * exe.kv_bytes
+    kv_read = held * entry
+    kv_write = kv_rows.sum(axis=-1) * entry
+    # Q is read and O written; the new K/V come from the projection output (read once, RoPE'd).
+    act = (
+        q_rows.sum(axis=-1) * 2.0 * heads * arch.head_dim * exe.act_bytes
+        + kv_rows.sum(axis=-1) * entry
+    )
+    runs = kv_rows.sum(axis=-1) > 0
+    return _roofline(
+        hw,
+        flops_time,
+        kv_read + kv_write + act,
+        runs,
+        1.0,
+        flops=flops,
+        kv_read_bytes=kv_read,
+        kv_write_bytes=kv_write,
+        act_bytes=act,
+        peak_flops=peak,
+    )
+
+
+def layer_cost(hw: Hardware, arch: Arch, exe: Execution, batch: RoutedBatch) -> Cost:
+    """Cost of one decoder layer launch for a routed batch, per operator in `OPS` order."""
+    _check_tp(arch, exe)
+    d, tp = arch.hidden_size, exe.tp
+    ab, wb = exe.act_bytes, exe.weight_bytes
+    peak = exe.gemm_peak_flops(hw)
+    q, kv, mlp_rows = _rows(batch, exe.kv_policy)
+    q_tot, kv_tot, mlp_tot = q.sum(axis=-1), kv.sum(axis=-1), mlp_rows.sum(axis=-1)
+    q_width, kv_width = arch.q_width // tp, int(np.ceil(arch.num_kv_heads / tp)) * arch.head_dim
+    ffn = arch.ffn_size // tp
+    up_width = ffn * (2 if arch.ffn_kind == "swiglu" else 1)
+    ops = [
+        elementwise(hw, kv_tot, d, NORM_FLOPS_PER_ELEMENT, ab, reads=2.0),
+        _fused_qkv(hw, peak, q_tot, kv_tot, d, q_width, kv_width, wb, ab),
+        attention(hw, arch, exe, batch, q, kv),
+        gemm(hw, peak, q_tot, d, q_width, wb, ab),
+        allreduce(hw, q_tot, d, ab, tp),
+        elementwise(hw, mlp_tot, d, NORM_FLOPS_PER_ELEMENT, ab, reads=2.0),
+        _mlp(hw, peak, mlp_tot, d, ffn, up_width, arch.ffn_kind, wb, ab),
+        allreduce(hw, mlp_tot, d, ab, tp),
+        _router(hw, arch, exe, batch.visiting_tokens.sum(axis=-1)),
+        _gather_scatter(hw, arch, exe, batch.visiting_tokens.sum(axis=-1)),
+    ]
+    return stack_ops(hw, OPS, ops)
+
+
+def _check_tp(arch: Arch, exe: Execution) -> None:
+    if arch.num_heads % exe.tp or arch.ffn_size % exe.tp:
+        raise ConfigError(
+            f"tp={exe.tp} must divide num_heads ({arch.num_heads}) and ffn_size ({arch.ffn_size}) "
+            f"of {arch.name}"
+        )
+
+
+def _fused_qkv(hw, peak, q_rows, kv_rows, d, q_width, kv_width, wb, ab) -> _Op:
+    """Q, K and V projections as one launch; K/V may serve more rows than Q (copy/compute policies)."""
+    tm, tn = hw.gemm_tile_m, hw.gemm_tile_n
+    kv_out = 2 * kv_width
+    flops = 2.0 * d * (q_rows * q_width + kv_rows * kv_out)
+    fused = _ceil_to(kv_rows, tm) * _ceil_to(np.float64(q_width + kv_out), tn)
+    split = _ceil_to(q_rows, tm) * _ceil_to(np.float64(q_width), tn) + _ceil_to(
+        kv_rows, tm
+    ) * _ceil_to(np.float64(kv_out), tn)
+    padded = 2.0 * d * np.where(q_rows == kv_rows, fused, split)
+    weight = d * wb * (q_width * (q_rows > 0) + kv_out * (kv_rows > 0))
+    act = ab * (np.maximum(q_rows, kv_rows) * d + q_rows * q_width + kv_rows * kv_out)
+    flops_time = padded / (peak * hw.gemm_efficiency)
+    return _roofline(
+        hw,
+        flops_time,
+        weight + act,
+        (q_rows > 0) | (kv_rows > 0),
+        1.0,
+        flops=flops,
+        weight_bytes=weight,
+        act_bytes=act,
+        peak_flops=peak,
+    )
+
+
+def _mlp(hw, peak, rows, d, ffn, up_width, ffn_kind, wb, ab) -> _Op:
+    """Up (and gate) projection, activation, down projection: three launches."""
+    act_reads = 2.0 if ffn_kind == "swiglu" else 1.0
+    parts = [
+        gemm(hw, peak, rows, up_width, d, wb, ab),
+        elementwise(hw, rows, ffn, ACT_FLOPS_PER_ELEMENT, ab, reads=act_reads),
+        gemm(hw, peak, rows, d, ffn, wb, ab),
+    ]
+    return _sum(parts)
+
+
+def _router(hw: Hardware, arch: Arch, exe: Execution, visitors) -> _Op:
+    """Router after a visit: a (d x layers+1) GEMM on the visitors plus a softmax/argmax kernel."""
+    if not exe.routed:
+        return _idle(visitors)
+    choices = arch.num_layers + 1
+    peak = exe.gemm_peak_flops(hw) if exe.dtype != "fp8" else exe.attention_peak_flops(hw)
+    logits = gemm(hw, peak, visitors, choices, arch.hidden_size, exe.act_bytes, exe.act_bytes)
+    pick = elementwise(hw, visitors, choices, NORM_FLOPS_PER_ELEMENT, 4.0, reads=1.0)
+    return _sum([logits, pick])
+
+
+def _gather_scatter(hw: Hardware, arch: Arch, exe: Execution, visitors) -> _Op:
+    """Gather visitors' hidden states into a dense block and scatter results back: two launches."""
+    if not exe.routed:
+        return _idle(visitors)
+    copy = elementwise(hw, visitors, arch.hidden_size, 0.0, exe.act_bytes, reads=1.0)
+    return _sum([copy, copy])
+
+
+def _idle(rows) -> _Op:
+    zero = np.zeros_like(np.asarray(rows, dtype=np.float64))
+    return _Op(zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, 1.0)
+
+
+def _sum(parts: list[_Op]) -> _Op:
+    """Sequential kernels: every field adds up."""
+    total = {f: sum(getattr(p, f) for p in parts) for f in _ADDITIVE}
+    return _Op(**total, peak_flops=parts[0].peak_flops)
+
+
+_ADDITIVE = (
+    "time_s",
+    "compute_time_s",
+    "memory_time_s",
+    "flops",
+    "weight_bytes",
+    "kv_read_bytes",
+    "kv_write_bytes",
+    "act_bytes",
+    "link_bytes",
+    "launches",
+)
+
+
+def stack_ops(hw: Hardware, names: tuple[str, ...], ops: list[_Op]) -> Cost:
+    """Stack operators' totals into a `Cost` and price their energy."""
+    fields = {
+        f: np.stack([np.broadcast_to(getattr(o, f), np.shape(ops[0].time_s)) for o in ops])
+        for f in _ADDITIVE
+    }
+    bytes_ = (
+        fields["weight_bytes"]
+        + fields["kv_read_bytes"]
+        + fields["kv_write_bytes"]
+        + fields["act_bytes"]
+    )
+    peaks = np.array([o.peak_flops for o in ops]).reshape(
+        (-1,) + (1,) * (fields["time_s"].ndim - 1)
+    )
+    energy = op_energy_J(
+        hw, fields["time_s"], fields["flops"], peaks, bytes_ + fields["link_bytes"]
+    )
+    return Cost(ops=names, **fields, energy_J=energy)
