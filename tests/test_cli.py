@@ -1,0 +1,78 @@
+"""The command line: registries, estimate output and errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from radsim.cli import main
+
+ESTIMATE_KEYS = {
+    "ttft_s", "tpot_s", "e2e_s", "output_tokens_per_s", "peak_memory_bytes", "avg_power_W",
+    "energy_J_per_output_token", "cost_usd_per_Mtok",
+}
+
+
+def test_hw_list_and_show(capsys):
+    assert main(["hw", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("h100_sxm", "h200_sxm", "a100_sxm_80gb", "l40s", "mi300x"):
+        assert name in out
+    assert main(["hw", "show", "h100_sxm"]) == 0
+    out = capsys.readouterr().out
+    assert "memory_bandwidth_Bps" in out and "bf16_dense_flops" in out
+
+
+def test_unknown_hw_lists_valid(capsys):
+    assert main(["hw", "show", "h1000"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown hardware 'h1000'" in err and "h100_sxm" in err
+
+
+def test_arch_list_and_show(capsys):
+    assert main(["arch", "list"]) == 0
+    assert "llama3.1-8b" in capsys.readouterr().out
+    assert main(["arch", "show", "smollm2-135m"]) == 0
+    assert "134,515,008" in capsys.readouterr().out
+
+
+def test_estimate_json(capsys):
+    args = ["estimate", "--hw", "h100_sxm", "--arch", "llama2-7b", "--dtype", "fp16", "--batch", "8",
+            "--prompt", "512", "--output", "16", "--tp", "2", "--depth-fraction", "0.6", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert ESTIMATE_KEYS <= set(result)
+    assert result["tp"] == 2 and result["depth_fraction"] == 0.6 and result["layers_visited_per_token"] == 19
+    assert all(result[k] > 0 for k in ESTIMATE_KEYS)
+
+
+def test_estimate_table(capsys):
+    assert main(["estimate", "--hw", "a100_sxm_80gb", "--arch", "llama2-7b", "--output", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "time to first token" in out and "cost per 1M output tokens" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--hw", "h100_sxm", "--arch", "llama2-70b"], "does not fit"),
+        (["--hw", "a100_sxm_80gb", "--arch", "llama2-7b", "--dtype", "fp8"], "no dense fp8"),
+        (["--hw", "h100_sxm", "--arch", "llama2-7b", "--tp", "3"], "tp=3"),
+        (["--hw", "h100_sxm", "--arch", "nope"], "unknown architecture"),
+    ],
+)
+def test_estimate_errors(capsys, args, message):
+    assert main(["estimate", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    done = subprocess.run(
+        [sys.executable, "-m", "radsim.cli", "estimate", "--hw", "l40s", "--arch", "smollm2-135m", "--json",
+         "--output", "4"],
+        capture_output=True, text=True, check=True,
+    )
+    assert json.loads(done.stdout)["hw"] == "l40s"

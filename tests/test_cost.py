@@ -1,0 +1,168 @@
+"""Cost model: hand-counted FLOPs and bytes, roofline regimes, weight reads, monotonicity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from radsim.arch import load_arch
+from radsim.cost import KV_POLICIES, OPS, Execution, RoutedBatch, layer_cost
+from radsim.errors import ConfigError
+from radsim.hardware import load_hardware
+from radsim.step import step_cost
+
+FP16 = Execution(dtype="fp16")
+
+
+def _hand_batch() -> RoutedBatch:
+    # Sequence 0 prefills 3 tokens from scratch; sequence 1 decodes 1 token after 5 held entries.
+    return RoutedBatch.of([3, 1], [0, 5])
+
+
+def test_hand_counted_flops(toy_gpu, tiny_arch):
+    cost = layer_cost(toy_gpu, tiny_arch, FP16, _hand_batch())
+    flops = dict(zip(OPS, cost.flops, strict=True))
+    assert flops["qkv"] == 2 * 4 * (64 + 2 * 32) * 64  # 4 rows x (Q 64 + K,V 2x32) x d 64
+    # causal pairs: seq0 3*(3+1)/2 = 6, seq1 5 + 1 = 6; 4 flops per head_dim per head per pair
+    assert flops["attention"] == 4 * 4 * 16 * 12
+    assert flops["o_proj"] == 2 * 4 * 64 * 64
+    assert flops["mlp"] == 2 * 4 * 256 * 64 + 2 * 4 * 64 * 128 + 5 * 4 * 128
+    assert flops["attn_norm"] == flops["mlp_norm"] == 5 * 4 * 64
+    assert flops["router"] == flops["gather_scatter"] == flops["attn_allreduce"] == 0
+
+
+def test_hand_counted_bytes(toy_gpu, tiny_arch):
+    cost = layer_cost(toy_gpu, tiny_arch, FP16, _hand_batch())
+    weight = dict(zip(OPS, cost.weight_bytes, strict=True))
+    assert weight["qkv"] == 64 * 128 * 2
+    assert weight["o_proj"] == 64 * 64 * 2
+    assert weight["mlp"] == (64 * 256 + 128 * 64) * 2
+    attn = OPS.index("attention")
+    entry = 2 * 2 * 16 * 2  # K and V, 2 heads of 16, fp16
+    assert cost.kv_read_bytes[attn] == (3 + 6) * entry  # seq0 reads its 3 new, seq1 5 held + 1 new
+    assert cost.kv_write_bytes[attn] == 4 * entry
+    assert cost.kv_read_bytes.sum() == cost.kv_read_bytes[attn]
+    # qkv activations: input read once (4 x 64) and outputs written (4 x 128), fp16
+    assert cost.act_bytes[OPS.index("qkv")] == (4 * 64 + 4 * 128) * 2
+
+
+def test_hand_computed_time_and_energy(toy_gpu, tiny_arch):
+    cost = layer_cost(toy_gpu, tiny_arch, FP16, _hand_batch())
+    o = OPS.index("o_proj")
+    # memory: (8192 weight + 4*(64+64)*2 act) bytes at 1e12 B/s x 0.5; compute 2*16*64*64 padded
+    memory_s = (8192 + 1024) / 0.5e12
+    compute_s = 2 * 16 * 64 * 64 / 50e12
+    assert cost.memory_time_s[o] == pytest.approx(memory_s)
+    assert cost.compute_time_s[o] == pytest.approx(compute_s)
+    assert cost.time_s[o] == pytest.approx(memory_s + 1e-6)
+    energy = 100 * cost.time_s[o] + 400 * (2 * 4 * 64 * 64) / 50e12 + 1e-10 * (8192 + 1024)
+    assert cost.energy_J[o] == pytest.approx(energy)
+
+
+def test_decode_memory_bound_and_prefill_compute_bound_on_h100():
+    hw, arch = load_hardware("h100_sxm"), load_arch("llama2-7b")
+    layers = arch.num_layers
+    decode = step_cost(hw, arch, FP16, np.ones(1), np.full((layers, 1), 512.0), np.ones((layers, 1)), 1)
+    gemms = [OPS.index(name) for name in ("qkv", "o_proj", "mlp")]
+    assert (decode.layers.memory_time_s[gemms] > decode.layers.compute_time_s[gemms]).all()
+    assert decode.compute_bound_fraction == 0.0
+    prompt = np.full(4, 2048.0)
+    prefill = step_cost(hw, arch, FP16, prompt, np.zeros((layers, 4)), np.tile(prompt, (layers, 1)), 4)
+    assert (prefill.layers.compute_time_s[gemms] > prefill.layers.memory_time_s[gemms]).all()
+    assert prefill.compute_bound_fraction > 0.9
+
+
+@pytest.mark.parametrize("visitors", [1, 7, 64, 512])
+def test_weights_read_once_per_launch(visitors):
+    hw, arch = load_hardware("h100_sxm"), load_arch("llama2-7b")
+    batch = RoutedBatch.of(np.full(512, 1.0), np.full(512, 100.0), (np.arange(512) < visitors) * 1.0)
+    cost = layer_cost(hw, arch, Execution("fp16", routed=True), batch)
+    router = arch.hidden_size * (arch.num_layers + 1)  # the router's own (d x layers+1) weights
+    assert cost.weight_bytes.sum() == (arch.attn_params + arch.mlp_params + router) * 2
+
+
+def test_layer_nobody_visits_costs_nothing(toy_gpu, tiny_arch):
+    batch = RoutedBatch.of([4, 1], [10, 10], [0, 0])
+    cost = layer_cost(toy_gpu, tiny_arch, Execution("fp16", kv_policy="none", routed=True), batch)
+    assert cost.time_s.sum() == 0 and cost.weight_bytes.sum() == 0 and cost.energy_J.sum() == 0
+
+
+def test_kv_policies_order_the_work(toy_gpu, tiny_arch):
+    batch = RoutedBatch.of([8, 8], [32, 32], [2, 0])
+    times = {p: layer_cost(toy_gpu, tiny_arch, Execution("fp16", kv_policy=p, routed=True), batch) for p in KV_POLICIES}
+    kv_written = {p: c.kv_write_bytes.sum() for p, c in times.items()}
+    assert kv_written["none"] < kv_written["copy"] == kv_written["compute"]
+    attn = {p: c.op("attention", "flops") for p, c in times.items()}
+    assert attn["none"] < attn["compute"] and attn["copy"] < attn["compute"]
+    assert times["none"].op("mlp", "flops") == times["compute"].op("mlp", "flops")
+
+
+def test_tensor_parallel_adds_two_allreduces_and_splits_weights():
+    hw, arch = load_hardware("h100_sxm"), load_arch("llama2-7b")
+    batch = RoutedBatch.of(np.ones(8), np.full(8, 256.0))
+    one = layer_cost(hw, arch, Execution("fp16", tp=1), batch)
+    two = layer_cost(hw, arch, Execution("fp16", tp=2), batch)
+    assert one.link_bytes.sum() == 0
+    message = 8 * arch.hidden_size * 2
+    assert two.op("attn_allreduce", "link_bytes") == pytest.approx(message)  # 2(n-1)/n = 1 at n=2
+    assert two.op("mlp_allreduce", "link_bytes") == pytest.approx(message)
+    assert two.weight_bytes.sum() == pytest.approx(one.weight_bytes.sum() / 2)
+    with pytest.raises(ConfigError, match="tp=3"):
+        layer_cost(hw, arch, Execution("fp16", tp=3), batch)
+
+
+def test_leading_axes_vectorise(toy_gpu, tiny_arch):
+    new = np.array([5.0, 1.0, 1.0])
+    context = np.array([[0.0, 10, 20], [0, 4, 8]])
+    visits = np.array([[5.0, 1, 0], [2, 0, 1]])
+    together = layer_cost(toy_gpu, tiny_arch, FP16, RoutedBatch.of(new, context, visits))
+    for i in range(2):
+        alone = layer_cost(toy_gpu, tiny_arch, FP16, RoutedBatch.of(new, context[i], visits[i]))
+        np.testing.assert_allclose(together.time_s[:, i], alone.time_s)
+
+
+def test_rejects_bad_batches():
+    with pytest.raises(ConfigError, match="visiting_tokens"):
+        RoutedBatch.of([1], [0], [2])
+    with pytest.raises(ConfigError, match=">= 0"):
+        RoutedBatch.of([-1], [0])
+    with pytest.raises(ConfigError, match="allowed"):
+        Execution(dtype="int4")
+
+
+_seqs = st.lists(
+    st.tuples(st.integers(0, 300), st.integers(0, 3000), st.floats(0, 1)), min_size=1, max_size=6
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seqs=_seqs,
+    grow=st.sampled_from(["new", "visit", "context", "append"]),
+    index=st.integers(0, 5),
+    amount=st.integers(1, 200),
+    policy=st.sampled_from(KV_POLICIES),
+    routed=st.booleans(),
+    hw_name=st.sampled_from(["h100_sxm", "a100_sxm_80gb", "epyc_9655"]),
+)
+def test_time_never_decreases_when_tokens_are_added(seqs, grow, index, amount, policy, routed, hw_name):
+    hw, arch = load_hardware(hw_name), load_arch("llama3.1-8b")
+    exe = Execution("bf16", kv_policy=policy, routed=routed)
+    new = np.array([s[0] for s in seqs], dtype=float)
+    ctx = np.array([s[1] for s in seqs], dtype=float)
+    vis = np.floor(new * np.array([s[2] for s in seqs]))
+    before = layer_cost(hw, arch, exe, RoutedBatch.of(new, ctx, vis)).time_s.sum()
+    i = index % len(seqs)
+    if grow == "new":
+        new[i] += amount
+    elif grow == "visit":
+        new[i] += amount
+        vis[i] += amount
+    elif grow == "context":
+        ctx[i] += amount
+    else:
+        new, ctx, vis = np.append(new, amount), np.append(ctx, 0), np.append(vis, amount)
+    after = layer_cost(hw, arch, exe, RoutedBatch.of(new, ctx, vis)).time_s.sum()
+    assert after >= before

@@ -1,0 +1,112 @@
+"""Static batch estimate: phases, dynamic depth, memory, determinism."""
+
+from __future__ import annotations
+
+import pytest
+
+from radsim.arch import load_arch
+from radsim.cost import Execution
+from radsim.errors import ConfigError
+from radsim.estimate import Workload, estimate
+from radsim.hardware import load_hardware
+from radsim.memory import kv_entry_bytes, weights_bytes
+
+
+@pytest.fixture(scope="module")
+def h100():
+    return load_hardware("h100_sxm")
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return load_arch("llama2-7b")
+
+
+def run(hw, arch, batch=8, prompt=512, output=32, depth=1.0, dtype="fp16", tp=1, policy="none", seed=0):
+    exe = Execution(dtype=dtype, tp=tp, kv_policy=policy)
+    return estimate(hw, arch, exe, Workload(batch, prompt, output, depth_fraction=depth, seed=seed))
+
+
+def test_identities(h100, llama):
+    r = run(h100, llama)
+    assert r["e2e_s"] == pytest.approx(r["ttft_s"] + 31 * r["tpot_s"])
+    assert r["output_tokens_per_s"] == pytest.approx(8 * 32 / r["e2e_s"])
+    assert r["energy_J_per_output_token"] == pytest.approx(r["energy_J"] / (8 * 32))
+    assert r["avg_power_W"] == pytest.approx(r["energy_J"] / r["e2e_s"])
+    assert h100.idle_power_W < r["avg_power_W"] <= h100.max_power_W
+    rental = h100.price_usd_per_hour * r["e2e_s"] / 3600
+    assert r["cost_usd"] == pytest.approx(rental + r["energy_J"] / 3.6e6 * r["electricity_usd_per_kWh"])
+
+
+def test_memory_accounting(h100, llama):
+    r = run(h100, llama, batch=4, prompt=100, output=11)
+    exe = Execution("fp16")
+    assert r["weights_bytes"] == pytest.approx(weights_bytes(llama, exe))
+    assert r["kv_cache_bytes"] == pytest.approx(4 * 110 * 32 * kv_entry_bytes(llama, exe))
+    assert r["peak_memory_bytes"] == pytest.approx(r["weights_bytes"] + r["kv_cache_bytes"] + r["activation_bytes"])
+
+
+def test_decode_is_weight_bound_so_batching_is_nearly_free(h100, llama):
+    # short contexts: weights dominate the bytes of a step (llama2-7b has no GQA, so long
+    # contexts make the KV cache dominate instead)
+    one, many = run(h100, llama, batch=1, prompt=64), run(h100, llama, batch=32, prompt=64)
+    assert many["tpot_s"] < 1.3 * one["tpot_s"]
+    assert many["output_tokens_per_s"] > 20 * one["output_tokens_per_s"]
+
+
+def test_dynamic_depth_saves_less_as_decode_batches_grow(h100, llama):
+    # short contexts, so that weight reads (not KV reads, which do shrink with depth) dominate
+    def saving(batch):
+        full = run(h100, llama, batch=batch, prompt=16, output=16)
+        half = run(h100, llama, batch=batch, prompt=16, output=16, depth=0.5)
+        return 1 - half["tpot_s"] / full["tpot_s"]
+
+    small, large = saving(1), saving(64)
+    assert small > 0.3  # one token skips half the layers: half the weights are not read
+    assert large < 0.05  # 64 tokens between them visit every layer: weights read anyway
+
+
+def test_dynamic_depth_saves_prefill_compute_and_kv_memory(h100, llama):
+    full = run(h100, llama, batch=8, prompt=2048, output=4)
+    half = run(h100, llama, batch=8, prompt=2048, output=4, depth=0.5)
+    assert half["ttft_s"] < 0.6 * full["ttft_s"]
+    assert half["kv_cache_bytes"] == pytest.approx(full["kv_cache_bytes"] / 2)
+    copy = run(h100, llama, batch=8, prompt=2048, output=4, depth=0.5, policy="copy")
+    assert copy["kv_cache_bytes"] == pytest.approx(full["kv_cache_bytes"])
+
+
+def test_same_seed_same_numbers_other_seed_differs(h100, llama):
+    a = run(h100, llama, depth=0.6, seed=3)
+    b = run(h100, llama, depth=0.6, seed=3)
+    c = run(h100, llama, depth=0.6, seed=4)
+    assert a == b
+    assert a["ttft_s"] != c["ttft_s"]
+
+
+def test_tensor_parallel_halves_weights_and_doubles_devices(h100, llama):
+    one, two = run(h100, llama), run(h100, llama, tp=2)
+    assert two["weights_bytes"] == pytest.approx(one["weights_bytes"] / 2)
+    assert two["devices"] == 2 and two["tpot_s"] < one["tpot_s"]
+
+
+def test_out_of_memory_says_how_much(h100):
+    with pytest.raises(ConfigError, match=r"does not fit on h100_sxm: needs \d+\.\d+ GB"):
+        run(h100, load_arch("llama2-70b"), batch=1, prompt=128, output=2)
+
+
+def test_fp8_needs_a_device_with_fp8(llama):
+    with pytest.raises(ConfigError, match="no dense fp8 throughput"):
+        run(load_hardware("a100_sxm_80gb"), llama, dtype="fp8")
+    h100 = load_hardware("h100_sxm")
+    fp8, fp16 = run(h100, llama, dtype="fp8"), run(h100, llama)
+    assert fp8["weights_bytes"] == pytest.approx(fp16["weights_bytes"] / 2)
+    assert fp8["tpot_s"] < fp16["tpot_s"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"batch": 0}, "--batch"), ({"depth": 0.0}, "depth-fraction"), ({"depth": 1.2}, "depth-fraction")],
+)
+def test_bad_workload(h100, llama, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        run(h100, llama, **kwargs)
