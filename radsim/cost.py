@@ -423,10 +423,8 @@ _ADDITIVE = (
 
 def stack_ops(hw: Hardware, names: tuple[str, ...], ops: list[_Op]) -> Cost:
     """Stack operators' totals into a `Cost` and price their energy."""
-    fields = {
-        f: np.stack([np.broadcast_to(getattr(o, f), np.shape(ops[0].time_s)) for o in ops])
-        for f in _ADDITIVE
-    }
+    # Every operator's arrays already have the launch shape (*leading); a plain stack suffices.
+    fields = {f: np.array([getattr(o, f) for o in ops], dtype=np.float64) for f in _ADDITIVE}
     bytes_ = (
         fields["weight_bytes"]
         + fields["kv_read_bytes"]
