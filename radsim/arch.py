@@ -102,11 +102,7 @@ class Arch:
     @property
     def lm_head_params(self) -> int:
         """Output projection parameters not shared with the embedding."""
-        return (
-            0
-            if self.tied_embeddings
-            else self.vocab_size * (self.embed_proj_dim or self.hidden_size)
-        )
+        return 0 if self.tied_embeddings else self.vocab_size * (self.embed_proj_dim or self.hidden_size)
 
     @property
     def total_params(self) -> int:

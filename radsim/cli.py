@@ -53,9 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 def _estimate_parser(sub) -> None:
     est = sub.add_parser("estimate", help="static batch estimate: prefill together, then decode")
     est.add_argument("--hw", required=True, help="hardware name (radsim hw list) or TOML path")
-    est.add_argument(
-        "--arch", required=True, help="architecture name (radsim arch list) or TOML path"
-    )
+    est.add_argument("--arch", required=True, help="architecture name (radsim arch list) or TOML path")
     est.add_argument("--dtype", default="fp16", choices=sorted(DTYPE_BYTES))
     est.add_argument("--batch", type=int, default=1)
     est.add_argument("--prompt", type=int, default=512, help="prompt tokens per request")
@@ -80,9 +78,7 @@ def _estimate_parser(sub) -> None:
         help="max tokens per prefill iteration (0: whole batch at once)",
     )
     est.add_argument("--seed", type=int, default=0)
-    est.add_argument(
-        "--electricity-usd-per-kwh", type=float, default=DEFAULT_ELECTRICITY_USD_PER_KWH
-    )
+    est.add_argument("--electricity-usd-per-kwh", type=float, default=DEFAULT_ELECTRICITY_USD_PER_KWH)
     est.add_argument("--json", action="store_true", help="print one JSON object")
     est.set_defaults(func=_estimate)
 
@@ -95,7 +91,8 @@ def _hw_list(args: argparse.Namespace) -> None:
         hw = load_hardware(name)
         bf16 = f"{hw.bf16_dense_flops / 1e12:.0f} TFLOP/s" if hw.bf16_dense_flops else "-"
         print(
-            f"{name:<16} {hw.memory_capacity_bytes / 2**30:>5.0f} GiB {hw.memory_bandwidth_Bps / 1e12:>7.2f} TB/s "
+            f"{name:<16} {hw.memory_capacity_bytes / 2**30:>5.0f} GiB "
+            f"{hw.memory_bandwidth_Bps / 1e12:>7.2f} TB/s "
             f"{bf16:>12} {hw.max_power_W:>5.0f} W ${hw.price_usd_per_hour:>5.2f}/h  {hw.name}"
         )
 
@@ -109,9 +106,7 @@ def _hw_show(args: argparse.Namespace) -> None:
 
 
 def _arch_list(args: argparse.Namespace) -> None:
-    print(
-        f"{'name':<14} {'params':>8} {'layers':>6} {'hidden':>6} {'heads':>5} {'kv':>3} {'ffn':>6}"
-    )
+    print(f"{'name':<14} {'params':>8} {'layers':>6} {'hidden':>6} {'heads':>5} {'kv':>3} {'ffn':>6}")
     for name in list_archs():
         a = load_arch(name)
         print(
@@ -168,12 +163,14 @@ def format_estimate(r: dict) -> str:
         ("prefill throughput", f"{r['prefill_tokens_per_s']:.0f} tokens/s"),
         (
             "compute-bound time",
-            f"prefill {r['prefill_compute_bound_fraction']:.0%}, decode {r['decode_compute_bound_fraction']:.0%}",
+            f"prefill {r['prefill_compute_bound_fraction']:.0%}, "
+            f"decode {r['decode_compute_bound_fraction']:.0%}",
         ),
         (
             "peak memory / device",
             f"{r['peak_memory_bytes'] / 1e9:.2f} GB of {r['memory_capacity_bytes'] / 1e9:.0f} GB "
-            f"(weights {r['weights_bytes'] / 1e9:.2f}, KV {r['kv_cache_bytes'] / 1e9:.2f}, activations {r['activation_bytes'] / 1e9:.2f})",
+            f"(weights {r['weights_bytes'] / 1e9:.2f}, KV {r['kv_cache_bytes'] / 1e9:.2f}, "
+            f"activations {r['activation_bytes'] / 1e9:.2f})",
         ),
         ("average power", f"{r['avg_power_W']:.0f} W (all devices)"),
         ("energy per output token", f"{r['energy_J_per_output_token']:.3f} J"),

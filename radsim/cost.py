@@ -58,9 +58,7 @@ class Execution:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_BYTES:
-            raise ConfigError(
-                f"dtype '{self.dtype}' not supported; allowed: {', '.join(DTYPE_BYTES)}"
-            )
+            raise ConfigError(f"dtype '{self.dtype}' not supported; allowed: {', '.join(DTYPE_BYTES)}")
         if self.kv_policy not in KV_POLICIES:
             raise ConfigError(f"kv_policy '{self.kv_policy}'; allowed: {', '.join(KV_POLICIES)}")
         if self.tp < 1:
@@ -169,13 +167,9 @@ def _ceil_to(x: np.ndarray, tile: int) -> np.ndarray:
 def _roofline(hw: Hardware, flops_time, memory_bytes, runs, launches, **fields) -> _Op:
     """Combine compute and memory time of an operator that runs `launches` kernels when `runs`."""
     memory_time = memory_bytes / (hw.memory_bandwidth_Bps * hw.memory_efficiency)
-    time = np.where(
-        runs, np.maximum(flops_time, memory_time) + launches * hw.kernel_launch_overhead_s, 0.0
-    )
+    time = np.where(runs, np.maximum(flops_time, memory_time) + launches * hw.kernel_launch_overhead_s, 0.0)
     zero = np.zeros_like(time)
-    base = dict(
-        weight_bytes=zero, kv_read_bytes=zero, kv_write_bytes=zero, act_bytes=zero, link_bytes=zero
-    )
+    base = dict(weight_bytes=zero, kv_read_bytes=zero, kv_write_bytes=zero, act_bytes=zero, link_bytes=zero)
     base.update(fields)
     return _Op(
         time_s=time,
@@ -186,9 +180,7 @@ def _roofline(hw: Hardware, flops_time, memory_bytes, runs, launches, **fields) 
     )
 
 
-def gemm(
-    hw: Hardware, peak_flops: float, rows, n: int, k: int, w_bytes: float, a_bytes: float
-) -> _Op:
+def gemm(hw: Hardware, peak_flops: float, rows, n: int, k: int, w_bytes: float, a_bytes: float) -> _Op:
     """One GEMM launch: `rows` tokens (summed over the batch) times a (k x n) weight matrix."""
     rows = np.asarray(rows, dtype=np.float64)
     runs = rows > 0
@@ -287,17 +279,16 @@ def attention(hw: Hardware, arch: Arch, exe: Execution, batch: RoutedBatch, q_ro
     kv_read = held * entry
     kv_write = kv_rows.sum(axis=-1) * entry
     # Q is read and O written; the new K/V come from the projection output (read once, RoPE'd).
-    act = (
-        q_rows.sum(axis=-1) * 2.0 * heads * arch.head_dim * exe.act_bytes
-        + kv_rows.sum(axis=-1) * entry
-    )
-    runs = kv_rows.sum(axis=-1) > 0
+    act = q_rows.sum(axis=-1) * 2.0 * heads * arch.head_dim * exe.act_bytes + kv_rows.sum(axis=-1) * entry
+    # Two launches: RoPE fused with the KV-cache write (whenever entries are written), then the
+    # attention kernel (whenever a query visits), as in vLLM's and TensorRT-LLM's decoders.
+    writes, queries = kv_rows.sum(axis=-1) > 0, q_rows.sum(axis=-1) > 0
     return _roofline(
         hw,
         flops_time,
         kv_read + kv_write + act,
-        runs,
-        1.0,
+        writes | queries,
+        writes * 1.0 + queries * 1.0,
         flops=flops,
         kv_read_bytes=kv_read,
         kv_write_bytes=kv_write,
@@ -346,9 +337,9 @@ def _fused_qkv(hw, peak, q_rows, kv_rows, d, q_width, kv_width, wb, ab) -> _Op:
     kv_out = 2 * kv_width
     flops = 2.0 * d * (q_rows * q_width + kv_rows * kv_out)
     fused = _ceil_to(kv_rows, tm) * _ceil_to(np.float64(q_width + kv_out), tn)
-    split = _ceil_to(q_rows, tm) * _ceil_to(np.float64(q_width), tn) + _ceil_to(
-        kv_rows, tm
-    ) * _ceil_to(np.float64(kv_out), tn)
+    split = _ceil_to(q_rows, tm) * _ceil_to(np.float64(q_width), tn) + _ceil_to(kv_rows, tm) * _ceil_to(
+        np.float64(kv_out), tn
+    )
     padded = 2.0 * d * np.where(q_rows == kv_rows, fused, split)
     weight = d * wb * (q_width * (q_rows > 0) + kv_out * (kv_rows > 0))
     act = ab * (np.maximum(q_rows, kv_rows) * d + q_rows * q_width + kv_rows * kv_out)
@@ -425,16 +416,7 @@ def stack_ops(hw: Hardware, names: tuple[str, ...], ops: list[_Op]) -> Cost:
     """Stack operators' totals into a `Cost` and price their energy."""
     # Every operator's arrays already have the launch shape (*leading); a plain stack suffices.
     fields = {f: np.array([getattr(o, f) for o in ops], dtype=np.float64) for f in _ADDITIVE}
-    bytes_ = (
-        fields["weight_bytes"]
-        + fields["kv_read_bytes"]
-        + fields["kv_write_bytes"]
-        + fields["act_bytes"]
-    )
-    peaks = np.array([o.peak_flops for o in ops]).reshape(
-        (-1,) + (1,) * (fields["time_s"].ndim - 1)
-    )
-    energy = op_energy_J(
-        hw, fields["time_s"], fields["flops"], peaks, bytes_ + fields["link_bytes"]
-    )
+    bytes_ = fields["weight_bytes"] + fields["kv_read_bytes"] + fields["kv_write_bytes"] + fields["act_bytes"]
+    peaks = np.array([o.peak_flops for o in ops]).reshape((-1,) + (1,) * (fields["time_s"].ndim - 1))
+    energy = op_energy_J(hw, fields["time_s"], fields["flops"], peaks, bytes_ + fields["link_bytes"])
     return Cost(ops=names, **fields, energy_J=energy)

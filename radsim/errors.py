@@ -1,4 +1,4 @@
-"""Errors radsim raises on bad input: each message names the file or option, the field and what was allowed."""
+"""Errors radsim raises on bad input: messages name the file or option, the field and what is allowed."""
 
 
 class ConfigError(ValueError):

@@ -86,9 +86,9 @@ def estimate(
     rng = np.random.default_rng(work.seed)
     held = np.zeros((arch.num_layers, work.batch))
     prefill, decode = _Totals(), _Totals()
-    for step, held in _prefill_steps(hw, arch, exe, work, k, rng, held):
+    for step in _prefill_steps(hw, arch, exe, work, k, rng, held):
         prefill.add(step)
-    for step, held in _decode_steps(hw, arch, exe, work, k, rng, held):
+    for step in _decode_steps(hw, arch, exe, work, k, rng, held):
         decode.add(step)
     return _metrics(hw, arch, exe, work, k, memory, prefill, decode, pricing)
 
@@ -110,7 +110,7 @@ def _chunk_tokens(work: Workload) -> int:
 
 
 def _prefill_steps(hw, arch, exe, work, k, rng, held):
-    """Yield (cost, KV entries held afterwards) for each prefill chunk."""
+    """Yield the cost of each prefill chunk; `held` (KV entries per layer and sequence) is updated."""
     total = work.batch * work.prompt_tokens
     chunk = _chunk_tokens(work)
     for start in range(0, total, chunk):
@@ -123,19 +123,18 @@ def _prefill_steps(hw, arch, exe, work, k, rng, held):
         np.add.at(visits.T, local, visits_mask)
         finishing = int(((positions + 1) % work.prompt_tokens == 0).sum())
         step = step_cost(hw, arch, exe, new, held[:, seqs], visits, finishing)
-        held = held.copy()
         held[:, seqs] += visits if exe.kv_policy == "none" else new[None, :]
-        yield step, held
+        yield step
 
 
 def _decode_steps(hw, arch, exe, work, k, rng, held):
-    """Yield (cost, KV entries held afterwards) for each decode step."""
+    """Yield the cost of each decode step; `held` (KV entries per layer and sequence) is updated."""
     new = np.ones(work.batch)
     for _ in range(work.output_tokens - 1):
         visits = random_layer_visits(rng, work.batch, arch.num_layers, k).T.astype(np.float64)
         step = step_cost(hw, arch, exe, new, held, visits, work.batch)
-        held = held + (visits if exe.kv_policy == "none" else 1.0)
-        yield step, held
+        held += visits if exe.kv_policy == "none" else 1.0
+        yield step
 
 
 def _metrics(hw, arch, exe, work, k, memory, prefill, decode, pricing) -> dict:
@@ -158,9 +157,7 @@ def _metrics(hw, arch, exe, work, k, memory, prefill, decode, pricing) -> dict:
         "prefill_steps": prefill.steps,
         "decode_steps": decode.steps,
         "prefill_compute_bound_fraction": prefill.bound_time_s / prefill.time_s,
-        "decode_compute_bound_fraction": (decode.bound_time_s / decode.time_s)
-        if decode.steps
-        else 0.0,
+        "decode_compute_bound_fraction": (decode.bound_time_s / decode.time_s) if decode.steps else 0.0,
         "flops_per_device": prefill.flops + decode.flops,
         "dram_bytes_per_device": prefill.bytes + decode.bytes,
         "peak_memory_bytes": memory.total_bytes,

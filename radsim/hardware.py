@@ -28,9 +28,7 @@ PEAK_KEYS: dict[str, str] = {
 KINDS = ("gpu", "cpu")
 VENDORS = ("nvidia", "amd", "intel")
 _TEXT_KEYS = ("name", "kind", "vendor")
-_OPTIONAL_FIGURES = {k for k in PEAK_KEYS.values() if k != "fp32_dense_flops"} | {
-    "scale_up_bandwidth_Bps"
-}
+_OPTIONAL_FIGURES = {k for k in PEAK_KEYS.values() if k != "fp32_dense_flops"} | {"scale_up_bandwidth_Bps"}
 _INTEGER_FIGURES = {"compute_units", "gemm_tile_m", "gemm_tile_n"}
 _FRACTIONS = {"gemm_efficiency", "memory_efficiency"}
 
@@ -96,9 +94,7 @@ class Hardware:
         return self.scale_up_bandwidth_Bps or self.pcie_bandwidth_Bps
 
 
-_FIGURE_KEYS = tuple(
-    f.name for f in fields(Hardware) if f.name not in (*_TEXT_KEYS, "stem", "sources")
-)
+_FIGURE_KEYS = tuple(f.name for f in fields(Hardware) if f.name not in (*_TEXT_KEYS, "stem", "sources"))
 
 
 def list_hardware(directory: Path | None = None) -> list[str]:
@@ -160,8 +156,7 @@ def _check_choice(value: str, allowed: tuple[str, ...], key: str, path: Path) ->
 def _figure(entry: Any, key: str, path: Path) -> tuple[float | int, str]:
     if not isinstance(entry, dict) or set(entry) != {"value", "source"}:
         raise ConfigError(
-            f"{path}: '{key}' must be an inline table {{value = ..., source = \"...\"}}, "
-            f"got {entry!r}"
+            f"{path}: '{key}' must be an inline table {{value = ..., source = \"...\"}}, got {entry!r}"
         )
     value, source = entry["value"], entry["source"]
     if not isinstance(source, str) or not source.strip():

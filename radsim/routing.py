@@ -14,9 +14,7 @@ def layers_for_fraction(num_layers: int, depth_fraction: float) -> int:
     return max(1, int(round(depth_fraction * num_layers)))
 
 
-def random_layer_visits(
-    rng: np.random.Generator, tokens: int, num_layers: int, k: int
-) -> np.ndarray:
+def random_layer_visits(rng: np.random.Generator, tokens: int, num_layers: int, k: int) -> np.ndarray:
     """A (tokens, num_layers) boolean mask where each token visits `k` layers chosen uniformly."""
     if k >= num_layers:
         return np.ones((tokens, num_layers), dtype=bool)

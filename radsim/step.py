@@ -64,18 +64,14 @@ class StepCost:
         return bound / self.time_s if self.time_s > 0 else 0.0
 
 
-def head_cost(
-    hw: Hardware, arch: Arch, exe: Execution, new_tokens: float, logit_rows: float
-) -> Cost:
+def head_cost(hw: Hardware, arch: Arch, exe: Execution, new_tokens: float, logit_rows: float) -> Cost:
     """Embedding lookup for every new token; final norm, LM head and sampling for `logit_rows`."""
     width = arch.embed_proj_dim or arch.hidden_size
     vocab = arch.vocab_size / exe.tp
     peak = exe.gemm_peak_flops(hw)
     ops = [
         elementwise(hw, new_tokens, arch.hidden_size, 0.0, exe.act_bytes, reads=1.0),
-        elementwise(
-            hw, logit_rows, arch.hidden_size, NORM_FLOPS_PER_ELEMENT, exe.act_bytes, reads=2.0
-        ),
+        elementwise(hw, logit_rows, arch.hidden_size, NORM_FLOPS_PER_ELEMENT, exe.act_bytes, reads=2.0),
         gemm(hw, peak, logit_rows, int(vocab), width, exe.weight_bytes, exe.act_bytes),
         elementwise(hw, logit_rows, vocab, SAMPLING_FLOPS_PER_LOGIT, 4.0, reads=1.0),
     ]

@@ -56,7 +56,7 @@ def test_unknown_arch_lists_valid():
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (("ffn_kind = \"swiglu\"", "ffn_kind = \"mish\""), "'ffn_kind' is 'mish'; allowed: swiglu, relu, gelu"),
+        (('ffn_kind = "swiglu"', 'ffn_kind = "mish"'), "'ffn_kind' is 'mish'; allowed: swiglu, relu, gelu"),
         (("num_layers = 30", "num_layers = 0"), "'num_layers' must be positive"),
         (("num_layers = 30", "num_layers = 3.5"), "'num_layers' must be an integer"),
         (("num_kv_heads = 3", "num_kv_heads = 2"), "multiple of 'num_kv_heads'"),

@@ -11,8 +11,14 @@ import pytest
 from radsim.cli import main
 
 ESTIMATE_KEYS = {
-    "ttft_s", "tpot_s", "e2e_s", "output_tokens_per_s", "peak_memory_bytes", "avg_power_W",
-    "energy_J_per_output_token", "cost_usd_per_Mtok",
+    "ttft_s",
+    "tpot_s",
+    "e2e_s",
+    "output_tokens_per_s",
+    "peak_memory_bytes",
+    "avg_power_W",
+    "energy_J_per_output_token",
+    "cost_usd_per_Mtok",
 }
 
 
@@ -40,8 +46,26 @@ def test_arch_list_and_show(capsys):
 
 
 def test_estimate_json(capsys):
-    args = ["estimate", "--hw", "h100_sxm", "--arch", "llama2-7b", "--dtype", "fp16", "--batch", "8",
-            "--prompt", "512", "--output", "16", "--tp", "2", "--depth-fraction", "0.6", "--json"]
+    args = [
+        "estimate",
+        "--hw",
+        "h100_sxm",
+        "--arch",
+        "llama2-7b",
+        "--dtype",
+        "fp16",
+        "--batch",
+        "8",
+        "--prompt",
+        "512",
+        "--output",
+        "16",
+        "--tp",
+        "2",
+        "--depth-fraction",
+        "0.6",
+        "--json",
+    ]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert ESTIMATE_KEYS <= set(result)
@@ -71,8 +95,21 @@ def test_estimate_errors(capsys, args, message):
 
 def test_console_script_runs():
     done = subprocess.run(
-        [sys.executable, "-m", "radsim.cli", "estimate", "--hw", "l40s", "--arch", "smollm2-135m", "--json",
-         "--output", "4"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "radsim.cli",
+            "estimate",
+            "--hw",
+            "l40s",
+            "--arch",
+            "smollm2-135m",
+            "--json",
+            "--output",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert json.loads(done.stdout)["hw"] == "l40s"

@@ -91,7 +91,10 @@ def test_layer_nobody_visits_costs_nothing(toy_gpu, tiny_arch):
 
 def test_kv_policies_order_the_work(toy_gpu, tiny_arch):
     batch = RoutedBatch.of([8, 8], [32, 32], [2, 0])
-    times = {p: layer_cost(toy_gpu, tiny_arch, Execution("fp16", kv_policy=p, routed=True), batch) for p in KV_POLICIES}
+    times = {
+        p: layer_cost(toy_gpu, tiny_arch, Execution("fp16", kv_policy=p, routed=True), batch)
+        for p in KV_POLICIES
+    }
     kv_written = {p: c.kv_write_bytes.sum() for p, c in times.items()}
     assert kv_written["none"] < kv_written["copy"] == kv_written["compute"]
     attn = {p: c.op("attention", "flops") for p, c in times.items()}

@@ -43,7 +43,9 @@ def test_memory_accounting(h100, llama):
     exe = Execution("fp16")
     assert r["weights_bytes"] == pytest.approx(weights_bytes(llama, exe))
     assert r["kv_cache_bytes"] == pytest.approx(4 * 110 * 32 * kv_entry_bytes(llama, exe))
-    assert r["peak_memory_bytes"] == pytest.approx(r["weights_bytes"] + r["kv_cache_bytes"] + r["activation_bytes"])
+    assert r["peak_memory_bytes"] == pytest.approx(
+        r["weights_bytes"] + r["kv_cache_bytes"] + r["activation_bytes"]
+    )
 
 
 def test_decode_is_weight_bound_so_batching_is_nearly_free(h100, llama):
