@@ -120,6 +120,7 @@ class Cost:
     time_s: np.ndarray
     compute_time_s: np.ndarray
     memory_time_s: np.ndarray
+    link_time_s: np.ndarray
     flops: np.ndarray
     weight_bytes: np.ndarray
     kv_read_bytes: np.ndarray
@@ -150,6 +151,7 @@ class _Op:
     time_s: np.ndarray
     compute_time_s: np.ndarray
     memory_time_s: np.ndarray
+    link_time_s: np.ndarray
     flops: np.ndarray
     weight_bytes: np.ndarray
     kv_read_bytes: np.ndarray
@@ -160,14 +162,20 @@ class _Op:
     peak_flops: float
 
 
+def zero_like(x) -> np.ndarray:
+    """Float zeros shaped like `x`."""
+    return np.zeros(np.shape(x))
+
+
 def _ceil_to(x: np.ndarray, tile: int) -> np.ndarray:
     return np.ceil(x / tile) * tile
 
 
-def _roofline(hw: Hardware, flops_time, memory_bytes, runs, launches, **fields) -> _Op:
-    """Combine compute and memory time of an operator that runs `launches` kernels when `runs`."""
+def _roofline(hw: Hardware, flops_time, memory_bytes, runs, launches, link_time=0.0, **fields) -> _Op:
+    """Combine compute, memory and link time of an operator that runs `launches` kernels when `runs`."""
     memory_time = memory_bytes / (hw.memory_bandwidth_Bps * hw.memory_efficiency)
-    time = np.where(runs, np.maximum(flops_time, memory_time) + launches * hw.kernel_launch_overhead_s, 0.0)
+    busy = np.maximum(np.maximum(flops_time, memory_time), link_time)
+    time = np.where(runs, busy + launches * hw.kernel_launch_overhead_s, 0.0)
     zero = np.zeros_like(time)
     base = dict(weight_bytes=zero, kv_read_bytes=zero, kv_write_bytes=zero, act_bytes=zero, link_bytes=zero)
     base.update(fields)
@@ -175,6 +183,7 @@ def _roofline(hw: Hardware, flops_time, memory_bytes, runs, launches, **fields) 
         time_s=time,
         compute_time_s=np.where(runs, flops_time, 0.0),
         memory_time_s=np.where(runs, memory_time, 0.0),
+        link_time_s=np.where(runs, link_time, 0.0),
         launches=np.where(runs, launches, 0.0),
         **base,
     )
@@ -224,23 +233,31 @@ def elementwise(
 
 
 def allreduce(hw: Hardware, rows, width: int, a_bytes: float, tp: int) -> _Op:
-    """Ring all-reduce of a (rows x width) activation across `tp` devices."""
+    """All-reduce of a (rows x width) activation across `tp` devices.
+
+    Every device sends and receives 2(n-1)/n of the message (reduce-scatter then all-gather). On a
+    scale-up fabric that links every pair of devices (NVSwitch, Infinity Fabric mesh) this takes two
+    latency steps (the "two-shot" algorithm of NCCL's NVLS and of vLLM/TensorRT-LLM custom
+    all-reduce); over PCIe a ring takes 2(n-1) steps.
+    """
     rows = np.asarray(rows, dtype=np.float64)
     if tp == 1:
         zero = np.zeros_like(rows)
         return _roofline(hw, zero, zero, zero > 0, 0.0, flops=zero, peak_flops=hw.fp32_dense_flops)
     message = rows * width * a_bytes
     link = 2.0 * (tp - 1) / tp * message
-    link_time = link / hw.collective_bandwidth_Bps + 2.0 * (tp - 1) * hw.link_latency_s
+    steps = 2.0 if hw.scale_up_bandwidth_Bps else 2.0 * (tp - 1)
+    link_time = link / hw.collective_bandwidth_Bps + steps * hw.link_latency_s
     # Each device reads its buffer and writes the reduced result: local DRAM traffic too.
     act = 2.0 * message
     flops = (tp - 1) / tp * rows * width
     return _roofline(
         hw,
-        link_time,
+        zero_like(rows),
         act,
         rows > 0,
         1.0,
+        link_time=link_time,
         flops=flops,
         act_bytes=act,
         link_bytes=link,
@@ -389,7 +406,7 @@ def _gather_scatter(hw: Hardware, arch: Arch, exe: Execution, visitors) -> _Op:
 
 def _idle(rows) -> _Op:
     zero = np.zeros_like(np.asarray(rows, dtype=np.float64))
-    return _Op(zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, 1.0)
+    return _Op(**dict.fromkeys(_ADDITIVE, zero), peak_flops=1.0)
 
 
 def _sum(parts: list[_Op]) -> _Op:
@@ -402,6 +419,7 @@ _ADDITIVE = (
     "time_s",
     "compute_time_s",
     "memory_time_s",
+    "link_time_s",
     "flops",
     "weight_bytes",
     "kv_read_bytes",

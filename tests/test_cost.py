@@ -169,3 +169,16 @@ def test_time_never_decreases_when_tokens_are_added(seqs, grow, index, amount, p
         new, ctx, vis = np.append(new, amount), np.append(ctx, 0), np.append(vis, amount)
     after = layer_cost(hw, arch, exe, RoutedBatch.of(new, ctx, vis)).time_s.sum()
     assert after >= before
+
+
+@pytest.mark.parametrize(("hw_name", "tp", "steps"), [("h100_sxm", 8, 2), ("l40s", 4, 6)])
+def test_allreduce_two_shot_on_scale_up_ring_over_pcie(hw_name, tp, steps):
+    hw, arch = load_hardware(hw_name), load_arch("llama3.1-8b")
+    cost = layer_cost(hw, arch, Execution("bf16", tp=tp), RoutedBatch.of(np.ones(16), np.full(16, 64.0)))
+    message = 16 * arch.hidden_size * 2
+    link_s = 2 * (tp - 1) / tp * message / hw.collective_bandwidth_Bps + steps * hw.link_latency_s
+    assert cost.op("mlp_allreduce", "link_time_s") == pytest.approx(link_s)
+    assert cost.op("mlp_allreduce", "compute_time_s") == 0
+    assert cost.op("mlp_allreduce") == pytest.approx(
+        max(link_s, cost.op("mlp_allreduce", "memory_time_s")) + hw.kernel_launch_overhead_s
+    )
