@@ -157,7 +157,10 @@ def format_estimate(r: dict) -> str:
             f"{r['layers_visited_per_token']} of {r['layers']} layers per token (kv policy {r['kv_policy']})",
         ),
         ("time to first token", f"{r['ttft_s'] * 1e3:.2f} ms"),
-        ("time per output token", f"{r['tpot_s'] * 1e3:.3f} ms"),
+        (
+            "time per output token",
+            "n/a (one output token)" if r["tpot_s"] is None else f"{r['tpot_s'] * 1e3:.3f} ms",
+        ),
         ("end to end", f"{r['e2e_s']:.3f} s"),
         ("output throughput", f"{r['output_tokens_per_s']:.1f} tokens/s"),
         ("prefill throughput", f"{r['prefill_tokens_per_s']:.0f} tokens/s"),

@@ -77,6 +77,11 @@ def estimate(
     k = layers_for_fraction(arch.num_layers, work.depth_fraction)
     if exe.routed != (k < arch.num_layers):
         exe = Execution(exe.dtype, exe.tp, exe.kv_policy, routed=k < arch.num_layers)
+    length = work.prompt_tokens + work.output_tokens
+    if length > arch.max_position_embeddings:
+        raise ConfigError(
+            f"{arch.name} has {arch.max_position_embeddings} positions; --prompt + --output = {length}"
+        )
     memory = _memory(arch, exe, work, k)
     check_fits(
         hw,
@@ -150,7 +155,8 @@ def _metrics(hw, arch, exe, work, k, memory, prefill, decode, pricing) -> dict:
         "layers": arch.num_layers,
         "layers_visited_per_token": k,
         "ttft_s": prefill.time_s,
-        "tpot_s": decode.time_s / decode.steps if decode.steps else 0.0,
+        # One output token means no decode step: there is no time per output token to report.
+        "tpot_s": decode.time_s / decode.steps if decode.steps else None,
         "e2e_s": e2e,
         "output_tokens_per_s": out_tokens / e2e,
         "prefill_tokens_per_s": work.batch * work.prompt_tokens / prefill.time_s,

@@ -112,3 +112,26 @@ def test_fp8_needs_a_device_with_fp8(llama):
 def test_bad_workload(h100, llama, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         run(h100, llama, **kwargs)
+
+
+def test_one_output_token_has_no_decode_step(h100, llama):
+    r = run(h100, llama, batch=2, prompt=64, output=1)
+    assert r["tpot_s"] is None and r["decode_steps"] == 0 and r["e2e_s"] == r["ttft_s"]
+
+
+def test_longer_than_the_model_allows(h100, llama):
+    with pytest.raises(ConfigError, match="4096 positions"):
+        run(h100, llama, batch=1, prompt=4000, output=200)
+
+
+def test_prefill_chunking_changes_steps_not_work(h100, llama):
+    exe = Execution("fp16")
+    whole = estimate(h100, llama, exe, Workload(4, 1000, 2, prefill_chunk=0))
+    chunked = estimate(h100, llama, exe, Workload(4, 1000, 2, prefill_chunk=512))
+    assert whole["prefill_steps"] == 1 and chunked["prefill_steps"] == 8
+    # causal attention to earlier chunks through the KV cache: exactly the same FLOPs, but the
+    # weights are read once per chunk
+    assert chunked["flops_per_device"] == pytest.approx(whole["flops_per_device"], rel=1e-12)
+    assert chunked["dram_bytes_per_device"] > whole["dram_bytes_per_device"]
+    assert chunked["ttft_s"] > whole["ttft_s"]
+    assert chunked["activation_bytes"] < whole["activation_bytes"]
