@@ -25,7 +25,18 @@ import numpy as np
 from radsim.arch import Arch
 from radsim.errors import ConfigError
 from radsim.hardware import Hardware
-from radsim.power import op_energy_J
+from radsim.kernels import (
+    Cost,
+    KernelCost,
+    allreduce,
+    ceil_to,
+    elementwise,
+    gemm,
+    idle,
+    roofline,
+    stack_ops,
+    sum_kernels,
+)
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0}
 KV_POLICIES = ("none", "copy", "compute")
@@ -112,159 +123,6 @@ class RoutedBatch:
         return cls(n, c, v)
 
 
-@dataclass(frozen=True)
-class Cost:
-    """Per-operator costs; every array has shape (len(ops), *leading)."""
-
-    ops: tuple[str, ...]
-    time_s: np.ndarray
-    compute_time_s: np.ndarray
-    memory_time_s: np.ndarray
-    link_time_s: np.ndarray
-    flops: np.ndarray
-    weight_bytes: np.ndarray
-    kv_read_bytes: np.ndarray
-    kv_write_bytes: np.ndarray
-    act_bytes: np.ndarray
-    link_bytes: np.ndarray
-    launches: np.ndarray
-    energy_J: np.ndarray
-
-    @property
-    def bytes(self) -> np.ndarray:
-        """All DRAM traffic per operator."""
-        return self.weight_bytes + self.kv_read_bytes + self.kv_write_bytes + self.act_bytes
-
-    def total(self, name: str) -> np.ndarray:
-        """Sum of one field over operators, shape (*leading)."""
-        return getattr(self, name).sum(axis=0)
-
-    def op(self, name: str, field: str = "time_s") -> np.ndarray:
-        """One operator's row of one field."""
-        return getattr(self, field)[self.ops.index(name)]
-
-
-@dataclass(frozen=True)
-class _Op:
-    """One operator's totals over the batch (arrays of shape (*leading))."""
-
-    time_s: np.ndarray
-    compute_time_s: np.ndarray
-    memory_time_s: np.ndarray
-    link_time_s: np.ndarray
-    flops: np.ndarray
-    weight_bytes: np.ndarray
-    kv_read_bytes: np.ndarray
-    kv_write_bytes: np.ndarray
-    act_bytes: np.ndarray
-    link_bytes: np.ndarray
-    launches: np.ndarray
-    peak_flops: float
-
-
-def zero_like(x) -> np.ndarray:
-    """Float zeros shaped like `x`."""
-    return np.zeros(np.shape(x))
-
-
-def _ceil_to(x: np.ndarray, tile: int) -> np.ndarray:
-    return np.ceil(x / tile) * tile
-
-
-def _roofline(hw: Hardware, flops_time, memory_bytes, runs, launches, link_time=0.0, **fields) -> _Op:
-    """Combine compute, memory and link time of an operator that runs `launches` kernels when `runs`."""
-    memory_time = memory_bytes / (hw.memory_bandwidth_Bps * hw.memory_efficiency)
-    busy = np.maximum(np.maximum(flops_time, memory_time), link_time)
-    time = np.where(runs, busy + launches * hw.kernel_launch_overhead_s, 0.0)
-    zero = np.zeros_like(time)
-    base = dict(weight_bytes=zero, kv_read_bytes=zero, kv_write_bytes=zero, act_bytes=zero, link_bytes=zero)
-    base.update(fields)
-    return _Op(
-        time_s=time,
-        compute_time_s=np.where(runs, flops_time, 0.0),
-        memory_time_s=np.where(runs, memory_time, 0.0),
-        link_time_s=np.where(runs, link_time, 0.0),
-        launches=np.where(runs, launches, 0.0),
-        **base,
-    )
-
-
-def gemm(hw: Hardware, peak_flops: float, rows, n: int, k: int, w_bytes: float, a_bytes: float) -> _Op:
-    """One GEMM launch: `rows` tokens (summed over the batch) times a (k x n) weight matrix."""
-    rows = np.asarray(rows, dtype=np.float64)
-    runs = rows > 0
-    flops = 2.0 * rows * n * k
-    padded = 2.0 * _ceil_to(rows, hw.gemm_tile_m) * _ceil_to(np.float64(n), hw.gemm_tile_n) * k
-    weight = np.where(runs, float(n) * k * w_bytes, 0.0)
-    act = rows * (k + n) * a_bytes
-    flops_time = padded / (peak_flops * hw.gemm_efficiency)
-    return _roofline(
-        hw,
-        flops_time,
-        weight + act,
-        runs,
-        1.0,
-        flops=flops,
-        weight_bytes=weight,
-        act_bytes=act,
-        peak_flops=peak_flops,
-    )
-
-
-def elementwise(
-    hw: Hardware, rows, width: float, flops_per_element: float, a_bytes: float, reads: float
-) -> _Op:
-    """A memory-bound elementwise kernel reading `reads` and writing one (rows x width) tensor."""
-    rows = np.asarray(rows, dtype=np.float64)
-    elements = rows * width
-    flops = elements * flops_per_element
-    act = elements * a_bytes * (reads + 1.0)
-    flops_time = flops / hw.fp32_dense_flops
-    return _roofline(
-        hw,
-        flops_time,
-        act,
-        rows > 0,
-        1.0,
-        flops=flops,
-        act_bytes=act,
-        peak_flops=hw.fp32_dense_flops,
-    )
-
-
-def allreduce(hw: Hardware, rows, width: int, a_bytes: float, tp: int) -> _Op:
-    """All-reduce of a (rows x width) activation across `tp` devices.
-
-    Every device sends and receives 2(n-1)/n of the message (reduce-scatter then all-gather). On a
-    scale-up fabric that links every pair of devices (NVSwitch, Infinity Fabric mesh) this takes two
-    latency steps (the "two-shot" algorithm of NCCL's NVLS and of vLLM/TensorRT-LLM custom
-    all-reduce); over PCIe a ring takes 2(n-1) steps.
-    """
-    rows = np.asarray(rows, dtype=np.float64)
-    if tp == 1:
-        zero = np.zeros_like(rows)
-        return _roofline(hw, zero, zero, zero > 0, 0.0, flops=zero, peak_flops=hw.fp32_dense_flops)
-    message = rows * width * a_bytes
-    link = 2.0 * (tp - 1) / tp * message
-    steps = 2.0 if hw.scale_up_bandwidth_Bps else 2.0 * (tp - 1)
-    link_time = link / hw.collective_bandwidth_Bps + steps * hw.link_latency_s
-    # Each device reads its buffer and writes the reduced result: local DRAM traffic too.
-    act = 2.0 * message
-    flops = (tp - 1) / tp * rows * width
-    return _roofline(
-        hw,
-        zero_like(rows),
-        act,
-        rows > 0,
-        1.0,
-        link_time=link_time,
-        flops=flops,
-        act_bytes=act,
-        link_bytes=link,
-        peak_flops=hw.fp32_dense_flops,
-    )
-
-
 def _rows(batch: RoutedBatch, kv_policy: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-sequence rows of attention (Q, O), of K/V projection and of the MLP."""
     n, v = batch.new_tokens, batch.visiting_tokens
@@ -275,7 +133,7 @@ def _rows(batch: RoutedBatch, kv_policy: str) -> tuple[np.ndarray, np.ndarray, n
     return n, n, v
 
 
-def attention(hw: Hardware, arch: Arch, exe: Execution, batch: RoutedBatch, q_rows, kv_rows) -> _Op:
+def attention(hw: Hardware, arch: Arch, exe: Execution, batch: RoutedBatch, q_rows, kv_rows) -> KernelCost:
     """Attention of the visiting queries over the layer's KV cache, with RoPE and the KV write.
 
     Causal pairs per sequence: each query sees the held context and, on average, half of the
@@ -300,7 +158,7 @@ def attention(hw: Hardware, arch: Arch, exe: Execution, batch: RoutedBatch, q_ro
     # Two launches: RoPE fused with the KV-cache write (whenever entries are written), then the
     # attention kernel (whenever a query visits), as in vLLM's and TensorRT-LLM's decoders.
     writes, queries = kv_rows.sum(axis=-1) > 0, q_rows.sum(axis=-1) > 0
-    return _roofline(
+    return roofline(
         hw,
         flops_time,
         kv_read + kv_write + act,
@@ -348,20 +206,20 @@ def _check_tp(arch: Arch, exe: Execution) -> None:
         )
 
 
-def _fused_qkv(hw, peak, q_rows, kv_rows, d, q_width, kv_width, wb, ab) -> _Op:
+def _fused_qkv(hw, peak, q_rows, kv_rows, d, q_width, kv_width, wb, ab) -> KernelCost:
     """Q, K and V projections as one launch; K/V may serve more rows than Q (copy/compute policies)."""
     tm, tn = hw.gemm_tile_m, hw.gemm_tile_n
     kv_out = 2 * kv_width
     flops = 2.0 * d * (q_rows * q_width + kv_rows * kv_out)
-    fused = _ceil_to(kv_rows, tm) * _ceil_to(np.float64(q_width + kv_out), tn)
-    split = _ceil_to(q_rows, tm) * _ceil_to(np.float64(q_width), tn) + _ceil_to(kv_rows, tm) * _ceil_to(
+    fused = ceil_to(kv_rows, tm) * ceil_to(np.float64(q_width + kv_out), tn)
+    split = ceil_to(q_rows, tm) * ceil_to(np.float64(q_width), tn) + ceil_to(kv_rows, tm) * ceil_to(
         np.float64(kv_out), tn
     )
     padded = 2.0 * d * np.where(q_rows == kv_rows, fused, split)
     weight = d * wb * (q_width * (q_rows > 0) + kv_out * (kv_rows > 0))
     act = ab * (np.maximum(q_rows, kv_rows) * d + q_rows * q_width + kv_rows * kv_out)
     flops_time = padded / (peak * hw.gemm_efficiency)
-    return _roofline(
+    return roofline(
         hw,
         flops_time,
         weight + act,
@@ -374,7 +232,7 @@ def _fused_qkv(hw, peak, q_rows, kv_rows, d, q_width, kv_width, wb, ab) -> _Op:
     )
 
 
-def _mlp(hw, peak, rows, d, ffn, up_width, ffn_kind, wb, ab) -> _Op:
+def _mlp(hw, peak, rows, d, ffn, up_width, ffn_kind, wb, ab) -> KernelCost:
     """Up (and gate) projection, activation, down projection: three launches."""
     act_reads = 2.0 if ffn_kind == "swiglu" else 1.0
     parts = [
@@ -382,59 +240,23 @@ def _mlp(hw, peak, rows, d, ffn, up_width, ffn_kind, wb, ab) -> _Op:
         elementwise(hw, rows, ffn, ACT_FLOPS_PER_ELEMENT, ab, reads=act_reads),
         gemm(hw, peak, rows, d, ffn, wb, ab),
     ]
-    return _sum(parts)
+    return sum_kernels(parts)
 
 
-def _router(hw: Hardware, arch: Arch, exe: Execution, visitors) -> _Op:
+def _router(hw: Hardware, arch: Arch, exe: Execution, visitors) -> KernelCost:
     """Router after a visit: a (d x layers+1) GEMM on the visitors plus a softmax/argmax kernel."""
     if not exe.routed:
-        return _idle(visitors)
+        return idle(visitors)
     choices = arch.num_layers + 1
     peak = exe.gemm_peak_flops(hw) if exe.dtype != "fp8" else exe.attention_peak_flops(hw)
     logits = gemm(hw, peak, visitors, choices, arch.hidden_size, exe.act_bytes, exe.act_bytes)
     pick = elementwise(hw, visitors, choices, NORM_FLOPS_PER_ELEMENT, 4.0, reads=1.0)
-    return _sum([logits, pick])
+    return sum_kernels([logits, pick])
 
 
-def _gather_scatter(hw: Hardware, arch: Arch, exe: Execution, visitors) -> _Op:
+def _gather_scatter(hw: Hardware, arch: Arch, exe: Execution, visitors) -> KernelCost:
     """Gather visitors' hidden states into a dense block and scatter results back: two launches."""
     if not exe.routed:
-        return _idle(visitors)
+        return idle(visitors)
     copy = elementwise(hw, visitors, arch.hidden_size, 0.0, exe.act_bytes, reads=1.0)
-    return _sum([copy, copy])
-
-
-def _idle(rows) -> _Op:
-    zero = np.zeros_like(np.asarray(rows, dtype=np.float64))
-    return _Op(**dict.fromkeys(_ADDITIVE, zero), peak_flops=1.0)
-
-
-def _sum(parts: list[_Op]) -> _Op:
-    """Sequential kernels: every field adds up."""
-    total = {f: sum(getattr(p, f) for p in parts) for f in _ADDITIVE}
-    return _Op(**total, peak_flops=parts[0].peak_flops)
-
-
-_ADDITIVE = (
-    "time_s",
-    "compute_time_s",
-    "memory_time_s",
-    "link_time_s",
-    "flops",
-    "weight_bytes",
-    "kv_read_bytes",
-    "kv_write_bytes",
-    "act_bytes",
-    "link_bytes",
-    "launches",
-)
-
-
-def stack_ops(hw: Hardware, names: tuple[str, ...], ops: list[_Op]) -> Cost:
-    """Stack operators' totals into a `Cost` and price their energy."""
-    # Every operator's arrays already have the launch shape (*leading); a plain stack suffices.
-    fields = {f: np.array([getattr(o, f) for o in ops], dtype=np.float64) for f in _ADDITIVE}
-    bytes_ = fields["weight_bytes"] + fields["kv_read_bytes"] + fields["kv_write_bytes"] + fields["act_bytes"]
-    peaks = np.array([o.peak_flops for o in ops]).reshape((-1,) + (1,) * (fields["time_s"].ndim - 1))
-    energy = op_energy_J(hw, fields["time_s"], fields["flops"], peaks, bytes_ + fields["link_bytes"])
-    return Cost(ops=names, **fields, energy_J=energy)
+    return sum_kernels([copy, copy])

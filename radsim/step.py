@@ -12,17 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from radsim.arch import Arch
-from radsim.cost import (
-    NORM_FLOPS_PER_ELEMENT,
-    Cost,
-    Execution,
-    RoutedBatch,
-    elementwise,
-    gemm,
-    layer_cost,
-    stack_ops,
-)
+from radsim.cost import NORM_FLOPS_PER_ELEMENT, Execution, RoutedBatch, layer_cost
 from radsim.hardware import Hardware
+from radsim.kernels import Cost, elementwise, gemm, stack_ops
 
 HEAD_OPS = ("embed", "final_norm", "lm_head", "sampling")
 # Softmax and sampling over the vocabulary: max, exp, sum, scale and a draw per logit.

@@ -1,0 +1,205 @@
+"""Kernel-level costs: the roofline of one launch and the primitives layers are built from.
+
+A kernel takes max(compute time, DRAM time, link time) plus a fixed launch overhead when it runs.
+Compute time uses FLOPs padded to the GEMM library's output tile over the achievable peak
+(peak x `gemm_efficiency`); DRAM time uses bytes over peak bandwidth x `memory_efficiency`.
+Energy comes from `radsim.power`. Arrays carry any leading shape (layers, routing steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from radsim.hardware import Hardware
+from radsim.power import op_energy_J
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Per-operator costs; every array has shape (len(ops), *leading)."""
+
+    ops: tuple[str, ...]
+    time_s: np.ndarray
+    compute_time_s: np.ndarray
+    memory_time_s: np.ndarray
+    link_time_s: np.ndarray
+    flops: np.ndarray
+    weight_bytes: np.ndarray
+    kv_read_bytes: np.ndarray
+    kv_write_bytes: np.ndarray
+    act_bytes: np.ndarray
+    link_bytes: np.ndarray
+    launches: np.ndarray
+    energy_J: np.ndarray
+
+    @property
+    def bytes(self) -> np.ndarray:
+        """All DRAM traffic per operator."""
+        return self.weight_bytes + self.kv_read_bytes + self.kv_write_bytes + self.act_bytes
+
+    def total(self, name: str) -> np.ndarray:
+        """Sum of one field over operators, shape (*leading)."""
+        return getattr(self, name).sum(axis=0)
+
+    def op(self, name: str, field: str = "time_s") -> np.ndarray:
+        """One operator's row of one field."""
+        return getattr(self, field)[self.ops.index(name)]
+
+
+@dataclass(frozen=True)
+class KernelCost:
+    """One operator's totals over the batch: arrays of shape (*leading)."""
+
+    time_s: np.ndarray
+    compute_time_s: np.ndarray
+    memory_time_s: np.ndarray
+    link_time_s: np.ndarray
+    flops: np.ndarray
+    weight_bytes: np.ndarray
+    kv_read_bytes: np.ndarray
+    kv_write_bytes: np.ndarray
+    act_bytes: np.ndarray
+    link_bytes: np.ndarray
+    launches: np.ndarray
+    peak_flops: float
+
+
+def zero_like(x) -> np.ndarray:
+    """Float zeros shaped like `x`."""
+    return np.zeros(np.shape(x))
+
+
+def ceil_to(x: np.ndarray, tile: int) -> np.ndarray:
+    return np.ceil(x / tile) * tile
+
+
+def roofline(hw: Hardware, flops_time, memory_bytes, runs, launches, link_time=0.0, **fields) -> KernelCost:
+    """Combine compute, memory and link time of an operator that runs `launches` kernels when `runs`."""
+    memory_time = memory_bytes / (hw.memory_bandwidth_Bps * hw.memory_efficiency)
+    busy = np.maximum(np.maximum(flops_time, memory_time), link_time)
+    time = np.where(runs, busy + launches * hw.kernel_launch_overhead_s, 0.0)
+    zero = np.zeros_like(time)
+    base = dict(weight_bytes=zero, kv_read_bytes=zero, kv_write_bytes=zero, act_bytes=zero, link_bytes=zero)
+    base.update(fields)
+    return KernelCost(
+        time_s=time,
+        compute_time_s=np.where(runs, flops_time, 0.0),
+        memory_time_s=np.where(runs, memory_time, 0.0),
+        link_time_s=np.where(runs, link_time, 0.0),
+        launches=np.where(runs, launches, 0.0),
+        **base,
+    )
+
+
+def gemm(hw: Hardware, peak_flops: float, rows, n: int, k: int, w_bytes: float, a_bytes: float) -> KernelCost:
+    """One GEMM launch: `rows` tokens (summed over the batch) times a (k x n) weight matrix."""
+    rows = np.asarray(rows, dtype=np.float64)
+    runs = rows > 0
+    flops = 2.0 * rows * n * k
+    padded = 2.0 * ceil_to(rows, hw.gemm_tile_m) * ceil_to(np.float64(n), hw.gemm_tile_n) * k
+    weight = np.where(runs, float(n) * k * w_bytes, 0.0)
+    act = rows * (k + n) * a_bytes
+    flops_time = padded / (peak_flops * hw.gemm_efficiency)
+    return roofline(
+        hw,
+        flops_time,
+        weight + act,
+        runs,
+        1.0,
+        flops=flops,
+        weight_bytes=weight,
+        act_bytes=act,
+        peak_flops=peak_flops,
+    )
+
+
+def elementwise(
+    hw: Hardware, rows, width: float, flops_per_element: float, a_bytes: float, reads: float
+) -> KernelCost:
+    """A memory-bound elementwise kernel reading `reads` and writing one (rows x width) tensor."""
+    rows = np.asarray(rows, dtype=np.float64)
+    elements = rows * width
+    flops = elements * flops_per_element
+    act = elements * a_bytes * (reads + 1.0)
+    flops_time = flops / hw.fp32_dense_flops
+    return roofline(
+        hw,
+        flops_time,
+        act,
+        rows > 0,
+        1.0,
+        flops=flops,
+        act_bytes=act,
+        peak_flops=hw.fp32_dense_flops,
+    )
+
+
+def allreduce(hw: Hardware, rows, width: int, a_bytes: float, tp: int) -> KernelCost:
+    """All-reduce of a (rows x width) activation across `tp` devices.
+
+    Every device sends and receives 2(n-1)/n of the message (reduce-scatter then all-gather). On a
+    scale-up fabric that links every pair of devices (NVSwitch, Infinity Fabric mesh) this takes two
+    latency steps (the "two-shot" algorithm of NCCL's NVLS and of vLLM/TensorRT-LLM custom
+    all-reduce); over PCIe a ring takes 2(n-1) steps.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    if tp == 1:
+        zero = np.zeros_like(rows)
+        return roofline(hw, zero, zero, zero > 0, 0.0, flops=zero, peak_flops=hw.fp32_dense_flops)
+    message = rows * width * a_bytes
+    link = 2.0 * (tp - 1) / tp * message
+    steps = 2.0 if hw.scale_up_bandwidth_Bps else 2.0 * (tp - 1)
+    link_time = link / hw.collective_bandwidth_Bps + steps * hw.link_latency_s
+    # Each device reads its buffer and writes the reduced result: local DRAM traffic too.
+    act = 2.0 * message
+    flops = (tp - 1) / tp * rows * width
+    return roofline(
+        hw,
+        zero_like(rows),
+        act,
+        rows > 0,
+        1.0,
+        link_time=link_time,
+        flops=flops,
+        act_bytes=act,
+        link_bytes=link,
+        peak_flops=hw.fp32_dense_flops,
+    )
+
+
+def idle(rows) -> KernelCost:
+    zero = np.zeros_like(np.asarray(rows, dtype=np.float64))
+    return KernelCost(**dict.fromkeys(ADDITIVE, zero), peak_flops=1.0)
+
+
+def sum_kernels(parts: list[KernelCost]) -> KernelCost:
+    """Sequential kernels: every field adds up."""
+    total = {f: sum(getattr(p, f) for p in parts) for f in ADDITIVE}
+    return KernelCost(**total, peak_flops=parts[0].peak_flops)
+
+
+ADDITIVE = (
+    "time_s",
+    "compute_time_s",
+    "memory_time_s",
+    "link_time_s",
+    "flops",
+    "weight_bytes",
+    "kv_read_bytes",
+    "kv_write_bytes",
+    "act_bytes",
+    "link_bytes",
+    "launches",
+)
+
+
+def stack_ops(hw: Hardware, names: tuple[str, ...], ops: list[KernelCost]) -> Cost:
+    """Stack operators' totals into a `Cost` and price their energy."""
+    # Every operator's arrays already have the launch shape (*leading); a plain stack suffices.
+    fields = {f: np.array([getattr(o, f) for o in ops], dtype=np.float64) for f in ADDITIVE}
+    bytes_ = fields["weight_bytes"] + fields["kv_read_bytes"] + fields["kv_write_bytes"] + fields["act_bytes"]
+    peaks = np.array([o.peak_flops for o in ops]).reshape((-1,) + (1,) * (fields["time_s"].ndim - 1))
+    energy = op_energy_J(hw, fields["time_s"], fields["flops"], peaks, bytes_ + fields["link_bytes"])
+    return Cost(ops=names, **fields, energy_J=energy)
