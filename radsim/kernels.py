@@ -9,6 +9,7 @@ Energy comes from `radsim.power`. Arrays carry any leading shape (layers, routin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,7 @@ def zero_like(x) -> np.ndarray:
     return np.zeros(np.shape(x))
 
 
-def ceil_to(x: np.ndarray, tile: int) -> np.ndarray:
+def ceil_to(x: np.ndarray | float, tile: int) -> np.ndarray:
     return np.ceil(x / tile) * tile
 
 
@@ -81,7 +82,9 @@ def roofline(hw: Hardware, flops_time, memory_bytes, runs, launches, link_time=0
     busy = np.maximum(np.maximum(flops_time, memory_time), link_time)
     time = np.where(runs, busy + launches * hw.kernel_launch_overhead_s, 0.0)
     zero = np.zeros_like(time)
-    base = dict(weight_bytes=zero, kv_read_bytes=zero, kv_write_bytes=zero, act_bytes=zero, link_bytes=zero)
+    base: dict[str, Any] = dict(
+        weight_bytes=zero, kv_read_bytes=zero, kv_write_bytes=zero, act_bytes=zero, link_bytes=zero
+    )
     base.update(fields)
     return KernelCost(
         time_s=time,
