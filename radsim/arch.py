@@ -181,7 +181,7 @@ def parse_arch(raw: dict[str, Any], path: Path) -> Arch:
             raise ConfigError(f"{path}: '{key}' must be an integer, got {value!r}")
         if not isinstance(value, kind):
             raise ConfigError(f"{path}: '{key}' must be {kind.__name__}, got {value!r}")
-        if isinstance(value, int) and value < (0 if key == "embed_proj_dim" else 1):
+        if kind is int and isinstance(value, int) and value < (0 if key == "embed_proj_dim" else 1):
             raise ConfigError(f"{path}: '{key}' must be positive, got {value}")
         if key in _CHOICES and value not in _CHOICES[key]:
             raise ConfigError(f"{path}: '{key}' is {value!r}; allowed: {', '.join(_CHOICES[key])}")
