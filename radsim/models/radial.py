@@ -72,6 +72,8 @@ class Visit:
     prob: torch.Tensor  # (n,) probability with which this layer had been chosen
     prob_exit: torch.Tensor  # (n,) router's exit probability after this visit
     entropy: torch.Tensor  # (n,) router entropy after this visit (nats)
+    choice: torch.Tensor  # (n,) layer chosen next, EXIT (-1) for exit
+    hidden: torch.Tensor  # (n, d) hidden state after the visit: the router's input
     stats: VisitStats
 
 
@@ -82,6 +84,7 @@ class RadialOutput:
     logits: torch.Tensor  # (B, T, V)
     depth: torch.Tensor  # (B, T) visits per token
     log_prob: torch.Tensor  # (B, T) sum of log-probabilities of the router's choices
+    entropy: torch.Tensor  # (B, T) sum of the router's entropies over the token's decisions
     visits: list[Visit]
 
 
@@ -127,9 +130,13 @@ class Radial(nn.Module):
                 state.steps[here] += 1
                 decision = self._decide(h[here], state, here, layer, p, mode, routes, temperature)
                 if record and stats is not None:
-                    visits.append(Visit(layer, p, state.steps[here] - 1, *decision, stats=stats))
+                    step = state.steps[here] - 1
+                    hidden = h[here].detach()
+                    visits.append(Visit(layer, p, step, *decision, hidden=hidden, stats=stats))
         logits = m.lm_head(m.norm(h))
-        return RadialOutput(logits=logits, depth=state.steps, log_prob=state.log_prob, visits=visits)
+        return RadialOutput(
+            logits=logits, depth=state.steps, log_prob=state.log_prob, entropy=state.entropy, visits=visits
+        )
 
     def _decide(self, hv, state, here, layer, p, mode, routes, temperature):
         """Router choice for the tokens in `here` after their visit to (p, layer)."""
@@ -165,7 +172,8 @@ class Radial(nn.Module):
         state.pass_index[here] = torch.where(next_layer <= layer, p + 1, p)
         state.layer[here] = next_layer
         entropy = -(probs * logp.masked_fill(~allowed, 0.0)).sum(-1)
-        return prob_in.detach(), probs[:, n_layers].detach(), entropy.detach()
+        state.entropy = _put(state.entropy, here, state.entropy[here] + torch.where(budget_out, 0.0, entropy))
+        return prob_in.detach(), probs[:, n_layers].detach(), entropy.detach(), next_layer
 
 
 def _put(t: torch.Tensor, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -185,6 +193,7 @@ class _RouteState:
     steps: torch.Tensor
     log_prob: torch.Tensor
     prob: torch.Tensor  # probability of each token's latest choice
+    entropy: torch.Tensor
 
     @classmethod
     def start(cls, b: int, t: int, first: int, device: torch.device) -> _RouteState:
@@ -196,4 +205,5 @@ class _RouteState:
             steps=z.clone(),
             log_prob=torch.zeros(b, t, device=device),
             prob=torch.ones(b, t, device=device),
+            entropy=torch.zeros(b, t, device=device),
         )

@@ -1,0 +1,160 @@
+"""Training run configs: one TOML file per run in `configs/`, parsed into frozen dataclasses.
+
+```toml
+name = "radial-scratch"      # the run folder is runs/<name>/
+kind = "radial_scratch"      # radial_scratch | mod_scratch | dense_scratch | radial_distill
+seed = 0
+[data]   seq_len, batch, vocab (0: SmolLM2's 49152 tokens; else the most frequent tokens + <unk>)
+[model]  hidden_size, num_layers, num_heads, num_kv_heads, ffn_size   (scratch kinds)
+[train]  steps, lr, warmup_steps, compute_penalty (nats per layer visit), router_warmup_steps,
+         penalty_ramp_steps, entropy_bonus, eval_tokens
+[radial] max_steps, max_passes, kv_policy
+[mod]    capacity, every
+[distill] thresholds (list), train_tokens, eval_tokens, router_epochs, kv_policy, reinforce_steps
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from radsim.errors import ConfigError
+
+KINDS = ("radial_scratch", "mod_scratch", "dense_scratch", "radial_distill")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Token windows fed to training."""
+
+    seq_len: int = 256
+    batch: int = 8
+    vocab: int = 8192
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Shape of a model trained from scratch."""
+
+    hidden_size: int = 192
+    num_layers: int = 8
+    num_heads: int = 6
+    num_kv_heads: int = 2
+    ffn_size: int = 512
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """Optimisation."""
+
+    steps: int = 1000
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    compute_penalty: float = 0.0  # nats of loss a token may trade for one fewer layer visit
+    # Routers start once the layers are useful: before, tokens visit every layer in order (else
+    # exiting early wins while layers are still untrained, and the untrained layers stay so).
+    router_warmup_steps: int = 0
+    penalty_ramp_steps: int = 0  # the compute penalty grows linearly to its value over these steps
+    entropy_bonus: float = 0.0  # keeps the router exploring
+    eval_tokens: int = 32768
+
+
+@dataclass(frozen=True)
+class RadialSection:
+    """Router settings of a radial network."""
+
+    max_steps: int = 12
+    max_passes: int = 2
+    kv_policy: str = "none"
+
+
+@dataclass(frozen=True)
+class MoDSection:
+    """Mixture-of-Depths settings."""
+
+    capacity: float = 0.25
+    every: int = 2
+
+
+@dataclass(frozen=True)
+class DistillSection:
+    """Router distillation from SmolLM2-135M."""
+
+    thresholds: tuple[float, ...] = (0.2, 0.3, 0.4)
+    train_tokens: int = 32768
+    eval_tokens: int = 16384
+    router_epochs: int = 20
+    kv_policy: str = "copy"
+    reinforce_steps: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run."""
+
+    name: str
+    kind: str
+    seed: int = 0
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    radial: RadialSection = field(default_factory=RadialSection)
+    mod: MoDSection = field(default_factory=MoDSection)
+    distill: DistillSection = field(default_factory=DistillSection)
+
+
+_SECTIONS = {
+    "data": DataSection,
+    "model": ModelSection,
+    "train": TrainSection,
+    "radial": RadialSection,
+    "mod": MoDSection,
+    "distill": DistillSection,
+}
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Parse and validate a run config file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read run config: {exc}") from exc
+    allowed = {"name", "kind", "seed", *_SECTIONS}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    for key in ("name", "kind"):
+        if not isinstance(raw.get(key), str):
+            raise ConfigError(f"{path}: '{key}' must be a string")
+    if raw["kind"] not in KINDS:
+        raise ConfigError(f"{path}: 'kind' is {raw['kind']!r}; allowed: {', '.join(KINDS)}")
+    sections = {name: _section(path, name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+    return RunConfig(name=raw["name"], kind=raw["kind"], seed=int(raw.get("seed", 0)), **sections)
+
+
+def _section(path: Path, name: str, cls: type, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown} in [{name}]; allowed: {sorted(known)}")
+    values = {}
+    for key, value in raw.items():
+        default = getattr(cls(), key)
+        if isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(v, int | float) for v in value):
+                raise ConfigError(f"{path}: [{name}].{key} must be a list of numbers")
+            value = tuple(float(v) for v in value)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif type(value) is not type(default):
+            raise ConfigError(f"{path}: [{name}].{key} must be {type(default).__name__}, got {value!r}")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"{path}: [{name}].{key} must be >= 0, got {value}")
+        values[key] = value
+    return cls(**values)

@@ -1,0 +1,203 @@
+"""`radsim train CONFIG`: train a radial, Mixture-of-Depths or dense model from scratch on real text.
+
+Layers and routers learn together. The LM loss trains the layers and, through the straight-through
+scaling of each visit's output by p / stop_grad(p), the router; a REINFORCE term with a per-token
+reward -(loss + compute_penalty x depth) and a batch-mean baseline teaches the router when skipping,
+exiting or reusing pays. MoD trains its top-k routers through the same scaling (sigmoid weight)
+and its causal predictors with a binary cross-entropy. Outputs go to runs/<name>/: the checkpoint
+(`model.pt`), `metrics.json` and `log.csv`, each written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from radsim import corpus
+from radsim.models.llama import Llama, LlamaConfig, lm_loss
+from radsim.models.mod import MoD, MoDConfig
+from radsim.models.radial import EXIT, Radial, RadialConfig
+from radsim.runconfig import RunConfig
+
+UNKNOWN = "<unk>"
+
+
+def text_splits() -> dict[str, Path]:
+    """Cached token ids (SmolLM2 tokenizer) of the train/val/test text."""
+    from radsim.models import smollm2
+
+    tok = smollm2.load_tokenizer()
+    return corpus.build_splits(lambda s: tok(s).input_ids, tok.eos_token_id, smollm2.cache_dir() / "corpus")
+
+
+def vocab_map(train: np.ndarray, size: int, full: int = 49152) -> np.ndarray:
+    """Map SmolLM2 ids to the `size`-1 most frequent training tokens, the rest to <unk> (size-1)."""
+    counts = np.bincount(np.asarray(train), minlength=full)
+    top = np.argsort(-counts, kind="stable")[: size - 1]
+    mapping = np.full(full, size - 1, dtype=np.int64)
+    mapping[top] = np.arange(size - 1)
+    return mapping
+
+
+def build_model(cfg: RunConfig, vocab: int) -> torch.nn.Module:
+    """The model a scratch run trains."""
+    m = cfg.model
+    base = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=m.hidden_size,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads,
+        ffn_size=m.ffn_size,
+        max_positions=cfg.data.seq_len,
+        rope_theta=10000.0,
+    )
+    if cfg.kind == "radial_scratch":
+        r = cfg.radial
+        return Radial(RadialConfig(base=base, max_steps=r.max_steps, max_passes=r.max_passes, kv_policy=r.kv_policy))
+    if cfg.kind == "mod_scratch":
+        return MoD(MoDConfig(base=base, capacity=cfg.mod.capacity, every=cfg.mod.every))
+    return Llama(base)
+
+
+def step_loss(model: torch.nn.Module, x: torch.Tensor, step: int, cfg: RunConfig) -> tuple[torch.Tensor, dict]:
+    """Training loss of one batch and what to log."""
+    if isinstance(model, Radial):
+        return _radial_loss(model, x, step, cfg)
+    if isinstance(model, MoD):
+        out = model(x)
+        lm = lm_loss(out.logits, x)
+        depth = float(sum(v.float().mean() for v in out.visits))
+        return lm + out.predictor_loss, {"lm": lm.item(), "depth": depth}
+    lm = lm_loss(model(x), x)
+    return lm, {"lm": lm.item(), "depth": float(model.cfg.num_layers)}
+
+
+def _radial_loss(model: Radial, x: torch.Tensor, step: int, cfg: RunConfig) -> tuple[torch.Tensor, dict]:
+    """LM loss, plus REINFORCE on the router once the router warm-up is over."""
+    t = cfg.train
+    if step < t.router_warmup_steps:
+        steps, n = model.cfg.max_steps, min(model.cfg.max_steps, model.cfg.base.num_layers) - 1
+        route = torch.full((steps,), EXIT, dtype=torch.long)
+        route[:n] = torch.arange(1, n + 1)  # layers 0, 1, ... in order
+        out = model(x, routes=route.expand(*x.shape, steps))
+        lm = lm_loss(out.logits, x)
+        return lm, {"lm": lm.item(), "depth": out.depth.float().mean().item()}
+    ramp = (step - t.router_warmup_steps + 1) / t.penalty_ramp_steps if t.penalty_ramp_steps else 1.0
+    penalty = t.compute_penalty * min(1.0, ramp)
+    out = model(x, mode="sample", straight_through=True)
+    ce = lm_loss(out.logits, x, reduction="none")  # (B, T-1)
+    depth = out.depth[:, :-1].float()
+    reward = -(ce.detach() + penalty * depth)
+    advantage = reward - reward.mean()
+    router = -(advantage * out.log_prob[:, :-1]).mean() - t.entropy_bonus * out.entropy[:, :-1].mean()
+    return ce.mean() + router, {"lm": ce.mean().item(), "depth": depth.mean().item()}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, windows: np.ndarray, batch: int = 8) -> dict:
+    """Held-out loss, perplexity and mean depth, routing as a decoder would (argmax, causal)."""
+    model.eval()
+    total, count, depth = 0.0, 0, 0.0
+    for i in range(0, len(windows), batch):
+        x = torch.from_numpy(windows[i : i + batch])
+        if isinstance(model, Radial):
+            out = model(x)
+            logits, d = out.logits, out.depth[:, :-1].float().sum().item()
+        elif isinstance(model, MoD):
+            out = model(x, causal=True)
+            logits, d = out.logits, float(sum(v[:, :-1].float().sum() for v in out.visits))
+        else:
+            logits, d = model(x), float(model.cfg.num_layers * x[:, :-1].numel())
+        total += lm_loss(logits, x, reduction="sum").item()
+        n = x[:, 1:].numel()
+        count, depth = count + n, depth + d
+    model.train()
+    return {"loss": total / count, "perplexity": math.exp(total / count), "mean_depth": depth / count}
+
+
+def lr_at(step: int, cfg: RunConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    t = cfg.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    return t.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_scratch(cfg: RunConfig, out_dir: Path) -> dict:
+    """Train, evaluate on the validation split and save; returns the metrics."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    splits = text_splits()
+    train_ids = corpus.load_split(splits, "train")
+    mapping = vocab_map(train_ids, cfg.data.vocab) if cfg.data.vocab else np.arange(49152)
+    vocab = cfg.data.vocab or 49152
+    train = mapping[np.asarray(train_ids)]
+    val = corpus.windows(mapping[np.asarray(corpus.load_split(splits, "val"))], cfg.data.seq_len, cfg.train.eval_tokens)
+    model = build_model(cfg, vocab)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    log, start = [], time.time()
+    for step, batch in zip(range(cfg.train.steps), corpus.batches(train, cfg.data.seq_len, cfg.data.batch, rng)):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss, info = step_loss(model, torch.from_numpy(batch), step, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        log.append({"step": step, "elapsed_s": time.time() - start, **info})
+        if step % 50 == 0 or step == cfg.train.steps - 1:
+            print(f"step {step:5d}  lm {info['lm']:.3f}  depth {info['depth']:.2f}  {time.time() - start:.0f}s", flush=True)
+    metrics = {"val": evaluate(model, val), "train_seconds": time.time() - start, "params": _params(model)}
+    save_run(out_dir, cfg, model, mapping if cfg.data.vocab else None, metrics, log)
+    return metrics
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def save_run(out_dir: Path, cfg: RunConfig, model, mapping, metrics: dict, log: list[dict]) -> None:
+    """Write the checkpoint, metrics and training log atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = {"run": asdict(cfg), "state_dict": model.state_dict(), "vocab_map": mapping}
+    _atomic(out_dir / "model.pt", lambda p: torch.save(ckpt, p))
+    _atomic(out_dir / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
+    lines = [",".join(log[0])] + [",".join(str(v) for v in row.values()) for row in log] if log else []
+    _atomic(out_dir / "log.csv", lambda p: p.write_text("\n".join(lines) + "\n"))
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
+def load_run(run_dir: Path) -> tuple[RunConfig, torch.nn.Module, np.ndarray | None]:
+    """A trained scratch model from its run folder."""
+    from radsim.runconfig import DataSection, DistillSection, ModelSection, MoDSection, RadialSection, TrainSection
+
+    ckpt = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
+    raw = ckpt["run"]
+    raw["distill"]["thresholds"] = tuple(raw["distill"]["thresholds"])
+    cfg = RunConfig(
+        name=raw["name"],
+        kind=raw["kind"],
+        seed=raw["seed"],
+        data=DataSection(**raw["data"]),
+        model=ModelSection(**raw["model"]),
+        train=TrainSection(**raw["train"]),
+        radial=RadialSection(**raw["radial"]),
+        mod=MoDSection(**raw["mod"]),
+        distill=DistillSection(**raw["distill"]),
+    )
+    model = build_model(cfg, cfg.data.vocab or 49152)
+    model.load_state_dict(ckpt["state_dict"])
+    return cfg, model.eval(), ckpt["vocab_map"]
