@@ -1,4 +1,4 @@
-"""The `radsim` command line: hardware and architecture registries, and the static estimate.
+"""The `radsim` command line: registries, the static estimate, models and traces.
 
 Units are converted for display here and nowhere else; `--json` prints SI values as computed.
 """
@@ -11,11 +11,13 @@ import sys
 from collections.abc import Sequence
 
 from radsim.arch import list_archs, load_arch
+from radsim.cli_models import add_model_commands
 from radsim.cost import DTYPE_BYTES, KV_POLICIES, Execution
 from radsim.errors import ConfigError
 from radsim.estimate import Workload, estimate
 from radsim.hardware import list_hardware, load_hardware
 from radsim.money import DEFAULT_ELECTRICITY_USD_PER_KWH, Pricing
+from radsim.trace_stats import add_trace_commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,39 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     ashow.add_argument("name")
     ashow.set_defaults(func=_arch_show)
     _estimate_parser(sub)
-    _model_parsers(sub)
+    add_model_commands(sub)
+    add_trace_commands(sub)
     return parser
-
-
-def _model_parsers(sub) -> None:
-    """Commands that need torch (the `torch` extra): they import it only when run."""
-    train = sub.add_parser("train", help="train a model from a run config (needs torch)")
-    train.add_argument("config", help="run config TOML, e.g. configs/radial-scratch.toml")
-    train.add_argument("--out", default="runs", help="folder for run outputs (default: runs/)")
-    train.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    train.set_defaults(func=_train)
-
-
-def _train(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from radsim.runconfig import load_run_config
-
-    cfg = load_run_config(args.config)
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out) / cfg.name
-    if cfg.kind == "radial_distill":
-        from radsim.distill import distill
-
-        result = distill(cfg, out)
-    else:
-        from radsim.train import train_scratch
-
-        result = train_scratch(cfg, out)
-    print(json.dumps(result, indent=2))
 
 
 def _estimate_parser(sub) -> None:

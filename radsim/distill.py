@@ -46,7 +46,9 @@ def radial_over(teacher: Llama, kv_policy: str, router: Router | None = None) ->
 
 
 @torch.no_grad()
-def teacher_contributions(teacher: Llama, windows: np.ndarray, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_contributions(
+    teacher: Llama, windows: np.ndarray, batch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token per-layer contributions (N, T, L) in fp16, and ShortGPT Block Influence per layer."""
     contrib, cos_sum, count = [], torch.zeros(teacher.cfg.num_layers), 0
     for i in range(0, len(windows), batch):
@@ -111,7 +113,9 @@ def fit_router(cfg: RadialConfig, examples, epochs: int, seed: int, batch: int =
 
 
 @torch.no_grad()
-def evaluate_routes(model: Radial, windows: np.ndarray, batch: int, routes: torch.Tensor | None = None) -> dict:
+def evaluate_routes(
+    model: Radial, windows: np.ndarray, batch: int, routes: torch.Tensor | None = None
+) -> dict:
     """Held-out perplexity and mean depth (over predicted tokens) with the router or forced routes."""
     total, count, depth = 0.0, 0, 0.0
     for i in range(0, len(windows), batch):
@@ -157,7 +161,9 @@ def distill(cfg: RunConfig, out_dir: Path) -> dict:
     for kept in sorted({round(r["mean_depth"]) for r in rows if r["method"] == "radial"}):
         drop = torch.argsort(bi[1:])[: layers - kept] + 1  # ShortGPT: lowest Block Influence first
         keep = [i for i in range(layers) if i not in set(drop.tolist())]
-        result = evaluate_routes(radial_over(teacher, d.kv_policy), val_windows, batch, static_routes(shape, keep, layers))
+        result = evaluate_routes(
+            radial_over(teacher, d.kv_policy), val_windows, batch, static_routes(shape, keep, layers)
+        )
         rows.append({"method": "static_shortgpt", "tau": None, "layers_kept": kept, **result})
         print(f"static {kept}: {result}", flush=True)
     summary = {"rows": rows, "block_influence": bi.tolist(), "seconds": time.time() - start}

@@ -130,6 +130,7 @@ _META: _Spec = {
 _META_OPTIONAL: _Spec = {
     "quality": (lambda v: isinstance(v, dict), "an object (e.g. perplexity)"),
     "notes": (lambda v: isinstance(v, str), "a string"),
+    "software": (lambda v: isinstance(v, dict), "an object of package versions"),
 }
 _MODEL: _Spec = {
     "name": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),

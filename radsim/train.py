@@ -60,13 +60,17 @@ def build_model(cfg: RunConfig, vocab: int) -> torch.nn.Module:
     )
     if cfg.kind == "radial_scratch":
         r = cfg.radial
-        return Radial(RadialConfig(base=base, max_steps=r.max_steps, max_passes=r.max_passes, kv_policy=r.kv_policy))
+        return Radial(
+            RadialConfig(base=base, max_steps=r.max_steps, max_passes=r.max_passes, kv_policy=r.kv_policy)
+        )
     if cfg.kind == "mod_scratch":
         return MoD(MoDConfig(base=base, capacity=cfg.mod.capacity, every=cfg.mod.every))
     return Llama(base)
 
 
-def step_loss(model: torch.nn.Module, x: torch.Tensor, step: int, cfg: RunConfig) -> tuple[torch.Tensor, dict]:
+def step_loss(
+    model: torch.nn.Module, x: torch.Tensor, step: int, cfg: RunConfig
+) -> tuple[torch.Tensor, dict]:
     """Training loss of one batch and what to log."""
     if isinstance(model, Radial):
         return _radial_loss(model, x, step, cfg)
@@ -140,11 +144,15 @@ def train_scratch(cfg: RunConfig, out_dir: Path) -> dict:
     mapping = vocab_map(train_ids, cfg.data.vocab) if cfg.data.vocab else np.arange(49152)
     vocab = cfg.data.vocab or 49152
     train = mapping[np.asarray(train_ids)]
-    val = corpus.windows(mapping[np.asarray(corpus.load_split(splits, "val"))], cfg.data.seq_len, cfg.train.eval_tokens)
+    val = corpus.windows(
+        mapping[np.asarray(corpus.load_split(splits, "val"))], cfg.data.seq_len, cfg.train.eval_tokens
+    )
     model = build_model(cfg, vocab)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=(0.9, 0.95), weight_decay=0.1)
     log, start = [], time.time()
-    for step, batch in zip(range(cfg.train.steps), corpus.batches(train, cfg.data.seq_len, cfg.data.batch, rng)):
+    batches = corpus.batches(train, cfg.data.seq_len, cfg.data.batch, rng)
+    for step in range(cfg.train.steps):
+        batch = next(batches)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         loss, info = step_loss(model, torch.from_numpy(batch), step, cfg)
@@ -154,7 +162,10 @@ def train_scratch(cfg: RunConfig, out_dir: Path) -> dict:
         opt.step()
         log.append({"step": step, "elapsed_s": time.time() - start, **info})
         if step % 50 == 0 or step == cfg.train.steps - 1:
-            print(f"step {step:5d}  lm {info['lm']:.3f}  depth {info['depth']:.2f}  {time.time() - start:.0f}s", flush=True)
+            print(
+                f"step {step:5d}  lm {info['lm']:.3f}  depth {info['depth']:.2f}  {time.time() - start:.0f}s",
+                flush=True,
+            )
     metrics = {"val": evaluate(model, val), "train_seconds": time.time() - start, "params": _params(model)}
     save_run(out_dir, cfg, model, mapping if cfg.data.vocab else None, metrics, log)
     return metrics
@@ -182,7 +193,14 @@ def _atomic(path: Path, write) -> None:
 
 def load_run(run_dir: Path) -> tuple[RunConfig, torch.nn.Module, np.ndarray | None]:
     """A trained scratch model from its run folder."""
-    from radsim.runconfig import DataSection, DistillSection, ModelSection, MoDSection, RadialSection, TrainSection
+    from radsim.runconfig import (
+        DataSection,
+        DistillSection,
+        ModelSection,
+        MoDSection,
+        RadialSection,
+        TrainSection,
+    )
 
     ckpt = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
     raw = ckpt["run"]

