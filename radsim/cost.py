@@ -29,7 +29,6 @@ from radsim.kernels import (
     Cost,
     KernelCost,
     allreduce,
-    ceil_to,
     elementwise,
     gemm,
     idle,
@@ -123,41 +122,54 @@ class RoutedBatch:
         return cls(n, c, v)
 
 
-def _rows(batch: RoutedBatch, kv_policy: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-sequence rows of attention (Q, O), of K/V projection and of the MLP."""
-    n, v = batch.new_tokens, batch.visiting_tokens
-    if kv_policy == "none":
-        return v, v, v
-    if kv_policy == "copy":
-        return v, n, v
-    return n, n, v
+@dataclass(frozen=True)
+class LayerLoad:
+    """What one layer launch must do, summed over its sequences; arrays of shape (*leading).
+
+    `q_rows` tokens run attention queries and the output projection, `kv_rows` write K/V entries
+    (visitors plus, under the copy and compute policies, skippers), `mlp_rows` run the MLP,
+    `visitors` pay the router and the gather/scatter; `pairs` is the number of (query, key) pairs
+    attended and `held` the KV entries read by the sequences that have queries.
+    """
+
+    q_rows: np.ndarray
+    kv_rows: np.ndarray
+    mlp_rows: np.ndarray
+    visitors: np.ndarray
+    pairs: np.ndarray
+    held: np.ndarray
+
+    @classmethod
+    def from_batch(cls, batch: RoutedBatch, kv_policy: str) -> LayerLoad:
+        """Aggregate a routed batch: the rows each operator processes under the KV policy."""
+        n, v, c = batch.new_tokens, batch.visiting_tokens, batch.context_tokens
+        q, kv = (v, v) if kv_policy == "none" else (v, n) if kv_policy == "copy" else (n, n)
+        # causal pairs: each query sees the held context and, on average, half the new entries
+        pairs = (q * c + q * (kv + 1.0) / 2.0).sum(axis=-1)
+        held = np.where(q > 0, c + kv, 0.0).sum(axis=-1)
+        return cls(q.sum(axis=-1), kv.sum(axis=-1), v.sum(axis=-1), v.sum(axis=-1), pairs, held)
 
 
-def attention(hw: Hardware, arch: Arch, exe: Execution, batch: RoutedBatch, q_rows, kv_rows) -> KernelCost:
-    """Attention of the visiting queries over the layer's KV cache, with RoPE and the KV write.
+def attention(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> KernelCost:
+    """Attention of the queries over the layer's KV cache, with RoPE and the KV write.
 
-    Causal pairs per sequence: each query sees the held context and, on average, half of the
-    entries written in this launch. FLOPs are 4 x head_dim per (head, pair) for QK^T and PV; the
-    softmax's exponentials run on special-function units and do not overlap with the MMAs
-    (FlashAttention-2 schedule), so their time adds.
+    FLOPs are 4 x head_dim per (head, pair) for QK^T and PV; the softmax's exponentials run on
+    special-function units and do not overlap with the MMAs (FlashAttention-2 schedule), so their
+    time adds.
     """
     heads = arch.num_heads / exe.tp
     kv_heads = np.ceil(arch.num_kv_heads / exe.tp)
-    c = batch.context_tokens
-    pairs = (q_rows * c + q_rows * (kv_rows + 1.0) / 2.0).sum(axis=-1)
-    pairs = np.where(q_rows.sum(axis=-1) > 0, pairs, 0.0)
     peak = exe.attention_peak_flops(hw)
-    flops = 4.0 * heads * arch.head_dim * pairs
-    flops_time = flops / (peak * hw.gemm_efficiency) + heads * pairs / hw.exp_ops_per_s
-    held = np.where(q_rows > 0, c + kv_rows, 0.0).sum(axis=-1)
+    flops = 4.0 * heads * arch.head_dim * load.pairs
+    flops_time = flops / (peak * hw.gemm_efficiency) + heads * load.pairs / hw.exp_ops_per_s
     entry = 2.0 * kv_heads * arch.head_dim * exe.kv_bytes
-    kv_read = held * entry
-    kv_write = kv_rows.sum(axis=-1) * entry
+    kv_read = load.held * entry
+    kv_write = load.kv_rows * entry
     # Q is read and O written; the new K/V come from the projection output (read once, RoPE'd).
-    act = q_rows.sum(axis=-1) * 2.0 * heads * arch.head_dim * exe.act_bytes + kv_rows.sum(axis=-1) * entry
+    act = load.q_rows * 2.0 * heads * arch.head_dim * exe.act_bytes + load.kv_rows * entry
     # Two launches: RoPE fused with the KV-cache write (whenever entries are written), then the
     # attention kernel (whenever a query visits), as in vLLM's and TensorRT-LLM's decoders.
-    writes, queries = kv_rows.sum(axis=-1) > 0, q_rows.sum(axis=-1) > 0
+    writes, queries = load.kv_rows > 0, load.q_rows > 0
     return roofline(
         hw,
         flops_time,
@@ -174,28 +186,43 @@ def attention(hw: Hardware, arch: Arch, exe: Execution, batch: RoutedBatch, q_ro
 
 def layer_cost(hw: Hardware, arch: Arch, exe: Execution, batch: RoutedBatch) -> Cost:
     """Cost of one decoder layer launch for a routed batch, per operator in `OPS` order."""
+    return load_cost(hw, arch, exe, LayerLoad.from_batch(batch, exe.kv_policy))
+
+
+def load_cost(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> Cost:
+    """Cost of layer launches given their aggregated load, per operator in `OPS` order."""
+    ops = [*row_ops(hw, arch, exe, load)]
+    ops.insert(OPS.index("attention"), attention(hw, arch, exe, load))
+    return stack_ops(hw, OPS, ops)
+
+
+def row_ops(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> list[KernelCost]:
+    """Every operator but attention, each a function of one row count (see `LayerLoad`)."""
     _check_tp(arch, exe)
     d, tp = arch.hidden_size, exe.tp
     ab, wb = exe.act_bytes, exe.weight_bytes
     peak = exe.gemm_peak_flops(hw)
-    q, kv, mlp_rows = _rows(batch, exe.kv_policy)
-    q_tot, kv_tot, mlp_tot = q.sum(axis=-1), kv.sum(axis=-1), mlp_rows.sum(axis=-1)
     q_width, kv_width = arch.q_width // tp, int(np.ceil(arch.num_kv_heads / tp)) * arch.head_dim
     ffn = arch.ffn_size // tp
     up_width = ffn * (2 if arch.ffn_kind == "swiglu" else 1)
-    ops = [
-        elementwise(hw, kv_tot, d, NORM_FLOPS_PER_ELEMENT, ab, reads=2.0),
-        _fused_qkv(hw, peak, q_tot, kv_tot, d, q_width, kv_width, wb, ab),
-        attention(hw, arch, exe, batch, q, kv),
-        gemm(hw, peak, q_tot, d, q_width, wb, ab),
-        allreduce(hw, q_tot, d, ab, tp),
-        elementwise(hw, mlp_tot, d, NORM_FLOPS_PER_ELEMENT, ab, reads=2.0),
-        _mlp(hw, peak, mlp_tot, d, ffn, up_width, arch.ffn_kind, wb, ab),
-        allreduce(hw, mlp_tot, d, ab, tp),
-        _router(hw, arch, exe, batch.visiting_tokens.sum(axis=-1)),
-        _gather_scatter(hw, arch, exe, batch.visiting_tokens.sum(axis=-1)),
+    skippers = load.kv_rows - load.q_rows
+    return [
+        elementwise(hw, load.kv_rows, d, NORM_FLOPS_PER_ELEMENT, ab, reads=2.0),
+        # Q, K, V of the visitors in one launch; K, V of skippers (copy/compute) in another
+        sum_kernels(
+            [
+                gemm(hw, peak, load.q_rows, q_width + 2 * kv_width, d, wb, ab),
+                gemm(hw, peak, skippers, 2 * kv_width, d, wb, ab),
+            ]
+        ),
+        gemm(hw, peak, load.q_rows, d, q_width, wb, ab),
+        allreduce(hw, load.q_rows, d, ab, tp),
+        elementwise(hw, load.mlp_rows, d, NORM_FLOPS_PER_ELEMENT, ab, reads=2.0),
+        _mlp(hw, peak, load.mlp_rows, d, ffn, up_width, arch.ffn_kind, wb, ab),
+        allreduce(hw, load.mlp_rows, d, ab, tp),
+        _router(hw, arch, exe, load.visitors),
+        _gather_scatter(hw, arch, exe, load.visitors),
     ]
-    return stack_ops(hw, OPS, ops)
 
 
 def _check_tp(arch: Arch, exe: Execution) -> None:
@@ -204,32 +231,6 @@ def _check_tp(arch: Arch, exe: Execution) -> None:
             f"tp={exe.tp} must divide num_heads ({arch.num_heads}) and ffn_size ({arch.ffn_size}) "
             f"of {arch.name}"
         )
-
-
-def _fused_qkv(hw, peak, q_rows, kv_rows, d, q_width, kv_width, wb, ab) -> KernelCost:
-    """Q, K and V projections as one launch; K/V may serve more rows than Q (copy/compute policies)."""
-    tm, tn = hw.gemm_tile_m, hw.gemm_tile_n
-    kv_out = 2 * kv_width
-    flops = 2.0 * d * (q_rows * q_width + kv_rows * kv_out)
-    fused = ceil_to(kv_rows, tm) * ceil_to(np.float64(q_width + kv_out), tn)
-    split = ceil_to(q_rows, tm) * ceil_to(np.float64(q_width), tn) + ceil_to(kv_rows, tm) * ceil_to(
-        np.float64(kv_out), tn
-    )
-    padded = 2.0 * d * np.where(q_rows == kv_rows, fused, split)
-    weight = d * wb * (q_width * (q_rows > 0) + kv_out * (kv_rows > 0))
-    act = ab * (np.maximum(q_rows, kv_rows) * d + q_rows * q_width + kv_rows * kv_out)
-    flops_time = padded / (peak * hw.gemm_efficiency)
-    return roofline(
-        hw,
-        flops_time,
-        weight + act,
-        (q_rows > 0) | (kv_rows > 0),
-        1.0,
-        flops=flops,
-        weight_bytes=weight,
-        act_bytes=act,
-        peak_flops=peak,
-    )
 
 
 def _mlp(hw, peak, rows, d, ffn, up_width, ffn_kind, wb, ab) -> KernelCost:

@@ -168,4 +168,48 @@ def distill(cfg: RunConfig, out_dir: Path) -> dict:
         print(f"static {kept}: {result}", flush=True)
     summary = {"rows": rows, "block_influence": bi.tolist(), "seconds": time.time() - start}
     (out_dir / "curve.json").write_text(json.dumps(summary, indent=2))
+    write_curve(summary, out_dir)
     return summary
+
+
+def write_curve(summary: dict, out_dir: Path) -> None:
+    """The trade-off curve as CSV and as a plot (HTML, and PNG when kaleido can)."""
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    table = pd.DataFrame(summary["rows"])
+    table.to_csv(out_dir / "curve.csv", index=False)
+    fig = go.Figure()
+    labels = {
+        "radial": "radial router (per token)",
+        "static_shortgpt": "static removal (ShortGPT BI)",
+        "sequential": "sequential SmolLM2-135M",
+    }
+    for method, label in labels.items():
+        part = table[table["method"] == method].sort_values("mean_depth")
+        text = [
+            f"tau={t}" if t == t and t is not None else f"{k} layers kept"
+            for t, k in zip(part["tau"], part["layers_kept"], strict=True)
+        ]
+        fig.add_trace(
+            go.Scatter(
+                x=part["mean_depth"],
+                y=part["perplexity"],
+                mode="lines+markers",
+                name=label,
+                text=text,
+                hovertemplate="%{text}<br>mean depth %{x:.2f}<br>perplexity %{y:.1f}",
+            )
+        )
+    fig.update_layout(
+        title="Held-out perplexity against mean dynamic depth (SmolLM2-135M, 30 layers)",
+        xaxis_title="mean layers visited per token",
+        yaxis_title="perplexity (validation split)",
+        yaxis_type="log",
+        template="plotly_white",
+    )
+    fig.write_html(out_dir / "curve.html", include_plotlyjs=True)
+    try:
+        fig.write_image(out_dir / "curve.png", width=900, height=520)
+    except Exception as exc:  # no kaleido/Chromium: the HTML and CSV are written anyway
+        print(f"PNG not written: {exc}")
