@@ -193,7 +193,7 @@ def load_cost(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> Cost
     """Cost of layer launches given their aggregated load, per operator in `OPS` order."""
     ops = [*row_ops(hw, arch, exe, load)]
     ops.insert(OPS.index("attention"), attention(hw, arch, exe, load))
-    return stack_ops(hw, OPS, ops)
+    return stack_ops(OPS, ops)
 
 
 def row_ops(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> list[KernelCost]:

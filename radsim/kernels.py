@@ -64,6 +64,7 @@ class KernelCost:
     act_bytes: np.ndarray
     link_bytes: np.ndarray
     launches: np.ndarray
+    energy_J: np.ndarray
     peak_flops: float
 
 
@@ -86,8 +87,11 @@ def roofline(hw: Hardware, flops_time, memory_bytes, runs, launches, link_time=0
         weight_bytes=zero, kv_read_bytes=zero, kv_write_bytes=zero, act_bytes=zero, link_bytes=zero
     )
     base.update(fields)
+    moved = base["weight_bytes"] + base["kv_read_bytes"] + base["kv_write_bytes"] + base["act_bytes"]
+    energy = op_energy_J(hw, time, base["flops"], base["peak_flops"], moved + base["link_bytes"])
     return KernelCost(
         time_s=time,
+        energy_J=energy,
         compute_time_s=np.where(runs, flops_time, 0.0),
         memory_time_s=np.where(runs, memory_time, 0.0),
         link_time_s=np.where(runs, link_time, 0.0),
@@ -195,14 +199,12 @@ ADDITIVE = (
     "act_bytes",
     "link_bytes",
     "launches",
+    "energy_J",
 )
 
 
-def stack_ops(hw: Hardware, names: tuple[str, ...], ops: list[KernelCost]) -> Cost:
-    """Stack operators' totals into a `Cost` and price their energy."""
+def stack_ops(names: tuple[str, ...], ops: list[KernelCost]) -> Cost:
+    """Stack operators' totals into a `Cost` (each kernel's energy was priced at its launch)."""
     # Every operator's arrays already have the launch shape (*leading); a plain stack suffices.
     fields = {f: np.array([getattr(o, f) for o in ops], dtype=np.float64) for f in ADDITIVE}
-    bytes_ = fields["weight_bytes"] + fields["kv_read_bytes"] + fields["kv_write_bytes"] + fields["act_bytes"]
-    peaks = np.array([o.peak_flops for o in ops]).reshape((-1,) + (1,) * (fields["time_s"].ndim - 1))
-    energy = op_energy_J(hw, fields["time_s"], fields["flops"], peaks, bytes_ + fields["link_bytes"])
-    return Cost(ops=names, **fields, energy_J=energy)
+    return Cost(ops=names, **fields)

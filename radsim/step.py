@@ -67,7 +67,7 @@ def head_cost(hw: Hardware, arch: Arch, exe: Execution, new_tokens: float, logit
         gemm(hw, peak, logit_rows, int(vocab), width, exe.weight_bytes, exe.act_bytes),
         elementwise(hw, logit_rows, vocab, SAMPLING_FLOPS_PER_LOGIT, 4.0, reads=1.0),
     ]
-    return stack_ops(hw, HEAD_OPS, ops)
+    return stack_ops(HEAD_OPS, ops)
 
 
 def step_cost(

@@ -1,0 +1,119 @@
+"""Tabulated cost model for the simulator: the same numbers as `radsim.cost`, looked up in O(1).
+
+Every operator but attention depends on one row count of a `LayerLoad` (`radsim.cost.row_ops`), and
+each kernel's energy is priced at its launch, so time, energy, FLOPs and bytes add up operator by
+operator. They are tabulated once for 0..`max_rows` rows; attention is evaluated in closed form on
+the aggregated load. A simulator iteration then costs a few numpy calls over its layer groups
+instead of a full cost-model evaluation. Larger row counts fall back to the cost model itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from radsim.arch import Arch
+from radsim.cost import Execution, LayerLoad, load_cost, row_ops
+from radsim.hardware import Hardware
+from radsim.kernels import Cost, KernelCost, sum_kernels
+from radsim.step import head_cost
+
+FIELDS = ("time_s", "energy_J", "flops", "bytes")
+
+
+@dataclass(frozen=True)
+class IterationCost:
+    """Time, energy, FLOPs and DRAM bytes of part of an iteration, on one device."""
+
+    time_s: float = 0.0
+    energy_J: float = 0.0
+    flops: float = 0.0
+    bytes: float = 0.0
+
+    def __add__(self, other: IterationCost) -> IterationCost:
+        return IterationCost(*(getattr(self, f) + getattr(other, f) for f in FIELDS))
+
+
+def _columns(kernel: KernelCost | Cost) -> np.ndarray:
+    """(..., 4) array of FIELDS."""
+    moved = kernel.weight_bytes + kernel.kv_read_bytes + kernel.kv_write_bytes + kernel.act_bytes
+    return np.stack([kernel.time_s, kernel.energy_J, kernel.flops, moved], axis=-1)
+
+
+class CostTable:
+    """Per-row-count costs of one (hardware, architecture, execution) triple."""
+
+    def __init__(self, hw: Hardware, arch: Arch, exe: Execution, max_rows: int = 16384) -> None:
+        self.hw, self.arch, self.exe, self.max_rows = hw, arch, exe, max_rows
+        rows = np.arange(max_rows + 1, dtype=np.float64)
+        zero = np.zeros_like(rows)
+        a = row_ops(hw, arch, exe, LayerLoad(rows, rows, rows, rows, zero, zero))  # no skippers
+        b = row_ops(hw, arch, exe, LayerLoad(zero, rows, zero, zero, zero, zero))  # skippers only
+        # row_ops order: attn_norm, qkv, o_proj, attn_allreduce, mlp_norm, mlp, mlp_allreduce, router, gather
+        self._kv = _columns(a[0])  # the norm before attention runs for every K/V row
+        self._q = _columns(sum_kernels(a[1:4]))
+        self._skip = _columns(b[1])  # K/V projection of skippers (copy and compute policies)
+        self._mlp = _columns(sum_kernels(a[4:7]))
+        self._visitors = _columns(sum_kernels(a[7:9]))
+        # Under each KV policy the load's row counts coincide (LayerLoad.from_batch), so tables merge:
+        # none: every row count is the visitors'; copy: Q, MLP and router rows are the visitors';
+        # compute: Q and K/V rows are all new tokens, MLP and router rows the visitors'.
+        self._by_visitors = (
+            self._q + self._mlp + self._visitors + (self._kv if exe.kv_policy == "none" else 0)
+        )
+        if exe.kv_policy == "compute":
+            self._by_tokens = self._kv + self._q
+            self._by_visitors = self._mlp + self._visitors
+        self._embed = _columns(head_cost(hw, arch, exe, rows, zero))[0]
+        self._logits = _columns(head_cost(hw, arch, exe, zero, rows))[1:].sum(axis=0)
+        heads = arch.num_heads / exe.tp
+        entry = 2.0 * np.ceil(arch.num_kv_heads / exe.tp) * arch.head_dim * exe.kv_bytes
+        peak = exe.attention_peak_flops(hw)
+        # coefficients of radsim.cost.attention, for its closed form in _attention
+        self._flops_per_pair = 4.0 * heads * arch.head_dim
+        self._s_per_pair = self._flops_per_pair / (peak * hw.gemm_efficiency) + heads / hw.exp_ops_per_s
+        self._bytes_per = (entry, 2.0 * entry, 2.0 * heads * arch.head_dim * exe.act_bytes)  # held, kv, q
+        self._s_per_byte = 1.0 / (hw.memory_bandwidth_Bps * hw.memory_efficiency)
+        self._j_per_flop = (hw.max_power_W - hw.idle_power_W) / (peak * hw.gemm_efficiency)
+
+    def layers(self, load: LayerLoad) -> IterationCost:
+        """Summed cost of the layer launches described by `load` (arrays over launch groups).
+
+        The load's row counts must relate as `LayerLoad.from_batch` makes them for the KV policy.
+        """
+        biggest = max(load.kv_rows.max(initial=0), load.mlp_rows.max(initial=0), load.visitors.max(initial=0))
+        if biggest > self.max_rows:
+            return IterationCost(
+                *_columns(load_cost(self.hw, self.arch, self.exe, load)).sum(axis=(0, 1)).tolist()
+            )
+        v = load.visitors.astype(np.int64)
+        total = self._by_visitors[v].sum(axis=0) + self._attention(load)
+        if self.exe.kv_policy == "copy":
+            kv = load.kv_rows.astype(np.int64)
+            total += self._kv[kv].sum(axis=0) + self._skip[kv - v].sum(axis=0)
+        elif self.exe.kv_policy == "compute":
+            total += self._by_tokens[load.kv_rows.astype(np.int64)].sum(axis=0)
+        return IterationCost(*total.tolist())
+
+    def _attention(self, load: LayerLoad) -> np.ndarray:
+        """Closed form of `radsim.cost.attention` summed over groups: [time, energy, flops, bytes]."""
+        hw = self.hw
+        held_b, kv_b, q_b = self._bytes_per
+        moved = load.held * held_b + load.kv_rows * kv_b + load.q_rows * q_b
+        launches = (load.kv_rows > 0).astype(np.float64) + (load.q_rows > 0)
+        busy = np.maximum(load.pairs * self._s_per_pair, moved * self._s_per_byte)
+        time = np.where(launches > 0, busy + launches * hw.kernel_launch_overhead_s, 0.0)
+        flops = load.pairs * self._flops_per_pair
+        energy = np.minimum(
+            hw.idle_power_W * time + self._j_per_flop * flops + hw.memory_energy_J_per_byte * moved,
+            hw.max_power_W * time,
+        )
+        return np.array([time.sum(), energy.sum(), flops.sum(), moved.sum()])
+
+    def head(self, new_tokens: int, logit_rows: int) -> IterationCost:
+        """Embedding for the new tokens; final norm, LM head and sampling for `logit_rows`."""
+        if max(new_tokens, logit_rows) > self.max_rows:
+            cost = head_cost(self.hw, self.arch, self.exe, float(new_tokens), float(logit_rows))
+            return IterationCost(*_columns(cost).sum(axis=0).tolist())
+        return IterationCost(*(self._embed[new_tokens] + self._logits[logit_rows]).tolist())
