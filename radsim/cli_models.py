@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from radsim.errors import ConfigError
@@ -158,8 +159,38 @@ def _capture(args: argparse.Namespace) -> None:
     meta = run_meta(model_meta(name, kind, model, extra), policy, "test", int(windows.size), args.seed, vocab)
     trace = capture(model, windows, args.batch, meta)
     path = write_trace(trace, args.out)
-    print(
-        json.dumps(
-            {"trace": str(path), "tokens": trace.tokens, "rows": len(trace.visits), **trace.meta["quality"]}
-        )
+    card = write_card(trace, path, "radsim " + " ".join(sys.argv[1:]))
+    summary = {"trace": str(path), "card": str(card), "tokens": trace.tokens, "rows": len(trace.visits)}
+    print(json.dumps({**summary, **trace.meta["quality"]}))
+
+
+def write_card(trace, path: Path, command: str) -> Path:
+    """A short markdown card beside the trace: model, data, how it was made, quality, routing stats."""
+    from radsim.trace_stats import format_stats, trace_stats
+
+    meta, quality = trace.meta, trace.meta["quality"]
+    model = meta["model"]
+    details = ", ".join(
+        f"{k}: {v}" for k, v in model.items() if k not in ("name", "kind", "num_layers", "config")
     )
+    lines = [
+        f"# Trace card: {path.name}",
+        "",
+        f"- **Model**: {model['name']} ({model['kind']}, {model['num_layers']} layers); {details}",
+        f"- **Data**: {meta['data']['tokens']} tokens of the {meta['data']['split']} split of "
+        f"{meta['data']['source']} (vocabulary {meta['data']['vocab']}); never used in training.",
+        f"- **KV policy of skipped layers**: {meta['kv_policy']}",
+        f"- **How made**: `{command}` at commit {meta['git_commit'][:12]} on {meta['device']}, {meta['created_at']}.",
+        f"- **Quality**: perplexity {quality['perplexity']:.2f} on these tokens; mean depth "
+        f"{quality['mean_depth']:.2f} of {model['num_layers']} layers.",
+        "",
+        "```",
+        format_stats(trace_stats(trace)),
+        "```",
+        "",
+    ]
+    card = path.with_suffix(".md")
+    tmp = card.with_name(card.name + ".tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(card)
+    return card
