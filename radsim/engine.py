@@ -1,0 +1,178 @@
+"""The serving simulator: simpy processes for arrivals and for each replica's iteration loop.
+
+Each replica runs iterations back to back while it has work: the scheduler (`radsim.scheduler`)
+picks the iteration's tokens, the executor turns their routes into layer loads, the tabulated cost
+model prices them, and the replica holds the device for that long (`env.timeout`). Between
+iterations an idle replica waits for an arrival and draws idle power. Requests go to the replica
+with the fewest requests in the system. Everything that is not a timing decision is a plain function
+in the scheduler, the executor or the metrics module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from radsim.arch import Arch
+from radsim.cost import Execution
+from radsim.cost_table import CostTable, IterationCost
+from radsim.errors import ConfigError
+from radsim.executor import POLICIES, skipper_load, slot_load, step_load
+from radsim.hardware import Hardware
+from radsim.memory import activation_bytes, kv_entry_bytes, weights_bytes
+from radsim.routes import RouteBook
+from radsim.scheduler import Batch, Scheduler, SchedulerConfig
+from radsim.workload import Request
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """A deployment to simulate: device, model, execution, scheduler and replicas."""
+
+    hw: Hardware
+    arch: Arch
+    exe: Execution
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    execution_policy: str = "layer_major"
+    replicas: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.execution_policy not in POLICIES:
+            raise ConfigError(f"execution policy '{self.execution_policy}'; allowed: {', '.join(POLICIES)}")
+        if self.replicas < 1:
+            raise ConfigError("--replicas must be >= 1")
+
+
+@dataclass
+class Iteration:
+    """One iteration of one replica, for the timeline."""
+
+    replica: int
+    start_at: float
+    time_s: float
+    energy_J: float
+    requests: int
+    prefill_tokens: int
+    decode_tokens: int
+    kv_bytes: float
+    waiting: int
+
+
+@dataclass
+class Replica:
+    """A replica's state: its scheduler and its energy and busy-time books."""
+
+    index: int
+    scheduler: Scheduler
+    wake: simpy.Event
+    busy_s: float = 0.0
+    energy_J: float = 0.0
+    last_end_at: float = 0.0
+
+
+class Simulation:
+    """One simulated run: build it, call `run`, read `requests`, `timeline` and the replicas."""
+
+    def __init__(self, cfg: SimConfig, routes: RouteBook, requests: list[Request]) -> None:
+        self.cfg, self.routes, self.requests = cfg, routes, requests
+        self.env = simpy.Environment()
+        sched = cfg.scheduler
+        self.table = CostTable(cfg.hw, cfg.arch, cfg.exe, max_rows=sched.max_tokens_per_iteration)
+        kv_capacity = self._kv_capacity()
+        self.rng = np.random.default_rng(cfg.seed)
+        self.replicas = [
+            Replica(
+                i,
+                Scheduler(sched, routes, kv_capacity, kv_entry_bytes(cfg.arch, cfg.exe), cfg.exe.kv_policy),
+                self.env.event(),
+            )
+            for i in range(cfg.replicas)
+        ]
+        self.timeline: list[Iteration] = []
+
+    def _kv_capacity(self) -> float:
+        """Bytes per device left for the KV cache after weights and peak activations."""
+        cfg = self.cfg
+        sched = cfg.scheduler
+        fixed = weights_bytes(cfg.arch, cfg.exe) + activation_bytes(
+            cfg.arch, cfg.exe, sched.max_tokens_per_iteration, sched.max_batch
+        )
+        free = cfg.hw.memory_capacity_bytes * sched.memory_fraction - fixed
+        if free <= 0:
+            raise ConfigError(
+                f"{cfg.arch.name} can never run on {cfg.hw.stem} (tp={cfg.exe.tp}): weights and activations need "
+                f"{fixed / 1e9:.2f} GB of {cfg.hw.memory_capacity_bytes * sched.memory_fraction / 1e9:.2f} GB usable"
+            )
+        return free
+
+    def run(self) -> None:
+        """Simulate until every request has completed."""
+        self.env.process(self._arrivals())
+        for replica in self.replicas:
+            self.env.process(self._serve(replica))
+        self.env.run()
+
+    def _arrivals(self):
+        for request in self.requests:
+            yield self.env.timeout(max(0.0, request.arrival_at - self.env.now))
+            replica = min(self.replicas, key=lambda r: (r.scheduler.in_system, r.index))
+            replica.scheduler.arrive(
+                request, self.routes.assign(self.rng, request.prompt_tokens + request.output_tokens)
+            )
+            if not replica.wake.triggered:
+                replica.wake.succeed()
+
+    def _serve(self, replica: Replica):
+        sched = replica.scheduler
+        while True:
+            batch = sched.next_batch(self.env.now)
+            if batch is None:  # idle until an arrival; the run ends when no event is left
+                replica.wake = self.env.event()
+                yield replica.wake
+                continue
+            cost = self.iteration_cost(batch, sched)
+            devices = self.cfg.exe.tp
+            idle = self.env.now - replica.last_end_at
+            replica.energy_J += idle * self.cfg.hw.idle_power_W * devices + cost.energy_J * devices
+            self.timeline.append(
+                Iteration(
+                    replica.index,
+                    self.env.now,
+                    cost.time_s,
+                    cost.energy_J * devices,
+                    len(batch.rows),
+                    int(batch.prefill_tokens),
+                    int(batch.decode_tokens),
+                    sched.kv_bytes,
+                    sched.waiting_count,
+                )
+            )
+            yield self.env.timeout(cost.time_s)
+            replica.busy_s += cost.time_s
+            replica.last_end_at = self.env.now
+            sched.finish(batch, self.env.now)
+
+    def iteration_cost(self, batch: Batch, sched: Scheduler) -> IterationCost:
+        """Price one iteration: layer launches under the execution policy, then embedding and head."""
+        cfg, book = self.cfg, self.routes
+        layers = cfg.arch.num_layers
+        held = sched.held[batch.rows]
+        if cfg.execution_policy == "layer_major":
+            load = slot_load(batch.slot_visits, batch.new_tokens, held, cfg.exe.kv_policy, layers)
+            cost = self.table.layers(load)
+        else:
+            visit_rows, steps = np.nonzero(book.steps[batch.tokens] >= 0)
+            layer = book.steps[batch.tokens[visit_rows], steps].astype(np.int64)
+            slot = batch.visit_slots(book, visit_rows, steps)
+            load = step_load(
+                batch.token_rows[visit_rows], steps, layer, slot, held, cfg.exe.kv_policy, layers
+            )
+            cost = self.table.layers(load)
+            if cfg.exe.kv_policy == "copy":
+                cost = cost + self.table.layers(
+                    skipper_load(batch.slot_visits, batch.new_tokens, held, layers)
+                )
+        return cost + self.table.head(int(batch.new_tokens.sum()), int(batch.logit_rows))

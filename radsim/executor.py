@@ -1,0 +1,84 @@
+"""Execution of a routed iteration: which layer launches run, and what each costs.
+
+Two execution policies decide how tokens that took different paths share launches:
+
+- ``layer_major``: one launch per (pass, layer) slot for every token of the iteration that visits it
+  (what a runtime can do when routes go up the layer stack within a pass);
+- ``step_sync``: every routing step is a barrier; at step s, tokens are grouped by the layer they
+  chose and each group is one launch, so a layer chosen at two steps runs (and reads its weights)
+  twice.
+
+Loads are built per (request, group) and aggregated into one `LayerLoad` over groups, which the
+tabulated cost model prices. KV entries held per (request, slot) decide the attention work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from radsim.cost import LayerLoad
+from radsim.errors import ConfigError
+
+POLICIES = ("layer_major", "step_sync")
+
+
+def slot_load(
+    visits: np.ndarray, new: np.ndarray, held: np.ndarray, kv_policy: str, num_layers: int
+) -> LayerLoad:
+    """Layer-major load: `visits` (R, W) per request and slot, `new` (R,) tokens, `held` (R, W) entries."""
+    v = visits.astype(np.float64)
+    n = np.broadcast_to(new.astype(np.float64)[:, None], v.shape)
+    first_pass = np.arange(v.shape[1]) < num_layers
+    # skippers write K/V only in the first pass (copy/compute); later passes behave as `none`
+    kv = v if kv_policy == "none" else np.where(first_pass, n, v)
+    q = kv if kv_policy == "compute" else v
+    return _aggregate(q, kv, v, held)
+
+
+def _aggregate(q: np.ndarray, kv: np.ndarray, v: np.ndarray, c: np.ndarray) -> LayerLoad:
+    """Sum per-(request, group) rows into per-group loads (the rules of `LayerLoad.from_batch`)."""
+    pairs = (q * c + q * (kv + 1.0) / 2.0).sum(axis=0)
+    held = np.where(q > 0, c + kv, 0.0).sum(axis=0)
+    return LayerLoad(q.sum(axis=0), kv.sum(axis=0), v.sum(axis=0), v.sum(axis=0), pairs, held)
+
+
+def step_load(
+    request: np.ndarray,
+    step: np.ndarray,
+    layer: np.ndarray,
+    slot: np.ndarray,
+    held: np.ndarray,
+    kv_policy: str,
+    num_layers: int,
+) -> LayerLoad:
+    """Step-synchronous load from visit rows (request row, step, layer, slot) of the iteration.
+
+    Groups are (step, layer). Under `copy`/`compute` the K/V work of skippers is charged to the
+    layer-major slot structure instead (it does not depend on steps): callers add `skipper_load`.
+    """
+    if request.size == 0:
+        z = np.zeros(0)
+        return LayerLoad(z, z, z, z, z, z)
+    group = step.astype(np.int64) * num_layers + layer
+    rows = held.shape[0]
+    key = group * rows + request
+    uniq, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    v = counts.astype(np.float64)
+    c = held[uniq % rows, slot[np.unique(inverse, return_index=True)[1]]].astype(np.float64)
+    pairs, held_rows = v * c + v * (v + 1.0) / 2.0, c + v
+    groups, which = np.unique(uniq // rows, return_inverse=True)
+    g = len(groups)
+    total = lambda x: np.bincount(which, weights=x, minlength=g)  # noqa: E731
+    rows_v = total(v)
+    if kv_policy == "compute":
+        raise ConfigError("kv_policy 'compute' runs attention for every token: use the layer_major policy")
+    return LayerLoad(rows_v, rows_v, rows_v, rows_v, total(pairs), total(held_rows))
+
+
+def skipper_load(visits: np.ndarray, new: np.ndarray, held: np.ndarray, num_layers: int) -> LayerLoad:
+    """K/V projections and writes of tokens that skip first-pass layers (copy policy), per layer."""
+    first = visits[:, :num_layers].astype(np.float64)
+    skippers = new.astype(np.float64)[:, None] - first
+    z = np.zeros(num_layers)
+    kv = skippers.sum(axis=0)
+    return LayerLoad(z, kv, z, z, z, z)

@@ -1,0 +1,147 @@
+"""Routes for simulated requests: which layers each token visits, from a trace or a generator.
+
+A `RouteBook` holds a pool of token routes grouped in sequences. A request draws whole sequences at
+random and takes their tokens in order, so within-sequence structure (and, since the simulator
+batches tokens of different sequences, realistic within-batch disagreement) is kept. Each token has
+its visits per *slot* (pass x layer; a pass ends when a route goes back to a layer at or below the
+previous one) and its layer at each routing step.
+
+Layer-count mapping (a trace of Lt layers onto an architecture of La layers): trace layer l covers
+target layers [floor(l La / Lt), floor((l+1) La / Lt)), at least the first of them; a visit to l
+becomes visits to that whole block, in order, and consecutive visits to the same target layer merge.
+The depth fraction is kept, and so is the order of the route.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from radsim.errors import ConfigError
+from radsim.trace import Trace, read_trace
+
+
+@dataclass(frozen=True)
+class RouteBook:
+    """Token routes: `slots` (tokens, passes x layers) visit counts, `steps` (tokens, max_steps)
+    layer per step (-1 past the end), `seq_starts` where each sequence's tokens begin."""
+
+    slots: np.ndarray
+    steps: np.ndarray
+    seq_starts: np.ndarray
+    num_layers: int
+    source: str
+
+    @property
+    def passes(self) -> int:
+        """Passes over the layer stack that some token makes."""
+        return self.slots.shape[1] // self.num_layers
+
+    @property
+    def depth(self) -> np.ndarray:
+        """Visits per token."""
+        return self.slots.sum(axis=1)
+
+    @property
+    def mean_depth_fraction(self) -> float:
+        """Mean visits per token over the number of layers."""
+        return float(self.depth.mean() / self.num_layers)
+
+    def assign(self, rng: np.random.Generator, length: int) -> np.ndarray:
+        """Token indices for a request of `length` tokens: whole random sequences, concatenated."""
+        ends = np.append(self.seq_starts[1:], self.slots.shape[0])
+        parts, total = [], 0
+        while total < length:
+            s = int(rng.integers(len(self.seq_starts)))
+            part = np.arange(self.seq_starts[s], ends[s])
+            parts.append(part[: length - total])
+            total += len(parts[-1])
+        return np.concatenate(parts)
+
+
+def _from_layers(
+    token: np.ndarray, layer: np.ndarray, num_layers: int, seq_starts: np.ndarray, source: str
+) -> RouteBook:
+    """Build a book from visit rows sorted by token then step: token index and layer per visit."""
+    start = np.r_[True, token[1:] != token[:-1]]
+    new_pass = np.r_[False, layer[1:] <= layer[:-1]] & ~start
+    group = np.cumsum(start) - 1
+    pass_index = np.cumsum(new_pass) - np.maximum.accumulate(np.where(start, np.cumsum(new_pass), 0))
+    first = np.flatnonzero(start)
+    step = np.arange(len(token)) - first[group]
+    n_tokens = int(token.max()) + 1
+    passes = int(pass_index.max()) + 1
+    slots = np.zeros((n_tokens, passes * num_layers), dtype=np.uint8)
+    np.add.at(slots, (token, pass_index * num_layers + layer), 1)
+    steps = np.full((n_tokens, int(step.max()) + 1), -1, dtype=np.int16)
+    steps[token, step] = layer
+    return RouteBook(slots, steps, seq_starts, num_layers, source)
+
+
+def map_layers(token: np.ndarray, layer: np.ndarray, trace_layers: int, target_layers: int):
+    """Visit rows of a trace mapped onto `target_layers` (see the module docstring)."""
+    if trace_layers == target_layers:
+        return token, layer
+    lo = (layer * target_layers) // trace_layers
+    hi = ((layer + 1) * target_layers) // trace_layers
+    size = np.maximum(hi - lo, 1)
+    row = np.repeat(np.arange(len(layer)), size)
+    offset = np.arange(row.size) - np.repeat(np.cumsum(size) - size, size)
+    token, layer = token[row], lo[row] + offset
+    keep = np.r_[True, (token[1:] != token[:-1]) | (layer[1:] != layer[:-1])]
+    return token[keep], layer[keep]
+
+
+def from_trace(trace: Trace, num_layers: int, source: str = "trace") -> RouteBook:
+    """A book of the trace's routes, mapped onto `num_layers` layers."""
+    v = trace.visits
+    key = v["seq"].to_numpy(np.int64) * (int(v["pos"].max()) + 1) + v["pos"].to_numpy(np.int64)
+    token = np.unique(key, return_inverse=True)[1]
+    seq_of_token = np.zeros(token.max() + 1, dtype=np.int64)
+    seq_of_token[token] = v["seq"].to_numpy()
+    seq_starts = np.flatnonzero(np.r_[True, seq_of_token[1:] != seq_of_token[:-1]])
+    token, layer = map_layers(token, v["layer"].to_numpy(np.int64), trace.num_layers, num_layers)
+    return _from_layers(token, layer, num_layers, seq_starts, source)
+
+
+def load_routes(path: str, num_layers: int) -> RouteBook:
+    """Read a trace file into a route book for an architecture of `num_layers` layers."""
+    return from_trace(read_trace(path), num_layers, source=str(path))
+
+
+def parametric(
+    num_layers: int,
+    depth_fraction: float = 1.0,
+    reuse_prob: float = 0.0,
+    seed: int = 0,
+    sequences: int = 64,
+    seq_len: int = 256,
+) -> RouteBook:
+    """Synthetic routes: each token visits each layer independently with probability `depth_fraction`
+    (at least one layer), in order; with probability `reuse_prob` it then revisits one of the layers
+    it visited, at random, in a second pass."""
+    if not 0 < depth_fraction <= 1 or not 0 <= reuse_prob <= 1:
+        raise ConfigError("depth fraction must be in (0, 1] and reuse probability in [0, 1]")
+    rng = np.random.default_rng(seed)
+    n = sequences * seq_len
+    visit = rng.random((n, num_layers)) < depth_fraction
+    empty = ~visit.any(axis=1)
+    visit[empty, rng.integers(num_layers, size=int(empty.sum()))] = True
+    token, layer = np.nonzero(visit)
+    reusers = np.flatnonzero(rng.random(n) < reuse_prob)
+    if reusers.size:
+        counts = visit[reusers].sum(axis=1)
+        pick = (rng.random(reusers.size) * counts).astype(np.int64)
+        extra_layer = np.array([np.flatnonzero(visit[t])[k] for t, k in zip(reusers, pick, strict=True)])
+        token = np.concatenate([token, reusers])
+        layer = np.concatenate([layer, extra_layer])
+        order = np.lexsort((np.r_[np.zeros(len(token) - reusers.size), np.ones(reusers.size)], token))
+        token, layer = token[order], layer[order]
+    name = f"parametric(depth={depth_fraction:g}, reuse={reuse_prob:g}, seed={seed})"
+    return _from_layers(token, layer, num_layers, np.arange(0, n, seq_len), name)
+
+
+def sequential(num_layers: int) -> RouteBook:
+    """Every token visits every layer once, in order."""
+    return parametric(num_layers, 1.0, 0.0, sequences=1, seq_len=1)

@@ -1,0 +1,134 @@
+"""Workloads: when requests arrive and how long their prompts and outputs are.
+
+Arrival processes: Poisson (exponential gaps at `rate_per_s`), bursty gamma (gaps with the same mean
+and coefficient of variation `burstiness`; 1 is Poisson, larger is burstier), and replay of a CSV
+with columns `arrival_s,prompt_tokens,output_tokens`. Lengths are fixed, uniform on [low, high], or
+lognormal with a given mean and coefficient of variation, clipped to [1, max]. Everything is drawn
+from one seeded generator, so the same configuration gives the same requests.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from radsim.errors import ConfigError
+
+ARRIVALS = ("poisson", "gamma", "replay")
+LENGTH_KINDS = ("fixed", "uniform", "lognormal")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request: when it arrives and how many tokens it brings and wants."""
+
+    id: int
+    arrival_at: float
+    prompt_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class LengthDist:
+    """A token-length distribution."""
+
+    kind: str = "fixed"
+    mean: float = 512.0
+    cv: float = 0.5  # lognormal: coefficient of variation
+    low: int = 1  # uniform bounds
+    high: int = 1024
+    max_tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.kind not in LENGTH_KINDS:
+            raise ConfigError(f"length kind '{self.kind}'; allowed: {', '.join(LENGTH_KINDS)}")
+        if self.mean < 1 or self.cv < 0 or not 1 <= self.low <= self.high or self.max_tokens < 1:
+            raise ConfigError("lengths need mean >= 1, cv >= 0, 1 <= low <= high, max_tokens >= 1")
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """`n` lengths as integers in [1, max_tokens]."""
+        if self.kind == "fixed":
+            values = np.full(n, self.mean)
+        elif self.kind == "uniform":
+            values = rng.integers(self.low, self.high + 1, size=n).astype(np.float64)
+        else:
+            sigma2 = np.log1p(self.cv**2)
+            values = rng.lognormal(np.log(self.mean) - sigma2 / 2, np.sqrt(sigma2), size=n)
+        return np.clip(np.rint(values), 1, self.max_tokens).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """Arrivals over [0, duration_s) and the lengths of each request."""
+
+    arrival: str = "poisson"
+    rate_per_s: float = 1.0
+    duration_s: float = 60.0
+    burstiness: float = 1.0  # gamma: coefficient of variation of the gaps
+    prompt: LengthDist = field(default_factory=lambda: LengthDist(mean=512))
+    output: LengthDist = field(default_factory=lambda: LengthDist(mean=128))
+    replay_csv: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.arrival not in ARRIVALS:
+            raise ConfigError(f"arrival '{self.arrival}'; allowed: {', '.join(ARRIVALS)}")
+        if self.arrival == "replay" and not self.replay_csv:
+            raise ConfigError("arrival 'replay' needs a CSV file (--replay FILE)")
+        if self.arrival != "replay" and (self.rate_per_s <= 0 or self.duration_s <= 0):
+            raise ConfigError("--rate and --duration must be > 0")
+        if self.burstiness <= 0:
+            raise ConfigError("--burstiness must be > 0")
+
+
+def generate(cfg: WorkloadConfig) -> list[Request]:
+    """The requests of a workload, in arrival order."""
+    if cfg.arrival == "replay":
+        return read_replay(Path(cfg.replay_csv or ""))
+    rng = np.random.default_rng(cfg.seed)
+    expected = int(cfg.rate_per_s * cfg.duration_s * 1.5 + 10 * np.sqrt(cfg.rate_per_s * cfg.duration_s) + 10)
+    mean_gap = 1.0 / cfg.rate_per_s
+    if cfg.arrival == "poisson":
+        gaps = rng.exponential(mean_gap, size=expected)
+    else:
+        shape = 1.0 / cfg.burstiness**2
+        gaps = rng.gamma(shape, mean_gap / shape, size=expected)
+    times = np.cumsum(gaps)
+    times = times[times < cfg.duration_s]
+    prompts, outputs = cfg.prompt.sample(rng, times.size), cfg.output.sample(rng, times.size)
+    return [
+        Request(i, float(t), int(p), int(o))
+        for i, (t, p, o) in enumerate(zip(times, prompts, outputs, strict=True))
+    ]
+
+
+def read_replay(path: Path) -> list[Request]:
+    """Requests from a CSV with columns arrival_s, prompt_tokens, output_tokens (any order)."""
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read replay file: {exc}") from exc
+    need = ("arrival_s", "prompt_tokens", "output_tokens")
+    if not rows or any(c not in rows[0] for c in need):
+        raise ConfigError(f"{path}: replay CSV needs columns {', '.join(need)}")
+    requests = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            arrival, prompt, output = (
+                float(row["arrival_s"]),
+                int(row["prompt_tokens"]),
+                int(row["output_tokens"]),
+            )
+        except ValueError as exc:
+            raise ConfigError(
+                f"{path}:{line}: {exc}; arrival_s is seconds, token counts are integers"
+            ) from exc
+        if arrival < 0 or prompt < 1 or output < 1:
+            raise ConfigError(f"{path}:{line}: arrival_s must be >= 0 and token counts >= 1")
+        requests.append((arrival, prompt, output))
+    requests.sort(key=lambda r: r[0])
+    return [Request(i, a, p, o) for i, (a, p, o) in enumerate(requests)]
