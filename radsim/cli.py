@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from radsim.arch import list_archs, load_arch
 from radsim.cli_models import add_model_commands
+from radsim.cli_simulate import add_simulate_command
 from radsim.cost import DTYPE_BYTES, KV_POLICIES, Execution
 from radsim.errors import ConfigError
 from radsim.estimate import Workload, estimate
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     ashow.add_argument("name")
     ashow.set_defaults(func=_arch_show)
     _estimate_parser(sub)
+    add_simulate_command(sub)
     add_model_commands(sub)
     add_trace_commands(sub)
     return parser

@@ -166,7 +166,7 @@ class Simulation:
         else:
             visit_rows, steps = np.nonzero(book.steps[batch.tokens] >= 0)
             layer = book.steps[batch.tokens[visit_rows], steps].astype(np.int64)
-            slot = batch.visit_slots(book, visit_rows, steps)
+            slot = book.step_slots[batch.tokens[visit_rows], steps].astype(np.int64)
             load = step_load(
                 batch.token_rows[visit_rows], steps, layer, slot, held, cfg.exe.kv_policy, layers
             )

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from radsim.money import Pricing
-from radsim.scheduler import ITL_BINS, RequestState
+from radsim.scheduler import ITL_BINS, Finished
 
 PERCENTILES = (50, 90, 99)
 
@@ -48,21 +48,30 @@ def _histogram_percentiles(counts: np.ndarray, total: float, n: int) -> dict[str
     return out
 
 
-def request_table(states: list[RequestState]) -> pd.DataFrame:
+def request_table(finished: list[Finished]) -> pd.DataFrame:
     """One row per completed request."""
     rows = [
-        {
-            "id": s.request.id,
-            "arrival_at": s.request.arrival_at,
-            "prompt_tokens": s.request.prompt_tokens,
-            "output_tokens": s.request.output_tokens,
-            "first_token_at": s.first_token_at,
-            "done_at": s.done_at,
-            "preemptions": s.preemptions,
-        }
-        for s in states
+        (
+            f.request.id,
+            f.request.arrival_at,
+            f.request.prompt_tokens,
+            f.request.output_tokens,
+            f.first_token_at,
+            f.done_at,
+            f.preemptions,
+        )
+        for f in finished
     ]
-    table = pd.DataFrame(rows).sort_values("id").reset_index(drop=True)
+    columns = [
+        "id",
+        "arrival_at",
+        "prompt_tokens",
+        "output_tokens",
+        "first_token_at",
+        "done_at",
+        "preemptions",
+    ]
+    table = pd.DataFrame(rows, columns=columns).sort_values("id").reset_index(drop=True)
     table["ttft_s"] = table["first_token_at"] - table["arrival_at"]
     table["e2e_s"] = table["done_at"] - table["arrival_at"]
     decode = (table["output_tokens"] - 1).clip(lower=1)

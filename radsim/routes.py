@@ -25,10 +25,12 @@ from radsim.trace import Trace, read_trace
 @dataclass(frozen=True)
 class RouteBook:
     """Token routes: `slots` (tokens, passes x layers) visit counts, `steps` (tokens, max_steps)
-    layer per step (-1 past the end), `seq_starts` where each sequence's tokens begin."""
+    layer per step and `step_slots` slot per step (-1 past the end), `seq_starts` where each
+    sequence's tokens begin."""
 
     slots: np.ndarray
     steps: np.ndarray
+    step_slots: np.ndarray
     seq_starts: np.ndarray
     num_layers: int
     source: str
@@ -76,7 +78,9 @@ def _from_layers(
     np.add.at(slots, (token, pass_index * num_layers + layer), 1)
     steps = np.full((n_tokens, int(step.max()) + 1), -1, dtype=np.int16)
     steps[token, step] = layer
-    return RouteBook(slots, steps, seq_starts, num_layers, source)
+    step_slots = np.full(steps.shape, -1, dtype=np.int32)
+    step_slots[token, step] = pass_index * num_layers + layer
+    return RouteBook(slots, steps, step_slots, seq_starts, num_layers, source)
 
 
 def map_layers(token: np.ndarray, layer: np.ndarray, trace_layers: int, target_layers: int):
@@ -144,4 +148,4 @@ def parametric(
 
 def sequential(num_layers: int) -> RouteBook:
     """Every token visits every layer once, in order."""
-    return parametric(num_layers, 1.0, 0.0, sequences=1, seq_len=1)
+    return parametric(num_layers, 1.0, 0.0, sequences=1, seq_len=256)

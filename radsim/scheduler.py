@@ -12,6 +12,9 @@ KV cache fits, and runs them to completion before admitting more.
 KV entries are counted per request and per (pass, layer) slot, from the routes: under the `none`
 policy a token holds an entry where it visits; under `copy`/`compute` every first-pass layer holds
 one for every token, plus the visits of later passes.
+
+Running requests live in rows of numpy arrays, so an iteration costs numpy calls over rows; Python
+loops run only over prefilling rows and over admissions, preemptions and completions.
 """
 
 from __future__ import annotations
@@ -48,63 +51,28 @@ class SchedulerConfig:
             raise ConfigError("--memory-fraction must be in (0, 1]")
 
 
-class RequestState:
-    """Progress of one request."""
+@dataclass
+class Finished:
+    """A completed request's timestamps."""
 
-    __slots__ = (
-        "request",
-        "tokens",
-        "target",
-        "prefilled",
-        "generated",
-        "row",
-        "first_token_at",
-        "last_token_at",
-        "done_at",
-        "preemptions",
-        "admitted_at",
-    )
-
-    def __init__(self, request: Request, tokens: np.ndarray) -> None:
-        self.request, self.tokens = request, tokens
-        self.target = request.prompt_tokens  # positions whose KV must exist before the next token
-        self.prefilled = 0
-        self.generated = 0
-        self.row = -1
-        self.first_token_at: float | None = None
-        self.last_token_at = 0.0
-        self.done_at: float | None = None
-        self.preemptions = 0
-        self.admitted_at: float | None = None
+    request: Request
+    first_token_at: float
+    done_at: float
+    preemptions: int
 
 
 @dataclass
 class Batch:
-    """What one iteration processes: per running row, its new tokens and their routes."""
+    """What one iteration processes: per scheduler row, its new tokens and their routes."""
 
     rows: np.ndarray  # (R,) scheduler rows
     new_tokens: np.ndarray  # (R,) tokens each row brings
     tokens: np.ndarray  # (T,) route-book token index of every new token
-    token_rows: np.ndarray  # (T,) position in `rows` of each new token
+    token_rows: np.ndarray  # (T,) index into `rows` of each new token
     slot_visits: np.ndarray  # (R, W) visits per (pass, layer) slot
     prefill_tokens: int
     decode_tokens: int
     logit_rows: int  # tokens whose logits are sampled (decodes and completed prefills)
-    states: list[RequestState]
-
-    def visit_slots(self, book: RouteBook, visit_rows: np.ndarray, steps: np.ndarray) -> np.ndarray:
-        """Slot (pass x layers + layer) of each (token row, step) visit."""
-        layer = book.steps[self.tokens[visit_rows], steps].astype(np.int64)
-        prev = np.where(steps > 0, book.steps[self.tokens[visit_rows], np.maximum(steps - 1, 0)], -1)
-        new_pass = (steps > 0) & (layer <= prev)
-        # passes are counted along each token's route: cumulative new passes per token row
-        order = np.lexsort((steps, visit_rows))
-        passes = np.zeros_like(steps)
-        cum = np.cumsum(new_pass[order])
-        start = np.r_[True, visit_rows[order][1:] != visit_rows[order][:-1]]
-        base = np.maximum.accumulate(np.where(start, cum - new_pass[order], 0))
-        passes[order] = cum - base
-        return passes * book.num_layers + layer
 
 
 class Scheduler:
@@ -121,34 +89,37 @@ class Scheduler:
         self.cfg, self.book = cfg, book
         self.capacity_entries = kv_capacity_bytes / entry_bytes
         self.entry_bytes = entry_bytes
-        w = book.slots.shape[1]
-        self.held = np.zeros((cfg.max_batch, w))
-        self.rows: list[RequestState | None] = [None] * cfg.max_batch
-        self.waiting: deque[RequestState] = deque()
-        self.done: list[RequestState] = []
-        self.entries_used = 0.0
-        self.arrived_count = 0
-        self.itl_histogram = np.zeros(len(ITL_BINS) + 1, dtype=np.int64)
-        self.itl_sum, self.itl_count = 0.0, 0
-        first = np.arange(w) < book.num_layers
+        n, w = cfg.max_batch, book.slots.shape[1]
         entries = book.slots.astype(np.float64)
         if kv_policy != "none":
-            entries[:, first] = 1.0  # every token holds a first-pass entry in every layer
+            entries[:, : book.num_layers] = 1.0  # every token holds a first-pass entry in every layer
         self.token_entries = entries  # (tokens, W) KV entries a token adds per slot
+        self.held = np.zeros((n, w))
+        self.active = np.zeros(n, dtype=bool)
+        self.request: list[Request | None] = [None] * n
+        self.routes = np.zeros((n, 1), dtype=np.int64)  # route-book token of each row's positions
+        for name in ("target", "prefilled", "generated", "prompt", "output", "preemptions"):
+            setattr(self, name, np.zeros(n, dtype=np.int64))
+        for name in ("first_token_at", "last_token_at", "admitted_at"):
+            setattr(self, name, np.full(n, np.nan))
+        self.waiting: deque[tuple[Request, np.ndarray, int, float, int]] = (
+            deque()
+        )  # request, routes, generated, first token, preemptions
+        self.done: list[Finished] = []
+        self.entries_used = 0.0
+        self.itl_histogram = np.zeros(len(ITL_BINS) + 1, dtype=np.int64)
+        self.itl_sum, self.itl_count = 0.0, 0
 
     # -- books ---------------------------------------------------------------------------------
     @property
     def in_system(self) -> int:
         """Requests waiting or running."""
-        return len(self.waiting) + sum(r is not None for r in self.rows)
+        return len(self.waiting) + int(self.active.sum())
 
     @property
     def waiting_count(self) -> int:
+        """Requests in the queue."""
         return len(self.waiting)
-
-    @property
-    def completed_count(self) -> int:
-        return len(self.done)
 
     @property
     def kv_bytes(self) -> float:
@@ -156,152 +127,174 @@ class Scheduler:
         return self.entries_used * self.entry_bytes
 
     def arrive(self, request: Request, tokens: np.ndarray) -> None:
-        """A request joins the queue with its token routes."""
-        state = RequestState(request, tokens)
+        """A request joins the queue with its token routes; it must fit in the KV cache alone."""
         need = self.token_entries[tokens[: request.prompt_tokens + request.output_tokens - 1]].sum()
         if need > self.capacity_entries:
             raise ConfigError(
                 f"request {request.id} ({request.prompt_tokens}+{request.output_tokens} tokens) needs "
-                f"{need * self.entry_bytes / 1e9:.2f} GB of KV cache; only {self.capacity_entries * self.entry_bytes / 1e9:.2f} GB fit"
+                f"{need * self.entry_bytes / 1e9:.2f} GB of KV cache; only "
+                f"{self.capacity_entries * self.entry_bytes / 1e9:.2f} GB fit next to the weights"
             )
-        self.waiting.append(state)
-        self.arrived_count += 1
+        self.waiting.append((request, tokens, 0, np.nan, 0))
 
     # -- planning ------------------------------------------------------------------------------
     def next_batch(self, now: float) -> Batch | None:
         """The next iteration's work, or None when there is nothing to do."""
-        plan: list[tuple[RequestState, int]] = []
-        budget = self.cfg.max_tokens_per_iteration
-        running = [s for s in self.rows if s is not None]
-        if self.cfg.policy == "static" and not running:
-            running = self._admit_static(now)
-        for state in running:
-            if state.prefilled == state.target and state.generated < state.request.output_tokens:
-                plan.append((state, 1))
-                budget -= 1
-        for state in running:
-            budget = self._plan_prefill(state, plan, budget)
+        if self.cfg.policy == "static" and not self.active.any():
+            self._admit_static(now)
+        decode = np.flatnonzero(
+            self.active & (self.prefilled == self.target) & (self.generated < self.output)
+        )
+        budget = self.cfg.max_tokens_per_iteration - decode.size
+        chunks: dict[int, int] = {}
+        for row in np.flatnonzero(self.active & (self.prefilled < self.target)):
+            budget = self._plan_prefill(int(row), chunks, budget, bool(decode.size))
         if self.cfg.policy == "continuous":
-            budget = self._admit(now, plan, budget)
-        plan = self._fit(plan)
-        return self._batch(plan) if plan else None
+            self._admit(now, chunks, budget, bool(decode.size))
+        decode, chunks = self._fit(decode, chunks)
+        return self._batch(decode, chunks) if decode.size or chunks else None
 
-    def _plan_prefill(self, state: RequestState, plan: list, budget: int) -> int:
-        left = state.target - state.prefilled
-        if left <= 0 or budget <= 0:
+    def _plan_prefill(self, row: int, chunks: dict[int, int], budget: int, busy: bool) -> int:
+        left = int(self.target[row] - self.prefilled[row])
+        if budget <= 0:
             return budget
-        chunk = min(left, budget) if self.cfg.chunked_prefill else left
-        if not self.cfg.chunked_prefill and left > budget and plan:
-            return budget
-        plan.append((state, chunk))
-        return budget - chunk
+        if not self.cfg.chunked_prefill:
+            if left > budget and (busy or chunks):
+                return budget
+            chunks[row] = left
+            return budget - left
+        chunks[row] = min(left, budget)
+        return budget - chunks[row]
 
-    def _admit(self, now: float, plan: list, budget: int) -> int:
-        while self.waiting and budget > 0 and None in self.rows:
-            state = self.waiting[0]
-            need = self.token_entries[state.tokens[: state.target]].sum()
+    def _admit(self, now: float, chunks: dict[int, int], budget: int, busy: bool) -> None:
+        while self.waiting and budget > 0 and not self.active.all():
+            request, tokens, generated, _, _ = self.waiting[0]
+            need = self.token_entries[tokens[: request.prompt_tokens + generated]].sum()
             if self.entries_used + need > self.capacity_entries:
-                break
-            self.waiting.popleft()
-            self._place(state, now)
-            budget = self._plan_prefill(state, plan, budget)
-        return budget
+                return
+            row = self._place(now)
+            budget = self._plan_prefill(row, chunks, budget, busy)
 
-    def _admit_static(self, now: float) -> list[RequestState]:
-        admitted, entries = [], self.entries_used
-        while self.waiting and len(admitted) < self.cfg.max_batch:
-            state = self.waiting[0]
-            r = state.request
-            need = self.token_entries[state.tokens[: r.prompt_tokens + r.output_tokens - 1]].sum()
+    def _admit_static(self, now: float) -> None:
+        entries = self.entries_used
+        while self.waiting and not self.active.all():
+            request, tokens, generated, _, _ = self.waiting[0]
+            need = self.token_entries[tokens[: request.prompt_tokens + request.output_tokens - 1]].sum()
             if entries + need > self.capacity_entries:
-                break
+                return
             entries += need
-            admitted.append(self.waiting.popleft())
-            self._place(admitted[-1], now)
-        return admitted
+            self._place(now)
 
-    def _place(self, state: RequestState, now: float) -> None:
-        state.row = self.rows.index(None)
-        self.rows[state.row] = state
-        state.admitted_at = now if state.admitted_at is None else state.admitted_at
+    def _place(self, now: float) -> int:
+        request, tokens, generated, first, preemptions = self.waiting.popleft()
+        row = int(np.argmin(self.active))
+        self.active[row] = True
+        if tokens.size > self.routes.shape[1]:
+            grown = np.zeros((self.routes.shape[0], tokens.size), dtype=np.int64)
+            grown[:, : self.routes.shape[1]] = self.routes
+            self.routes = grown
+        self.request[row] = request
+        self.routes[row, : tokens.size] = tokens
+        self.prompt[row], self.output[row] = request.prompt_tokens, request.output_tokens
+        self.target[row] = request.prompt_tokens + generated
+        self.prefilled[row], self.generated[row] = 0, generated
+        self.first_token_at[row], self.preemptions[row] = first, preemptions
+        self.admitted_at[row] = now
+        self.last_token_at[row] = now if np.isnan(first) else self.last_token_at[row]
+        return row
 
-    def _fit(self, plan: list) -> list:
+    def _decode_tokens(self, rows: np.ndarray) -> np.ndarray:
+        """Route-book token processed by each decoding row: its last generated token."""
+        return self.routes[rows, self.prompt[rows] + self.generated[rows] - 1]
+
+    def _fit(self, decode: np.ndarray, chunks: dict[int, int]):
         """Preempt the most recently admitted requests until the iteration's new KV entries fit."""
-        while plan:
-            new = sum(self.token_entries[self._positions(s, n)].sum() for s, n in plan)
+        while decode.size or chunks:
+            new = self.token_entries[self._decode_tokens(decode)].sum()
+            new += sum(self.token_entries[self._chunk(r, n)].sum() for r, n in chunks.items())
             if self.entries_used + new <= self.capacity_entries:
-                return plan
-            victim = max((s for s in self.rows if s is not None), key=lambda s: (s.admitted_at, s.request.id))
-            plan = [(s, n) for s, n in plan if s is not victim]
+                break
+            running = np.flatnonzero(self.active)
+            victim = int(running[np.argmax(self.admitted_at[running])])
+            decode = decode[decode != victim]
+            chunks.pop(victim, None)
             self._preempt(victim)
-        return plan
+        return decode, chunks
 
-    def _preempt(self, state: RequestState) -> None:
-        self.entries_used -= self.held[state.row].sum()
-        self.held[state.row] = 0.0
-        self.rows[state.row] = None
-        state.row, state.prefilled = -1, 0
-        state.target = state.request.prompt_tokens + state.generated
-        state.preemptions += 1
-        self.waiting.appendleft(state)
+    def _chunk(self, row: int, n: int) -> np.ndarray:
+        start = int(self.prefilled[row])
+        return self.routes[row][start : start + n]
 
-    def _positions(self, state: RequestState, n: int) -> np.ndarray:
-        """Route-book tokens processed: the next prefill chunk, or the last generated token."""
-        if state.prefilled < state.target:
-            return state.tokens[state.prefilled : state.prefilled + n]
-        return state.tokens[
-            state.request.prompt_tokens + state.generated - 1 : state.request.prompt_tokens + state.generated
-        ]
+    def _preempt(self, row: int) -> None:
+        self._free(row)
+        request = self.request[row]
+        assert request is not None
+        length = request.prompt_tokens + request.output_tokens
+        state = (int(self.generated[row]), float(self.first_token_at[row]), int(self.preemptions[row]) + 1)
+        self.waiting.appendleft((request, self.routes[row, :length].copy(), *state))
 
-    def _batch(self, plan: list) -> Batch:
-        tokens = [self._positions(s, n) for s, n in plan]
-        counts = np.array([len(t) for t in tokens])
-        flat = np.concatenate(tokens)
-        token_rows = np.repeat(np.arange(len(plan)), counts)
-        slot_visits = np.zeros((len(plan), self.book.slots.shape[1]))
-        np.add.at(slot_visits, token_rows, self.book.slots[flat])
-        prefill = sum(n for s, n in plan if s.prefilled < s.target)
-        completing = sum(1 for s, n in plan if s.prefilled < s.target and s.prefilled + n == s.target)
-        decode = len(flat) - prefill
+    def _free(self, row: int) -> None:
+        self.entries_used -= self.held[row].sum()
+        self.held[row] = 0.0
+        self.active[row] = False
+        self.request[row] = None
+
+    def _batch(self, decode: np.ndarray, chunks: dict[int, int]) -> Batch:
+        prefill_rows = np.fromiter(chunks, dtype=np.int64, count=len(chunks))
+        prefill_n = np.fromiter(chunks.values(), dtype=np.int64, count=len(chunks))
+        rows = np.concatenate([decode, prefill_rows])
+        counts = np.concatenate([np.ones(decode.size, dtype=np.int64), prefill_n])
+        parts = [self._decode_tokens(decode)] + [self._chunk(int(r), int(n)) for r, n in chunks.items()]
+        tokens = np.concatenate(parts)
+        token_rows = np.repeat(np.arange(rows.size), counts)
+        if chunks:
+            visits = np.zeros((rows.size, self.book.slots.shape[1]))
+            visits[: decode.size] = self.book.slots[tokens[: decode.size]]
+            for i, part in enumerate(parts[1:], start=decode.size):
+                visits[i] = self.book.slots[part].sum(axis=0)
+        else:
+            visits = self.book.slots[tokens].astype(np.float64)
+        completing = int(((self.prefilled[prefill_rows] + prefill_n) == self.target[prefill_rows]).sum())
         return Batch(
-            np.array([s.row for s, _ in plan]),
+            rows,
             counts,
-            flat,
+            tokens,
             token_rows,
-            slot_visits,
-            prefill,
-            decode,
-            decode + completing,
-            [s for s, _ in plan],
+            visits,
+            int(prefill_n.sum()),
+            int(decode.size),
+            int(decode.size) + completing,
         )
 
     # -- completion ----------------------------------------------------------------------------
     def finish(self, batch: Batch, now: float) -> None:
         """Book the iteration: KV entries written, tokens emitted, requests completed."""
-        added = np.zeros_like(batch.slot_visits)
-        np.add.at(added, batch.token_rows, self.token_entries[batch.tokens])
+        if batch.prefill_tokens:
+            added = np.zeros((batch.rows.size, self.held.shape[1]))
+            np.add.at(added, batch.token_rows, self.token_entries[batch.tokens])
+        else:  # one token per row
+            added = self.token_entries[batch.tokens]
         self.held[batch.rows] += added
         self.entries_used += added.sum()
-        for state, n in zip(batch.states, batch.new_tokens, strict=True):
-            if state.prefilled < state.target:
-                state.prefilled += int(n)
-                if state.prefilled < state.target:
-                    continue
-            self._emit(state, now)
+        rows = batch.rows
+        prefilling = self.prefilled[rows] < self.target[rows]
+        self.prefilled[rows] += np.where(prefilling, batch.new_tokens, 0)
+        emit = rows[~prefilling | (self.prefilled[rows] == self.target[rows])]
+        self._emit(emit, now)
 
-    def _emit(self, state: RequestState, now: float) -> None:
-        if state.first_token_at is None:
-            state.first_token_at = now
-        elif state.generated > 0:
-            gap = now - state.last_token_at
-            self.itl_histogram[np.searchsorted(ITL_BINS, gap)] += 1
-            self.itl_sum, self.itl_count = self.itl_sum + gap, self.itl_count + 1
-        state.generated += 1
-        state.last_token_at = now
-        if state.generated >= state.request.output_tokens:
-            state.done_at = now
-            self.entries_used -= self.held[state.row].sum()
-            self.held[state.row] = 0.0
-            self.rows[state.row] = None
-            state.row = -1
-            self.done.append(state)
+    def _emit(self, rows: np.ndarray, now: float) -> None:
+        had = self.generated[rows] > 0
+        gaps = now - self.last_token_at[rows[had]]
+        self.itl_histogram += np.bincount(np.searchsorted(ITL_BINS, gaps), minlength=self.itl_histogram.size)
+        self.itl_sum, self.itl_count = self.itl_sum + float(gaps.sum()), self.itl_count + int(gaps.size)
+        first = rows[np.isnan(self.first_token_at[rows])]
+        self.first_token_at[first] = now
+        self.generated[rows] += 1
+        self.last_token_at[rows] = now
+        for row in rows[self.generated[rows] >= self.output[rows]].tolist():
+            request = self.request[row]
+            assert request is not None
+            self.done.append(
+                Finished(request, float(self.first_token_at[row]), now, int(self.preemptions[row]))
+            )
+            self._free(row)
