@@ -104,7 +104,7 @@ class Simulation:
         if free <= 0:
             raise ConfigError(
                 f"{cfg.arch.name} can never run on {cfg.hw.stem} (tp={cfg.exe.tp}): weights and activations need "
-                f"{fixed / 1e9:.2f} GB of {cfg.hw.memory_capacity_bytes * sched.memory_fraction / 1e9:.2f} GB usable"
+                f"{fixed / 1e9:.3g} GB of {cfg.hw.memory_capacity_bytes * sched.memory_fraction / 1e9:.3g} GB usable"
             )
         return free
 
@@ -117,7 +117,8 @@ class Simulation:
 
     def _arrivals(self):
         for request in self.requests:
-            yield self.env.timeout(max(0.0, request.arrival_at - self.env.now))
+            if request.arrival_at > self.env.now:  # simultaneous arrivals join the queue together
+                yield self.env.timeout(request.arrival_at - self.env.now)
             replica = min(self.replicas, key=lambda r: (r.scheduler.in_system, r.index))
             replica.scheduler.arrive(
                 request, self.routes.assign(self.rng, request.prompt_tokens + request.output_tokens)

@@ -226,12 +226,12 @@ class Scheduler:
         return self.routes[row][start : start + n]
 
     def _preempt(self, row: int) -> None:
-        self._free(row)
         request = self.request[row]
         assert request is not None
         length = request.prompt_tokens + request.output_tokens
         state = (int(self.generated[row]), float(self.first_token_at[row]), int(self.preemptions[row]) + 1)
         self.waiting.appendleft((request, self.routes[row, :length].copy(), *state))
+        self._free(row)
 
     def _free(self, row: int) -> None:
         self.entries_used -= self.held[row].sum()
