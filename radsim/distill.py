@@ -208,7 +208,7 @@ def write_curve(summary: dict, out_dir: Path) -> None:
         yaxis_type="log",
         template="plotly_white",
     )
-    fig.write_html(out_dir / "curve.html", include_plotlyjs=True)
+    fig.write_html(out_dir / "curve.html", include_plotlyjs="cdn")  # small file; the PNG is the offline copy
     try:
         fig.write_image(out_dir / "curve.png", width=900, height=520)
     except Exception as exc:  # no kaleido/Chromium: the HTML and CSV are written anyway
