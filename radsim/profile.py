@@ -102,7 +102,9 @@ def write_profile(rows: pd.DataFrame, name: str, out_dir: Path, meta: dict) -> d
     }
     (out_dir / f"{name}-summary.json").write_text(json.dumps(result, indent=2))
     fig = plot(table, f"Residual contribution per layer: {name}")
-    fig.write_html(out_dir / f"{name}-contributions.html", include_plotlyjs="cdn")  # small file; the PNG is the offline copy
+    fig.write_html(
+        out_dir / f"{name}-contributions.html", include_plotlyjs="cdn"
+    )  # small file; the PNG is the offline copy
     try:
         fig.write_image(out_dir / f"{name}-contributions.png", width=900, height=500)
     except Exception as exc:  # kaleido or its browser missing: HTML is still there

@@ -70,6 +70,7 @@ class Batch:
     tokens: np.ndarray  # (T,) route-book token index of every new token
     token_rows: np.ndarray  # (T,) index into `rows` of each new token
     slot_visits: np.ndarray  # (R, W) visits per (pass, layer) slot
+    entries: np.ndarray  # (R, W) KV entries the iteration adds per slot
     prefill_tokens: int
     decode_tokens: int
     logit_rows: int  # tokens whose logits are sampled (decodes and completed prefills)
@@ -86,7 +87,7 @@ class Scheduler:
         entry_bytes: float,
         kv_policy: str,
     ) -> None:
-        self.cfg, self.book = cfg, book
+        self.cfg, self.book, self.kv_policy = cfg, book, kv_policy
         self.capacity_entries = kv_capacity_bytes / entry_bytes
         self.entry_bytes = entry_bytes
         n, w = cfg.max_batch, book.slots.shape[1]
@@ -151,8 +152,7 @@ class Scheduler:
             budget = self._plan_prefill(int(row), chunks, budget, bool(decode.size))
         if self.cfg.policy == "continuous":
             self._admit(now, chunks, budget, bool(decode.size))
-        decode, chunks = self._fit(decode, chunks)
-        return self._batch(decode, chunks) if decode.size or chunks else None
+        return self._fit(decode, chunks)
 
     def _plan_prefill(self, row: int, chunks: dict[int, int], budget: int, busy: bool) -> int:
         left = int(self.target[row] - self.prefilled[row])
@@ -207,19 +207,18 @@ class Scheduler:
         """Route-book token processed by each decoding row: its last generated token."""
         return self.routes[rows, self.prompt[rows] + self.generated[rows] - 1]
 
-    def _fit(self, decode: np.ndarray, chunks: dict[int, int]):
-        """Preempt the most recently admitted requests until the iteration's new KV entries fit."""
+    def _fit(self, decode: np.ndarray, chunks: dict[int, int]) -> Batch | None:
+        """The batch, after preempting the latest admitted requests until its new KV entries fit."""
         while decode.size or chunks:
-            new = self.token_entries[self._decode_tokens(decode)].sum()
-            new += sum(self.token_entries[self._chunk(r, n)].sum() for r, n in chunks.items())
-            if self.entries_used + new <= self.capacity_entries:
-                break
+            batch = self._batch(decode, chunks)
+            if self.entries_used + batch.entries.sum() <= self.capacity_entries:
+                return batch
             running = np.flatnonzero(self.active)
             victim = int(running[np.argmax(self.admitted_at[running])])
             decode = decode[decode != victim]
             chunks.pop(victim, None)
             self._preempt(victim)
-        return decode, chunks
+        return None
 
     def _chunk(self, row: int, n: int) -> np.ndarray:
         start = int(self.prefilled[row])
@@ -255,12 +254,17 @@ class Scheduler:
         else:
             visits = self.book.slots[tokens].astype(np.float64)
         completing = int(((self.prefilled[prefill_rows] + prefill_n) == self.target[prefill_rows]).sum())
+        entries = visits
+        if self.kv_policy != "none":  # every new token writes an entry in every first-pass layer
+            entries = visits.copy()
+            entries[:, : self.book.num_layers] = counts[:, None]
         return Batch(
             rows,
             counts,
             tokens,
             token_rows,
             visits,
+            entries,
             int(prefill_n.sum()),
             int(decode.size),
             int(decode.size) + completing,
@@ -269,13 +273,8 @@ class Scheduler:
     # -- completion ----------------------------------------------------------------------------
     def finish(self, batch: Batch, now: float) -> None:
         """Book the iteration: KV entries written, tokens emitted, requests completed."""
-        if batch.prefill_tokens:
-            added = np.zeros((batch.rows.size, self.held.shape[1]))
-            np.add.at(added, batch.token_rows, self.token_entries[batch.tokens])
-        else:  # one token per row
-            added = self.token_entries[batch.tokens]
-        self.held[batch.rows] += added
-        self.entries_used += added.sum()
+        self.held[batch.rows] += batch.entries
+        self.entries_used += batch.entries.sum()
         rows = batch.rows
         prefilling = self.prefilled[rows] < self.target[rows]
         self.prefilled[rows] += np.where(prefilling, batch.new_tokens, 0)

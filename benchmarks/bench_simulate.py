@@ -1,0 +1,77 @@
+"""Simulator speed: wall-clock seconds per simulated hour at saturation, and start-up time.
+
+Run: python benchmarks/bench_simulate.py [--trace traces/NAME.parquet] [--hours 1.0]
+Llama-3.1-8B on one H100, continuous batching (max batch 256, 8192-token budget), Poisson arrivals
+above the replica's capacity (saturation), lognormal prompts (mean 512) and outputs (mean 256).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from radsim.arch import load_arch
+from radsim.cost import Execution
+from radsim.engine import SimConfig, Simulation
+from radsim.hardware import load_hardware
+from radsim.metrics import SLO, summarize
+from radsim.money import Pricing
+from radsim.routes import load_routes, parametric
+from radsim.scheduler import SchedulerConfig
+from radsim.trace import read_trace
+from radsim.workload import LengthDist, WorkloadConfig, generate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trace", help="radial trace to draw routes from (default: parametric, depth 0.6)")
+    parser.add_argument("--hours", type=float, default=1.0, help="simulated hours of arrivals")
+    parser.add_argument("--rate", type=float, default=40.0, help="requests per second (above capacity)")
+    parser.add_argument("--execution", default="layer_major", choices=("layer_major", "step_sync"))
+    args = parser.parse_args()
+    start = time.perf_counter()
+    hw, arch = load_hardware("h100_sxm"), load_arch("llama3.1-8b")
+    if args.trace:
+        policy = read_trace(args.trace).meta["kv_policy"]
+        book = load_routes(args.trace, arch.num_layers)
+    else:
+        policy, book = "none", parametric(arch.num_layers, 0.6)
+    cfg = SimConfig(
+        hw,
+        arch,
+        Execution("bf16", kv_policy=policy, routed=True),
+        SchedulerConfig(max_batch=256),
+        execution_policy=args.execution,
+    )
+    lengths = {"kind": "lognormal", "cv": 0.5, "max_tokens": 4096}
+    workload = WorkloadConfig(
+        rate_per_s=args.rate,
+        duration_s=3600 * args.hours,
+        seed=1,
+        prompt=LengthDist(mean=512, **lengths),
+        output=LengthDist(mean=256, **lengths),
+    )
+    requests = generate(workload)
+    sim = Simulation(cfg, book, requests)
+    startup = time.perf_counter() - start
+    sim.run()
+    wall = time.perf_counter() - start - startup
+    m = summarize(sim, SLO(), Pricing())
+    simulated_h = m["makespan_s"] / 3600
+    print(
+        f"routes: {book.source} (depth fraction {book.mean_depth_fraction:.3f}), execution {args.execution}"
+    )
+    print(
+        f"start-up: {startup:.2f} s; simulated {m['makespan_s']:.0f} s ({m['iterations']} iterations, "
+        f"{m['requests']} requests, {m['output_tokens']} output tokens) in {wall:.1f} s wall"
+    )
+    print(f"wall seconds per simulated hour: {wall / simulated_h:.1f}")
+    print(f"simulated output tokens per wall second: {m['output_tokens'] / wall:.0f}")
+    print(f"wall microseconds per iteration: {wall / m['iterations'] * 1e6:.0f}")
+    print(
+        f"throughput {m['output_tokens_per_s']:.0f} tok/s, TPOT mean {m['tpot_s_mean'] * 1e3:.2f} ms, busy {m['busy_fraction']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
