@@ -1,0 +1,66 @@
+"""Route books: from traces (with layer-count mapping) and from the parametric generator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from radsim.errors import ConfigError
+from radsim.routes import from_trace, map_layers, parametric, sequential
+from radsim.trace import Trace, visits_from_routes
+
+META = {
+    "schema_version": 1,
+    "model": {"name": "t", "kind": "radial", "num_layers": 4, "config": {}},
+    "kv_policy": "none",
+    "data": {"source": "test", "tokens": 3},
+    "seed": 0,
+    "git_commit": "x",
+    "device": "cpu",
+    "created_at": "2026-11-24T00:00:00+00:00",
+}
+
+
+def _trace(routes, seq, pos) -> Trace:
+    return Trace(visits_from_routes(routes, seq, pos), META)
+
+
+def test_book_from_trace_keeps_routes_passes_and_sequences():
+    book = from_trace(_trace([[0, 2, 3], [0, 1, 1], [0, 3]], [0, 0, 1], [0, 1, 0]), 4)
+    assert book.passes == 2  # the second token revisits layer 1 in a second pass
+    np.testing.assert_array_equal(book.slots[0, :4], [1, 0, 1, 1])
+    np.testing.assert_array_equal(book.slots[1], [1, 1, 0, 0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(book.steps[1, :3], [0, 1, 1])
+    np.testing.assert_array_equal(book.step_slots[1, :3], [0, 1, 5])
+    np.testing.assert_array_equal(book.seq_starts, [0, 2])
+    assert book.depth.tolist() == [3, 3, 2]
+
+
+def test_layer_mapping_rule():
+    token = np.array([0, 0, 1])
+    # 4 -> 8 layers: each trace layer covers two target layers
+    t, layer = map_layers(token, np.array([0, 3, 1]), 4, 8)
+    assert t.tolist() == [0, 0, 0, 0, 1, 1] and layer.tolist() == [0, 1, 6, 7, 2, 3]
+    # 4 -> 2 layers: layers 0,1 -> 0 and 2,3 -> 1; consecutive duplicates merge
+    t, layer = map_layers(np.array([0, 0, 0]), np.array([0, 1, 3]), 4, 2)
+    assert t.tolist() == [0, 0] and layer.tolist() == [0, 1]
+    same = map_layers(token, np.array([0, 3, 1]), 4, 4)
+    assert same[1].tolist() == [0, 3, 1]
+
+
+def test_assign_draws_whole_sequences_deterministically():
+    book = parametric(8, 0.5, seed=3, sequences=5, seq_len=10)
+    a = book.assign(np.random.default_rng(1), 25)
+    assert len(a) == 25 and (np.diff(a[:10]) == 1).all() and a[0] % 10 == 0
+    np.testing.assert_array_equal(a, book.assign(np.random.default_rng(1), 25))
+
+
+def test_parametric_depth_and_reuse():
+    book = parametric(32, 0.25, reuse_prob=0.5, seed=0, sequences=8, seq_len=256)
+    assert book.mean_depth_fraction == pytest.approx(0.25 + 0.5 / 32, abs=0.01)
+    assert book.passes == 2
+    assert (book.depth >= 1).all()
+    seq = sequential(6)
+    assert (seq.slots == 1).all() and seq.steps[0].tolist() == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(ConfigError, match="depth fraction"):
+        parametric(8, 0.0)
