@@ -73,12 +73,14 @@ def run_simulate(args: argparse.Namespace) -> None:
 
     hw, arch = load_hardware(args.hw), load_arch(args.arch)
     if args.trace:
-        policy = args.kv_policy or read_trace(args.trace).meta["kv_policy"]
+        meta = read_trace(args.trace).meta
+        policy = args.kv_policy or meta["kv_policy"]
         book = load_routes(args.trace, arch.num_layers)
+        routed = meta["model"]["kind"] != "sequential"  # a sequential model has no router to run
     else:
         policy = args.kv_policy or "none"
         book = parametric(arch.num_layers, args.depth_fraction, args.reuse_prob, seed=args.seed)
-    routed = args.trace is not None or args.depth_fraction < 1 or args.reuse_prob > 0
+        routed = args.depth_fraction < 1 or args.reuse_prob > 0
     exe = Execution(dtype=args.dtype, tp=args.tp, kv_policy=policy, routed=routed)
     hw.peak_flops(args.dtype)
     scheduler = SchedulerConfig(
