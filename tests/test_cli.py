@@ -113,3 +113,89 @@ def test_console_script_runs():
         check=True,
     )
     assert json.loads(done.stdout)["hw"] == "l40s"
+
+
+SIM_KEYS = {
+    "ttft_s_mean",
+    "ttft_s_p50",
+    "ttft_s_p90",
+    "ttft_s_p99",
+    "tpot_s_mean",
+    "tpot_s_p99",
+    "itl_s_p50",
+    "e2e_s_p99",
+    "output_tokens_per_s",
+    "goodput_requests_per_s",
+    "energy_J_per_output_token",
+    "cost_usd_per_Mtok",
+}
+
+
+def test_simulate_json_parametric_and_trace(capsys, tmp_path):
+    from radsim.trace import Trace, visits_from_routes, write_trace
+
+    args = [
+        "simulate",
+        "--hw",
+        "h100_sxm",
+        "--arch",
+        "smollm2-135m",
+        "--rate",
+        "4",
+        "--duration",
+        "3",
+        "--depth-fraction",
+        "0.5",
+        "--seed",
+        "1",
+        "--json",
+        "--timeline",
+        str(tmp_path / "t.parquet"),
+    ]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert SIM_KEYS <= set(result) and result["completed"] == result["requests"] > 0
+    assert (tmp_path / "t.parquet").exists()
+    meta = {
+        "schema_version": 1,
+        "model": {"name": "t", "kind": "radial", "num_layers": 4, "config": {}},
+        "kv_policy": "none",
+        "data": {"source": "test", "tokens": 4},
+        "seed": 0,
+        "git_commit": "x",
+        "device": "cpu",
+        "created_at": "2026-11-24T00:00:00+00:00",
+    }
+    visits = visits_from_routes([[0, 2], [0, 1, 3], [1], [0, 3]], [0, 0, 1, 1], [0, 1, 0, 1])
+    write_trace(Trace(visits, meta), tmp_path / "r.parquet")
+    args = [
+        "simulate",
+        "--hw",
+        "h100_sxm",
+        "--arch",
+        "smollm2-135m",
+        "--trace",
+        str(tmp_path / "r.parquet"),
+        "--rate",
+        "4",
+        "--duration",
+        "3",
+        "--execution",
+        "step_sync",
+        "--json",
+    ]
+    assert main(args) == 0
+    traced = json.loads(capsys.readouterr().out)
+    # 4 trace layers onto 30: blocks of 7, 8, 7, 8 layers; 60 visits over 4 tokens = 15 of 30
+    assert traced["kv_policy"] == "none" and traced["depth_fraction"] == pytest.approx(0.5)
+    assert main(["trace", "stats", str(tmp_path / "r.parquet"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == 4
+
+
+def test_simulate_errors(capsys):
+    assert (
+        main(["simulate", "--hw", "h100_sxm", "--arch", "llama2-70b", "--rate", "1", "--duration", "1"]) == 2
+    )
+    assert "can never run" in capsys.readouterr().err
+    assert main(["simulate", "--hw", "h100_sxm", "--arch", "smollm2-135m", "--trace", "nope.parquet"]) == 2
+    assert "nope.parquet" in capsys.readouterr().err
