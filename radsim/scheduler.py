@@ -95,6 +95,7 @@ class Scheduler:
         if kv_policy != "none":
             entries[:, : book.num_layers] = 1.0  # every token holds a first-pass entry in every layer
         self.token_entries = entries  # (tokens, W) KV entries a token adds per slot
+        self._slots_f64 = book.slots.astype(np.float64)
         self.held = np.zeros((n, w))
         self.active = np.zeros(n, dtype=bool)
         self.request: list[Request | None] = [None] * n
@@ -239,6 +240,21 @@ class Scheduler:
         self.request[row] = None
 
     def _batch(self, decode: np.ndarray, chunks: dict[int, int]) -> Batch:
+        if not chunks:  # the common case under load: one token per running request
+            tokens = self._decode_tokens(decode)
+            visits = self._slots_f64[tokens]
+            ones = np.ones(decode.size, dtype=np.int64)
+            return Batch(
+                decode,
+                ones,
+                tokens,
+                np.arange(decode.size),
+                visits,
+                self._entries(visits, ones),
+                0,
+                int(decode.size),
+                int(decode.size),
+            )
         prefill_rows = np.fromiter(chunks, dtype=np.int64, count=len(chunks))
         prefill_n = np.fromiter(chunks.values(), dtype=np.int64, count=len(chunks))
         rows = np.concatenate([decode, prefill_rows])
@@ -246,29 +262,30 @@ class Scheduler:
         parts = [self._decode_tokens(decode)] + [self._chunk(int(r), int(n)) for r, n in chunks.items()]
         tokens = np.concatenate(parts)
         token_rows = np.repeat(np.arange(rows.size), counts)
-        if chunks:
-            visits = np.zeros((rows.size, self.book.slots.shape[1]))
-            visits[: decode.size] = self.book.slots[tokens[: decode.size]]
-            for i, part in enumerate(parts[1:], start=decode.size):
-                visits[i] = self.book.slots[part].sum(axis=0)
-        else:
-            visits = self.book.slots[tokens].astype(np.float64)
+        visits = np.zeros((rows.size, self.book.slots.shape[1]))
+        visits[: decode.size] = self._slots_f64[tokens[: decode.size]]
+        for i, part in enumerate(parts[1:], start=decode.size):
+            visits[i] = self._slots_f64[part].sum(axis=0)
         completing = int(((self.prefilled[prefill_rows] + prefill_n) == self.target[prefill_rows]).sum())
-        entries = visits
-        if self.kv_policy != "none":  # every new token writes an entry in every first-pass layer
-            entries = visits.copy()
-            entries[:, : self.book.num_layers] = counts[:, None]
         return Batch(
             rows,
             counts,
             tokens,
             token_rows,
             visits,
-            entries,
+            self._entries(visits, counts),
             int(prefill_n.sum()),
             int(decode.size),
             int(decode.size) + completing,
         )
+
+    def _entries(self, visits: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """KV entries the rows add per slot: their visits, or under copy/compute every first-pass layer."""
+        if self.kv_policy == "none":
+            return visits
+        entries = visits.copy()
+        entries[:, : self.book.num_layers] = counts[:, None]
+        return entries
 
     # -- completion ----------------------------------------------------------------------------
     def finish(self, batch: Batch, now: float) -> None:
