@@ -26,20 +26,28 @@ def slot_load(
     visits: np.ndarray, new: np.ndarray, held: np.ndarray, kv_policy: str, num_layers: int
 ) -> LayerLoad:
     """Layer-major load: `visits` (R, W) per request and slot, `new` (R,) tokens, `held` (R, W) entries."""
-    v = visits.astype(np.float64)
-    n = np.broadcast_to(new.astype(np.float64)[:, None], v.shape)
-    first_pass = np.arange(v.shape[1]) < num_layers
+    v = visits if visits.dtype == np.float64 else visits.astype(np.float64)
+    if kv_policy == "none":
+        return _aggregate(v, v, v, held)
     # skippers write K/V only in the first pass (copy/compute); later passes behave as `none`
-    kv = v if kv_policy == "none" else np.where(first_pass, n, v)
+    kv = v.copy()
+    kv[:, :num_layers] = new.astype(np.float64)[:, None]
     q = kv if kv_policy == "compute" else v
     return _aggregate(q, kv, v, held)
 
 
 def _aggregate(q: np.ndarray, kv: np.ndarray, v: np.ndarray, c: np.ndarray) -> LayerLoad:
-    """Sum per-(request, group) rows into per-group loads (the rules of `LayerLoad.from_batch`)."""
-    pairs = (q * c + q * (kv + 1.0) / 2.0).sum(axis=0)
-    held = np.where(q > 0, c + kv, 0.0).sum(axis=0)
-    return LayerLoad(q.sum(axis=0), kv.sum(axis=0), v.sum(axis=0), v.sum(axis=0), pairs, held)
+    """Sum per-(request, group) rows into per-group loads (the rules of `LayerLoad.from_batch`).
+
+    pairs = sum q c + q (kv + 1) / 2 and held = sum over rows with queries of c + kv, as einsums.
+    """
+    queried = (q > 0).astype(np.float64)
+    pairs = np.einsum("rw,rw->w", q, c) + np.einsum("rw,rw->w", q, kv + 1.0) / 2.0
+    held = np.einsum("rw,rw->w", queried, c) + np.einsum("rw,rw->w", queried, kv)
+    v_rows = v.sum(axis=0)
+    q_rows = v_rows if q is v else q.sum(axis=0)
+    kv_rows = v_rows if kv is v else kv.sum(axis=0)
+    return LayerLoad(q_rows, kv_rows, v_rows, v_rows, pairs, held)
 
 
 def step_load(
