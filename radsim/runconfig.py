@@ -10,7 +10,7 @@ seed = 0
          penalty_ramp_steps, entropy_bonus, eval_tokens
 [radial] max_steps, max_passes, kv_policy
 [mod]    capacity, every
-[distill] thresholds (list), train_tokens, eval_tokens, router_epochs, kv_policy, reinforce_steps
+[distill] thresholds (list), train_tokens, eval_tokens, router_epochs, kv_policy
 ```
 """
 
@@ -88,7 +88,6 @@ class DistillSection:
     eval_tokens: int = 16384
     router_epochs: int = 20
     kv_policy: str = "copy"
-    reinforce_steps: int = 0
 
 
 @dataclass(frozen=True)

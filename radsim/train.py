@@ -205,17 +205,20 @@ def load_run(run_dir: Path) -> tuple[RunConfig, torch.nn.Module, np.ndarray | No
     ckpt = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
     raw = ckpt["run"]
     raw["distill"]["thresholds"] = tuple(raw["distill"]["thresholds"])
-    cfg = RunConfig(
-        name=raw["name"],
-        kind=raw["kind"],
-        seed=raw["seed"],
-        data=DataSection(**raw["data"]),
-        model=ModelSection(**raw["model"]),
-        train=TrainSection(**raw["train"]),
-        radial=RadialSection(**raw["radial"]),
-        mod=MoDSection(**raw["mod"]),
-        distill=DistillSection(**raw["distill"]),
-    )
+    sections = {
+        "data": DataSection,
+        "model": ModelSection,
+        "train": TrainSection,
+        "radial": RadialSection,
+        "mod": MoDSection,
+        "distill": DistillSection,
+    }
+    # keys a later radsim no longer knows are dropped, so older checkpoints still load
+    known = {
+        name: cls(**{k: v for k, v in raw[name].items() if k in cls.__dataclass_fields__})
+        for name, cls in sections.items()
+    }
+    cfg = RunConfig(name=raw["name"], kind=raw["kind"], seed=raw["seed"], **known)
     model = build_model(cfg, cfg.data.vocab or 49152)
     model.load_state_dict(ckpt["state_dict"])
     return cfg, model.eval(), ckpt["vocab_map"]
