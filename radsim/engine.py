@@ -44,6 +44,10 @@ class SimConfig:
             raise ConfigError(f"execution policy '{self.execution_policy}'; allowed: {', '.join(POLICIES)}")
         if self.replicas < 1:
             raise ConfigError("--replicas must be >= 1")
+        if self.execution_policy == "step_sync" and self.exe.kv_policy == "compute":
+            raise ConfigError(
+                "kv policy 'compute' runs attention for every token in every layer: use --execution layer_major"
+            )
 
 
 @dataclass

@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 
 from radsim.cost import LayerLoad
-from radsim.errors import ConfigError
 
 POLICIES = ("layer_major", "step_sync")
 
@@ -78,8 +77,6 @@ def step_load(
     g = len(groups)
     total = lambda x: np.bincount(which, weights=x, minlength=g)  # noqa: E731
     rows_v = total(v)
-    if kv_policy == "compute":
-        raise ConfigError("kv_policy 'compute' runs attention for every token: use the layer_major policy")
     return LayerLoad(rows_v, rows_v, rows_v, rows_v, total(pairs), total(held_rows))
 
 
