@@ -104,9 +104,9 @@ class Scheduler:
             setattr(self, name, np.zeros(n, dtype=np.int64))
         for name in ("first_token_at", "last_token_at", "admitted_at"):
             setattr(self, name, np.full(n, np.nan))
-        self.waiting: deque[tuple[Request, np.ndarray, int, float, int]] = (
-            deque()
-        )  # request, routes, generated, first token, preemptions
+        self.cum_entries: list[np.ndarray | None] = [None] * n
+        # waiting: request, routes, generated, first token time, preemptions, cumulative KV entries
+        self.waiting: deque[tuple[Request, np.ndarray, int, float, int, np.ndarray]] = deque()
         self.done: list[Finished] = []
         self.entries_used = 0.0
         self.itl_histogram = np.zeros(len(ITL_BINS) + 1, dtype=np.int64)
@@ -130,14 +130,16 @@ class Scheduler:
 
     def arrive(self, request: Request, tokens: np.ndarray) -> None:
         """A request joins the queue with its token routes; it must fit in the KV cache alone."""
-        need = self.token_entries[tokens[: request.prompt_tokens + request.output_tokens - 1]].sum()
+        # cumulative KV entries of the request's positions: admission needs are lookups from here on
+        cum = np.cumsum(self.token_entries[tokens].sum(axis=1))
+        need = cum[request.prompt_tokens + request.output_tokens - 2]
         if need > self.capacity_entries:
             raise ConfigError(
                 f"request {request.id} ({request.prompt_tokens}+{request.output_tokens} tokens) needs "
                 f"{need * self.entry_bytes / 1e9:.2f} GB of KV cache; only "
                 f"{self.capacity_entries * self.entry_bytes / 1e9:.2f} GB fit next to the weights"
             )
-        self.waiting.append((request, tokens, 0, np.nan, 0))
+        self.waiting.append((request, tokens, 0, np.nan, 0, cum))
 
     # -- planning ------------------------------------------------------------------------------
     def next_batch(self, now: float) -> Batch | None:
@@ -169,8 +171,8 @@ class Scheduler:
 
     def _admit(self, now: float, chunks: dict[int, int], budget: int, busy: bool) -> None:
         while self.waiting and budget > 0 and not self.active.all():
-            request, tokens, generated, _, _ = self.waiting[0]
-            need = self.token_entries[tokens[: request.prompt_tokens + generated]].sum()
+            request, _, generated, _, _, cum = self.waiting[0]
+            need = cum[request.prompt_tokens + generated - 1]
             if self.entries_used + need > self.capacity_entries:
                 return
             row = self._place(now)
@@ -179,16 +181,17 @@ class Scheduler:
     def _admit_static(self, now: float) -> None:
         entries = self.entries_used
         while self.waiting and not self.active.all():
-            request, tokens, generated, _, _ = self.waiting[0]
-            need = self.token_entries[tokens[: request.prompt_tokens + request.output_tokens - 1]].sum()
+            request, _, _, _, _, cum = self.waiting[0]
+            need = cum[request.prompt_tokens + request.output_tokens - 2]
             if entries + need > self.capacity_entries:
                 return
             entries += need
             self._place(now)
 
     def _place(self, now: float) -> int:
-        request, tokens, generated, first, preemptions = self.waiting.popleft()
+        request, tokens, generated, first, preemptions, cum = self.waiting.popleft()
         row = int(np.argmin(self.active))
+        self.cum_entries[row] = cum
         self.active[row] = True
         if tokens.size > self.routes.shape[1]:
             grown = np.zeros((self.routes.shape[0], tokens.size), dtype=np.int64)
@@ -230,7 +233,7 @@ class Scheduler:
         assert request is not None
         length = request.prompt_tokens + request.output_tokens
         state = (int(self.generated[row]), float(self.first_token_at[row]), int(self.preemptions[row]) + 1)
-        self.waiting.appendleft((request, self.routes[row, :length].copy(), *state))
+        self.waiting.appendleft((request, self.routes[row, :length].copy(), *state, self.cum_entries[row]))
         self._free(row)
 
     def _free(self, row: int) -> None:
