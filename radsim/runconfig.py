@@ -115,6 +115,22 @@ _SECTIONS = {
 }
 
 
+def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    """A RunConfig from its `asdict` form (as saved in checkpoints); unknown section keys are dropped,
+    so checkpoints of an older radsim still load."""
+    sections = {
+        name: cls(
+            **{
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in raw[name].items()
+                if k in cls.__dataclass_fields__
+            }
+        )
+        for name, cls in _SECTIONS.items()
+    }
+    return RunConfig(name=raw["name"], kind=raw["kind"], seed=raw["seed"], **sections)
+
+
 def load_run_config(path: str | Path) -> RunConfig:
     """Parse and validate a run config file."""
     path = Path(path)

@@ -23,7 +23,7 @@ from radsim import corpus
 from radsim.models.llama import Llama, LlamaConfig, lm_loss
 from radsim.models.mod import MoD, MoDConfig
 from radsim.models.radial import EXIT, Radial, RadialConfig
-from radsim.runconfig import RunConfig
+from radsim.runconfig import RunConfig, run_config_from_dict
 
 UNKNOWN = "<unk>"
 
@@ -193,32 +193,8 @@ def _atomic(path: Path, write) -> None:
 
 def load_run(run_dir: Path) -> tuple[RunConfig, torch.nn.Module, np.ndarray | None]:
     """A trained scratch model from its run folder."""
-    from radsim.runconfig import (
-        DataSection,
-        DistillSection,
-        ModelSection,
-        MoDSection,
-        RadialSection,
-        TrainSection,
-    )
-
     ckpt = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
-    raw = ckpt["run"]
-    raw["distill"]["thresholds"] = tuple(raw["distill"]["thresholds"])
-    sections = {
-        "data": DataSection,
-        "model": ModelSection,
-        "train": TrainSection,
-        "radial": RadialSection,
-        "mod": MoDSection,
-        "distill": DistillSection,
-    }
-    # keys a later radsim no longer knows are dropped, so older checkpoints still load
-    known = {
-        name: cls(**{k: v for k, v in raw[name].items() if k in cls.__dataclass_fields__})
-        for name, cls in sections.items()
-    }
-    cfg = RunConfig(name=raw["name"], kind=raw["kind"], seed=raw["seed"], **known)
+    cfg = run_config_from_dict(ckpt["run"])
     model = build_model(cfg, cfg.data.vocab or 49152)
     model.load_state_dict(ckpt["state_dict"])
     return cfg, model.eval(), ckpt["vocab_map"]
