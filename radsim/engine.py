@@ -96,6 +96,9 @@ class Simulation:
             for i in range(cfg.replicas)
         ]
         self.timeline: list[Iteration] = []
+        start = min((r.arrival_at for r in requests), default=0.0)
+        for replica in self.replicas:  # energy is counted from the first arrival, as the makespan is
+            replica.last_end_at = start
 
     def _kv_capacity(self) -> float:
         """Bytes per device left for the KV cache after weights and peak activations."""
