@@ -96,6 +96,7 @@ class Scheduler:
             entries[:, : book.num_layers] = 1.0  # every token holds a first-pass entry in every layer
         self.token_entries = entries  # (tokens, W) KV entries a token adds per slot
         self._slots_f64 = book.slots.astype(np.float64)
+        self._entries_per_token = entries.sum(axis=1)
         self.held = np.zeros((n, w))
         self.active = np.zeros(n, dtype=bool)
         self.request: list[Request | None] = [None] * n
@@ -131,7 +132,7 @@ class Scheduler:
     def arrive(self, request: Request, tokens: np.ndarray) -> None:
         """A request joins the queue with its token routes; it must fit in the KV cache alone."""
         # cumulative KV entries of the request's positions: admission needs are lookups from here on
-        cum = np.cumsum(self.token_entries[tokens].sum(axis=1))
+        cum = np.cumsum(self._entries_per_token[tokens])
         need = cum[request.prompt_tokens + request.output_tokens - 2]
         if need > self.capacity_entries:
             raise ConfigError(
@@ -265,10 +266,10 @@ class Scheduler:
         parts = [self._decode_tokens(decode)] + [self._chunk(int(r), int(n)) for r, n in chunks.items()]
         tokens = np.concatenate(parts)
         token_rows = np.repeat(np.arange(rows.size), counts)
-        visits = np.zeros((rows.size, self.book.slots.shape[1]))
+        visits = np.empty((rows.size, self.book.slots.shape[1]))
         visits[: decode.size] = self._slots_f64[tokens[: decode.size]]
-        for i, part in enumerate(parts[1:], start=decode.size):
-            visits[i] = self._slots_f64[part].sum(axis=0)
+        offsets = np.cumsum(prefill_n) - prefill_n  # each chunk's first token among the prefill tokens
+        visits[decode.size :] = np.add.reduceat(self._slots_f64[tokens[decode.size :]], offsets, axis=0)
         completing = int(((self.prefilled[prefill_rows] + prefill_n) == self.target[prefill_rows]).sum())
         return Batch(
             rows,
