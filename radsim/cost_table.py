@@ -77,12 +77,17 @@ class CostTable:
         self._s_per_byte = 1.0 / (hw.memory_bandwidth_Bps * hw.memory_efficiency)
         self._j_per_flop = (hw.max_power_W - hw.idle_power_W) / (peak * hw.gemm_efficiency)
 
-    def layers(self, load: LayerLoad) -> IterationCost:
+    def layers(self, load: LayerLoad, tokens: int | None = None) -> IterationCost:
         """Summed cost of the layer launches described by `load` (arrays over launch groups).
 
         The load's row counts must relate as `LayerLoad.from_batch` makes them for the KV policy.
+        `tokens`, the iteration's new tokens, bounds every row count when given.
         """
-        biggest = max(load.kv_rows.max(initial=0), load.mlp_rows.max(initial=0), load.visitors.max(initial=0))
+        biggest = (
+            tokens
+            if tokens is not None
+            else max(load.kv_rows.max(initial=0), load.mlp_rows.max(initial=0), load.visitors.max(initial=0))
+        )
         if biggest > self.max_rows:
             return IterationCost(
                 *_columns(load_cost(self.hw, self.arch, self.exe, load)).sum(axis=(0, 1)).tolist()

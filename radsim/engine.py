@@ -170,7 +170,7 @@ class Simulation:
         held = sched.held[batch.rows]
         if cfg.execution_policy == "layer_major":
             load = slot_load(batch.slot_visits, batch.new_tokens, held, cfg.exe.kv_policy, layers)
-            cost = self.table.layers(load)
+            cost = self.table.layers(load, tokens=batch.tokens.size)
         else:
             visit_rows, steps = np.nonzero(book.steps[batch.tokens] >= 0)
             layer = book.steps[batch.tokens[visit_rows], steps].astype(np.int64)

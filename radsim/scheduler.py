@@ -29,6 +29,7 @@ from radsim.routes import RouteBook
 from radsim.workload import Request
 
 POLICIES = ("continuous", "static")
+FREE, PREFILLING, DECODING = 0, 1, 2  # what a scheduler row is doing
 ITL_BINS = np.logspace(-7, 4, 2201)  # inter-token latency histogram edges, seconds
 
 
@@ -99,6 +100,7 @@ class Scheduler:
         self._entries_per_token = entries.sum(axis=1)
         self.held = np.zeros((n, w))
         self.active = np.zeros(n, dtype=bool)
+        self.phase = np.zeros(n, dtype=np.int8)  # FREE, PREFILLING or DECODING
         self.request: list[Request | None] = [None] * n
         self.routes = np.zeros((n, 1), dtype=np.int64)  # route-book token of each row's positions
         for name in ("target", "prefilled", "generated", "prompt", "output", "preemptions"):
@@ -147,12 +149,10 @@ class Scheduler:
         """The next iteration's work, or None when there is nothing to do."""
         if self.cfg.policy == "static" and not self.active.any():
             self._admit_static(now)
-        decode = np.flatnonzero(
-            self.active & (self.prefilled == self.target) & (self.generated < self.output)
-        )
+        decode = np.flatnonzero(self.phase == DECODING)
         budget = self.cfg.max_tokens_per_iteration - decode.size
         chunks: dict[int, int] = {}
-        for row in np.flatnonzero(self.active & (self.prefilled < self.target)):
+        for row in np.flatnonzero(self.phase == PREFILLING):
             budget = self._plan_prefill(int(row), chunks, budget, bool(decode.size))
         if self.cfg.policy == "continuous":
             self._admit(now, chunks, budget, bool(decode.size))
@@ -194,6 +194,7 @@ class Scheduler:
         row = int(np.argmin(self.active))
         self.cum_entries[row] = cum
         self.active[row] = True
+        self.phase[row] = PREFILLING
         if tokens.size > self.routes.shape[1]:
             grown = np.zeros((self.routes.shape[0], tokens.size), dtype=np.int64)
             grown[:, : self.routes.shape[1]] = self.routes
@@ -241,6 +242,7 @@ class Scheduler:
         self.entries_used -= self.held[row].sum()
         self.held[row] = 0.0
         self.active[row] = False
+        self.phase[row] = FREE
         self.request[row] = None
 
     def _batch(self, decode: np.ndarray, chunks: dict[int, int]) -> Batch:
@@ -297,18 +299,22 @@ class Scheduler:
         self.held[batch.rows] += batch.entries
         self.entries_used += batch.entries.sum()
         rows = batch.rows
-        prefilling = self.prefilled[rows] < self.target[rows]
+        if not batch.prefill_tokens:  # every row decoded one token
+            self._emit(rows, now, decoding=True)
+            return
+        prefilling = self.phase[rows] == PREFILLING
         self.prefilled[rows] += np.where(prefilling, batch.new_tokens, 0)
         emit = rows[~prefilling | (self.prefilled[rows] == self.target[rows])]
-        self._emit(emit, now)
+        self._emit(emit, now, decoding=False)
 
-    def _emit(self, rows: np.ndarray, now: float) -> None:
-        had = self.generated[rows] > 0
-        gaps = now - self.last_token_at[rows[had]]
+    def _emit(self, rows: np.ndarray, now: float, decoding: bool) -> None:
+        """Each row emits a token; `decoding` says every row already had one (no first tokens)."""
+        gaps = now - self.last_token_at[rows if decoding else rows[self.generated[rows] > 0]]
         self.itl_histogram += np.bincount(np.searchsorted(ITL_BINS, gaps), minlength=self.itl_histogram.size)
         self.itl_sum, self.itl_count = self.itl_sum + float(gaps.sum()), self.itl_count + int(gaps.size)
-        first = rows[np.isnan(self.first_token_at[rows])]
-        self.first_token_at[first] = now
+        if not decoding:
+            self.first_token_at[rows[np.isnan(self.first_token_at[rows])]] = now
+            self.phase[rows] = DECODING
         self.generated[rows] += 1
         self.last_token_at[rows] = now
         for row in rows[self.generated[rows] >= self.output[rows]].tolist():
