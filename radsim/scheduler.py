@@ -271,7 +271,10 @@ class Scheduler:
         visits = np.empty((rows.size, self.book.slots.shape[1]))
         visits[: decode.size] = self._slots_f64[tokens[: decode.size]]
         offsets = np.cumsum(prefill_n) - prefill_n  # each chunk's first token among the prefill tokens
-        visits[decode.size :] = np.add.reduceat(self._slots_f64[tokens[decode.size :]], offsets, axis=0)
+        # gather the narrow uint8 visit counts and widen only the per-chunk sums
+        visits[decode.size :] = np.add.reduceat(
+            self.book.slots[tokens[decode.size :]], offsets, axis=0, dtype=np.float64
+        )
         completing = int(((self.prefilled[prefill_rows] + prefill_n) == self.target[prefill_rows]).sum())
         return Batch(
             rows,
