@@ -170,7 +170,7 @@ class Simulation:
         held = sched.held[batch.rows]
         if cfg.execution_policy == "layer_major":
             load = slot_load(batch.slot_visits, batch.new_tokens, held, cfg.exe.kv_policy, layers)
-            cost = self.table.layers(load, tokens=batch.tokens.size)
+            cost = self.table.layers(load, tokens=batch.token_count)
         else:
             visit_rows, steps = np.nonzero(book.steps[batch.tokens] >= 0)
             layer = book.steps[batch.tokens[visit_rows], steps].astype(np.int64)
@@ -183,4 +183,4 @@ class Simulation:
                 cost = cost + self.table.layers(
                     skipper_load(batch.slot_visits, batch.new_tokens, held, layers)
                 )
-        return cost + self.table.head(int(batch.new_tokens.sum()), int(batch.logit_rows))
+        return cost + self.table.head(batch.token_count, int(batch.logit_rows))

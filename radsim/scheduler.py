@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -68,13 +69,27 @@ class Batch:
 
     rows: np.ndarray  # (R,) scheduler rows
     new_tokens: np.ndarray  # (R,) tokens each row brings
-    tokens: np.ndarray  # (T,) route-book token index of every new token
-    token_rows: np.ndarray  # (T,) index into `rows` of each new token
+    parts: list[np.ndarray]  # route-book tokens: all decoding rows' first, then one array per chunk
     slot_visits: np.ndarray  # (R, W) visits per (pass, layer) slot
     entries: np.ndarray  # (R, W) KV entries the iteration adds per slot
     prefill_tokens: int
     decode_tokens: int
     logit_rows: int  # tokens whose logits are sampled (decodes and completed prefills)
+
+    @property
+    def token_count(self) -> int:
+        """New tokens in the iteration."""
+        return self.prefill_tokens + self.decode_tokens
+
+    @cached_property
+    def tokens(self) -> np.ndarray:
+        """(T,) route-book token of every new token (built only when step-synchronous costing asks)."""
+        return np.concatenate(self.parts)
+
+    @cached_property
+    def token_rows(self) -> np.ndarray:
+        """(T,) index into `rows` of each new token."""
+        return np.repeat(np.arange(self.rows.size), self.new_tokens)
 
 
 class Scheduler:
@@ -253,8 +268,7 @@ class Scheduler:
             return Batch(
                 decode,
                 ones,
-                tokens,
-                np.arange(decode.size),
+                [tokens],
                 visits,
                 self._entries(visits, ones),
                 0,
@@ -266,21 +280,17 @@ class Scheduler:
         rows = np.concatenate([decode, prefill_rows])
         counts = np.concatenate([np.ones(decode.size, dtype=np.int64), prefill_n])
         parts = [self._decode_tokens(decode)] + [self._chunk(int(r), int(n)) for r, n in chunks.items()]
-        tokens = np.concatenate(parts)
-        token_rows = np.repeat(np.arange(rows.size), counts)
         visits = np.empty((rows.size, self.book.slots.shape[1]))
-        visits[: decode.size] = self._slots_f64[tokens[: decode.size]]
+        visits[: decode.size] = self._slots_f64[parts[0]]
         offsets = np.cumsum(prefill_n) - prefill_n  # each chunk's first token among the prefill tokens
         # gather the narrow uint8 visit counts and widen only the per-chunk sums
-        visits[decode.size :] = np.add.reduceat(
-            self.book.slots[tokens[decode.size :]], offsets, axis=0, dtype=np.float64
-        )
+        prefill = np.concatenate(parts[1:])
+        visits[decode.size :] = np.add.reduceat(self.book.slots[prefill], offsets, axis=0, dtype=np.float64)
         completing = int(((self.prefilled[prefill_rows] + prefill_n) == self.target[prefill_rows]).sum())
         return Batch(
             rows,
             counts,
-            tokens,
-            token_rows,
+            parts,
             visits,
             self._entries(visits, counts),
             int(prefill_n.sum()),
