@@ -112,6 +112,8 @@ class Scheduler:
             entries[:, : book.num_layers] = 1.0  # every token holds a first-pass entry in every layer
         self.token_entries = entries  # (tokens, W) KV entries a token adds per slot
         self._slots_f64 = book.slots.astype(np.float64)
+        self._book_cum = np.zeros((book.slots.shape[0] + 1, w), dtype=np.int64)
+        np.cumsum(book.slots, axis=0, out=self._book_cum[1:])
         self._entries_per_token = entries.sum(axis=1)
         self.held = np.zeros((n, w))
         self.active = np.zeros(n, dtype=bool)
@@ -282,10 +284,7 @@ class Scheduler:
         parts = [self._decode_tokens(decode)] + [self._chunk(int(r), int(n)) for r, n in chunks.items()]
         visits = np.empty((rows.size, self.book.slots.shape[1]))
         visits[: decode.size] = self._slots_f64[parts[0]]
-        offsets = np.cumsum(prefill_n) - prefill_n  # each chunk's first token among the prefill tokens
-        # gather the narrow uint8 visit counts and widen only the per-chunk sums
-        prefill = np.concatenate(parts[1:])
-        visits[decode.size :] = np.add.reduceat(self.book.slots[prefill], offsets, axis=0, dtype=np.float64)
+        visits[decode.size :] = self._chunk_visits(np.concatenate(parts[1:]), prefill_n)
         completing = int(((self.prefilled[prefill_rows] + prefill_n) == self.target[prefill_rows]).sum())
         return Batch(
             rows,
@@ -297,6 +296,22 @@ class Scheduler:
             int(decode.size),
             int(decode.size) + completing,
         )
+
+    def _chunk_visits(self, tokens: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """Slot visits summed per chunk, from the book's cumulative counts.
+
+        A request's tokens are runs of consecutive book tokens (whole trace sequences), so each run
+        costs one difference of cumulative counts instead of a sum over its tokens.
+        """
+        offsets = np.cumsum(sizes) - sizes  # each chunk's first token
+        run_start = np.ones(tokens.size, dtype=bool)
+        run_start[1:] = tokens[1:] != tokens[:-1] + 1
+        run_start[offsets] = True
+        starts = np.flatnonzero(run_start)
+        ends = np.append(starts[1:], tokens.size) - 1
+        runs = self._book_cum[tokens[ends] + 1] - self._book_cum[tokens[starts]]
+        first_run = np.searchsorted(starts, offsets)  # every chunk starts a run
+        return np.add.reduceat(runs, first_run, axis=0).astype(np.float64)
 
     def _entries(self, visits: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """KV entries the rows add per slot: their visits, or under copy/compute every first-pass layer."""
