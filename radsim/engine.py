@@ -82,6 +82,14 @@ class Simulation:
 
     def __init__(self, cfg: SimConfig, routes: RouteBook, requests: list[Request]) -> None:
         self.cfg, self.routes, self.requests = cfg, routes, requests
+        limit = cfg.arch.max_position_embeddings
+        too_long = [r for r in requests if r.prompt_tokens + r.output_tokens > limit]
+        if too_long:
+            r = too_long[0]
+            raise ConfigError(
+                f"{len(too_long)} request(s) exceed the {limit} positions of {cfg.arch.name}, e.g. request {r.id} "
+                f"with {r.prompt_tokens}+{r.output_tokens} tokens; lower --max-length or the mean lengths"
+            )
         self.env = simpy.Environment()
         sched = cfg.scheduler
         self.table = CostTable(cfg.hw, cfg.arch, cfg.exe, max_rows=sched.max_tokens_per_iteration)

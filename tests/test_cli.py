@@ -199,3 +199,22 @@ def test_simulate_errors(capsys):
     assert "can never run" in capsys.readouterr().err
     assert main(["simulate", "--hw", "h100_sxm", "--arch", "smollm2-135m", "--trace", "nope.parquet"]) == 2
     assert "nope.parquet" in capsys.readouterr().err
+    long = [
+        "simulate",
+        "--hw",
+        "h100_sxm",
+        "--arch",
+        "opt-125m",
+        "--rate",
+        "2",
+        "--duration",
+        "5",
+        "--lengths",
+        "fixed",
+        "--prompt-mean",
+        "2000",
+        "--output-mean",
+        "100",
+    ]
+    assert main(long) == 2
+    assert "exceed the 2050 positions of opt-125m" in capsys.readouterr().err
