@@ -9,6 +9,7 @@ Energy comes from `radsim.power`. Arrays carry any leading shape (layers, routin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import numpy as np
@@ -18,10 +19,9 @@ from radsim.power import op_energy_J
 
 
 @dataclass(frozen=True)
-class Cost:
-    """Per-operator costs; every array has shape (len(ops), *leading)."""
+class Work:
+    """What operators did: times, FLOPs, DRAM and link bytes, launches and energy (arrays)."""
 
-    ops: tuple[str, ...]
     time_s: np.ndarray
     compute_time_s: np.ndarray
     memory_time_s: np.ndarray
@@ -37,8 +37,15 @@ class Cost:
 
     @property
     def bytes(self) -> np.ndarray:
-        """All DRAM traffic per operator."""
+        """All DRAM traffic."""
         return self.weight_bytes + self.kv_read_bytes + self.kv_write_bytes + self.act_bytes
+
+
+@dataclass(frozen=True)
+class Cost(Work):
+    """Per-operator costs; every array has shape (len(ops), *leading)."""
+
+    ops: tuple[str, ...] = ()
 
     def total(self, name: str) -> np.ndarray:
         """Sum of one field over operators, shape (*leading)."""
@@ -50,22 +57,10 @@ class Cost:
 
 
 @dataclass(frozen=True)
-class KernelCost:
+class KernelCost(Work):
     """One operator's totals over the batch: arrays of shape (*leading)."""
 
-    time_s: np.ndarray
-    compute_time_s: np.ndarray
-    memory_time_s: np.ndarray
-    link_time_s: np.ndarray
-    flops: np.ndarray
-    weight_bytes: np.ndarray
-    kv_read_bytes: np.ndarray
-    kv_write_bytes: np.ndarray
-    act_bytes: np.ndarray
-    link_bytes: np.ndarray
-    launches: np.ndarray
-    energy_J: np.ndarray
-    peak_flops: float
+    peak_flops: float = 1.0
 
 
 def zero_like(x) -> np.ndarray:
@@ -187,20 +182,7 @@ def sum_kernels(parts: list[KernelCost]) -> KernelCost:
     return KernelCost(**total, peak_flops=parts[0].peak_flops)
 
 
-ADDITIVE = (
-    "time_s",
-    "compute_time_s",
-    "memory_time_s",
-    "link_time_s",
-    "flops",
-    "weight_bytes",
-    "kv_read_bytes",
-    "kv_write_bytes",
-    "act_bytes",
-    "link_bytes",
-    "launches",
-    "energy_J",
-)
+ADDITIVE = tuple(f.name for f in dataclass_fields(Work))
 
 
 def stack_ops(names: tuple[str, ...], ops: list[KernelCost]) -> Cost:
