@@ -120,10 +120,15 @@ class Scheduler:
         self.phase = np.zeros(n, dtype=np.int8)  # FREE, PREFILLING or DECODING
         self.request: list[Request | None] = [None] * n
         self.routes = np.zeros((n, 1), dtype=np.int64)  # route-book token of each row's positions
-        for name in ("target", "prefilled", "generated", "prompt", "output", "preemptions"):
-            setattr(self, name, np.zeros(n, dtype=np.int64))
-        for name in ("first_token_at", "last_token_at", "admitted_at"):
-            setattr(self, name, np.full(n, np.nan))
+        self.prompt = np.zeros(n, dtype=np.int64)
+        self.output = np.zeros(n, dtype=np.int64)
+        self.target = np.zeros(n, dtype=np.int64)  # positions whose KV must exist before the next token
+        self.prefilled = np.zeros(n, dtype=np.int64)
+        self.generated = np.zeros(n, dtype=np.int64)
+        self.preemptions = np.zeros(n, dtype=np.int64)
+        self.first_token_at = np.full(n, np.nan)
+        self.last_token_at = np.full(n, np.nan)
+        self.admitted_at = np.full(n, np.nan)
         self.cum_entries: list[np.ndarray | None] = [None] * n
         # waiting: request, routes, generated, first token time, preemptions, cumulative KV entries
         self.waiting: deque[tuple[Request, np.ndarray, int, float, int, np.ndarray]] = deque()
@@ -248,11 +253,11 @@ class Scheduler:
         return self.routes[row][start : start + n]
 
     def _preempt(self, row: int) -> None:
-        request = self.request[row]
-        assert request is not None
+        request, cum = self.request[row], self.cum_entries[row]
+        assert request is not None and cum is not None
         length = request.prompt_tokens + request.output_tokens
         state = (int(self.generated[row]), float(self.first_token_at[row]), int(self.preemptions[row]) + 1)
-        self.waiting.appendleft((request, self.routes[row, :length].copy(), *state, self.cum_entries[row]))
+        self.waiting.appendleft((request, self.routes[row, :length].copy(), *state, cum))
         self._free(row)
 
     def _free(self, row: int) -> None:

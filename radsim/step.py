@@ -56,7 +56,9 @@ class StepCost:
         return bound / self.time_s if self.time_s > 0 else 0.0
 
 
-def head_cost(hw: Hardware, arch: Arch, exe: Execution, new_tokens: float, logit_rows: float) -> Cost:
+def head_cost(
+    hw: Hardware, arch: Arch, exe: Execution, new_tokens: float | np.ndarray, logit_rows: float | np.ndarray
+) -> Cost:
     """Embedding lookup for every new token; final norm, LM head and sampling for `logit_rows`."""
     width = arch.embed_proj_dim or arch.hidden_size
     vocab = arch.vocab_size / exe.tp
