@@ -20,14 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from radsim import corpus
-from radsim.errors import ConfigError
 from radsim.models.llama import KV_WRITE, Llama, lm_loss
 from radsim.models.mod import MoD
 from radsim.models.radial import Radial
 from radsim.trace import COLUMNS, Trace
 
-BOS_FREE_NOTE = "windows of consecutive test-split tokens; documents joined by EOS"
+WINDOWS_NOTE = "windows of consecutive test-split tokens; documents joined by EOS"
 
 
 def git_commit() -> str:
@@ -206,7 +204,7 @@ def run_meta(model_block: dict, kv_policy: str, split: str, tokens: int, seed: i
             "split": split,
             "tokens": tokens,
             "vocab": vocab,
-            "windows": BOS_FREE_NOTE,
+            "windows": WINDOWS_NOTE,
         },
         "seed": seed,
         "git_commit": git_commit(),
@@ -214,16 +212,3 @@ def run_meta(model_block: dict, kv_policy: str, split: str, tokens: int, seed: i
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "software": {"torch": torch.__version__, "python": platform.python_version()},
     }
-
-
-def test_windows(seq_len: int, tokens: int, mapping: np.ndarray | None) -> np.ndarray:
-    """Held-out windows from the test split, mapped to the model's vocabulary."""
-    from radsim.train import text_splits
-
-    ids = np.asarray(corpus.load_split(text_splits(), "test"))
-    if mapping is not None:
-        ids = mapping[ids]
-    windows = corpus.windows(ids, seq_len, tokens + seq_len - 1)
-    if len(windows) == 0:
-        raise ConfigError(f"--tokens {tokens} gives no window of --seq-len {seq_len}")
-    return windows
