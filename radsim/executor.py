@@ -26,6 +26,8 @@ def slot_load(
 ) -> LayerLoad:
     """Layer-major load: `visits` (R, W) per request and slot, `new` (R,) tokens, `held` (R, W) entries."""
     v = visits if visits.dtype == np.float64 else visits.astype(np.float64)
+    if kv_policy != "compute" and new.size and int(new.max()) == 1:
+        return _decode_load(v, held, kv_policy, num_layers)
     if kv_policy == "none":
         return _aggregate(v, v, v, held)
     # skippers write K/V only in the first pass (copy/compute); later passes behave as `none`
@@ -33,6 +35,20 @@ def slot_load(
     kv[:, :num_layers] = new.astype(np.float64)[:, None]
     q = kv if kv_policy == "compute" else v
     return _aggregate(q, kv, v, held)
+
+
+def _decode_load(v: np.ndarray, c: np.ndarray, kv_policy: str, num_layers: int) -> LayerLoad:
+    """One new token per request (visits 0 or 1 per slot): pairs = held = sum over visitors of c + 1.
+
+    Under `copy` every request writes a first-pass entry in every layer, visited or not.
+    """
+    visitors = v.sum(axis=0)
+    pairs = np.einsum("rw,rw->w", v, c) + visitors
+    kv_rows = visitors
+    if kv_policy == "copy":
+        kv_rows = visitors.copy()
+        kv_rows[:num_layers] = v.shape[0]
+    return LayerLoad(visitors, kv_rows, visitors, visitors, pairs, pairs)
 
 
 def _aggregate(q: np.ndarray, kv: np.ndarray, v: np.ndarray, c: np.ndarray) -> LayerLoad:

@@ -38,3 +38,20 @@ def test_step_load_groups_by_step_and_layer():
     # three groups: (0, 1), (0, 2), (1, 2): layer 2 launches twice, once per step
     assert load.visitors.tolist() == [1.0, 1.0, 1.0]
     assert sorted(load.held.tolist()) == [1.0, 11.0, 21.0]
+
+
+@pytest.mark.parametrize("policy", ["none", "copy"])
+def test_decode_fast_path_matches_the_general_aggregation(policy):
+    from radsim.executor import _aggregate
+
+    rng = np.random.default_rng(1)
+    rows, width = 7, 2 * LAYERS
+    visits = (rng.random((rows, width)) < 0.5).astype(float)
+    held = rng.integers(0, 40, (rows, width)).astype(float)
+    fast = slot_load(visits, np.ones(rows, dtype=int), held, policy, LAYERS)
+    kv = visits.copy()
+    if policy == "copy":
+        kv[:, :LAYERS] = 1.0
+    general = _aggregate(visits, kv, visits, held)
+    for field in ("q_rows", "kv_rows", "mlp_rows", "visitors", "pairs", "held"):
+        np.testing.assert_allclose(getattr(fast, field), getattr(general, field))
