@@ -108,7 +108,9 @@ class CostTable:
         moved = load.held * held_b + load.kv_rows * kv_b + load.q_rows * q_b
         launches = (load.kv_rows > 0).astype(np.float64) + (load.q_rows > 0)
         busy = np.maximum(load.pairs * self._s_per_pair, moved * self._s_per_byte)
-        time = np.where(launches > 0, busy + launches * hw.kernel_launch_overhead_s, 0.0)
+        time = (
+            busy + launches * hw.kernel_launch_overhead_s
+        )  # zero where nothing runs: no pairs, bytes or launches
         flops = load.pairs * self._flops_per_pair
         energy = np.minimum(
             hw.idle_power_W * time + self._j_per_flop * flops + hw.memory_energy_J_per_byte * moved,

@@ -134,7 +134,9 @@ class Simulation:
         for request in self.requests:
             if request.arrival_at > self.env.now:  # simultaneous arrivals join the queue together
                 yield self.env.timeout(request.arrival_at - self.env.now)
-            replica = min(self.replicas, key=lambda r: (r.scheduler.in_system, r.index))
+            replica = self.replicas[0]
+            if len(self.replicas) > 1:  # join the shortest queue
+                replica = min(self.replicas, key=lambda r: (r.scheduler.in_system, r.index))
             replica.scheduler.arrive(
                 request, self.routes.assign(self.rng, request.prompt_tokens + request.output_tokens)
             )

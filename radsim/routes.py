@@ -15,6 +15,7 @@ The depth fraction is kept, and so is the order of the route.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -52,14 +53,18 @@ class RouteBook:
 
     def assign(self, rng: np.random.Generator, length: int) -> np.ndarray:
         """Token indices for a request of `length` tokens: whole random sequences, concatenated."""
-        ends = np.append(self.seq_starts[1:], self.slots.shape[0])
+        starts, ends = self.seq_starts, self._seq_ends
         parts, total = [], 0
         while total < length:
-            s = int(rng.integers(len(self.seq_starts)))
-            part = np.arange(self.seq_starts[s], ends[s])
-            parts.append(part[: length - total])
-            total += len(parts[-1])
+            s = int(rng.integers(len(starts)))
+            stop = min(int(ends[s]), int(starts[s]) + length - total)
+            parts.append(np.arange(starts[s], stop))
+            total += stop - int(starts[s])
         return np.concatenate(parts)
+
+    @cached_property
+    def _seq_ends(self) -> np.ndarray:
+        return np.append(self.seq_starts[1:], self.slots.shape[0])
 
 
 def _from_layers(
