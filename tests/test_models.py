@@ -184,3 +184,13 @@ def test_early_exit_threshold_extremes():
     assert (never.depth == TINY.num_layers).all()
     always = EarlyExit(base, EarlyExitConfig(threshold=1e-6, min_layer=1))(idx)
     assert (always.depth == 2).all()
+
+
+def test_config_from_a_registered_arch():
+    from radsim.arch import load_arch
+
+    cfg = LlamaConfig.from_arch(load_arch("llama3.1-8b"), rope_theta=500000.0, norm_eps=1e-5)
+    assert (cfg.hidden_size, cfg.num_layers, cfg.num_kv_heads, cfg.ffn_size) == (4096, 32, 8, 14336)
+    assert cfg.head_dim == 128 and not cfg.tied_embeddings
+    with pytest.raises(ValueError, match="not a Llama-style decoder"):
+        LlamaConfig.from_arch(load_arch("opt-125m"), rope_theta=1e4, norm_eps=1e-5)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from radsim.arch import Arch
+
 KV_POLICIES = ("none", "copy", "compute")
 # kv_action codes of the trace schema (radsim.trace)
 KV_WRITE, KV_COPY, KV_COMPUTE = 0, 1, 2
@@ -50,6 +52,24 @@ class LlamaConfig:
     def head_dim(self) -> int:
         """Width of one attention head."""
         return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_arch(cls, arch: Arch, rope_theta: float, norm_eps: float) -> LlamaConfig:
+        """The shape of a registered architecture spec (`radsim arch show NAME`)."""
+        if arch.ffn_kind != "swiglu" or arch.norm_kind != "rmsnorm" or arch.position_embedding != "rope":
+            raise ValueError(f"{arch.name} is not a Llama-style decoder (SwiGLU, RMSNorm, rotary)")
+        return cls(
+            vocab_size=arch.vocab_size,
+            hidden_size=arch.hidden_size,
+            num_layers=arch.num_layers,
+            num_heads=arch.num_heads,
+            num_kv_heads=arch.num_kv_heads,
+            ffn_size=arch.ffn_size,
+            max_positions=arch.max_position_embeddings,
+            rope_theta=rope_theta,
+            norm_eps=norm_eps,
+            tied_embeddings=arch.tied_embeddings,
+        )
 
 
 class RMSNorm(nn.Module):

