@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from radsim.arch import list_archs, load_arch
 from radsim.cli_models import add_model_commands
 from radsim.cli_simulate import add_simulate_command
+from radsim.cli_study import add_study_commands
 from radsim.cost import DTYPE_BYTES, KV_POLICIES, Execution
 from radsim.errors import ConfigError
 from radsim.estimate import Workload, estimate
@@ -53,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     add_simulate_command(sub)
     add_model_commands(sub)
     add_trace_commands(sub)
+    add_study_commands(sub)
     return parser
 
 
