@@ -83,15 +83,17 @@ class CostTable:
         The load's row counts must relate as `LayerLoad.from_batch` makes them for the KV policy.
         `tokens`, the iteration's new tokens, bounds every row count when given.
         """
+        return IterationCost(*self.layer_totals(load, tokens).tolist())
+
+    def layer_totals(self, load: LayerLoad, tokens: int | None = None) -> np.ndarray:
+        """`layers` as an array of FIELDS."""
         biggest = (
             tokens
             if tokens is not None
             else max(load.kv_rows.max(initial=0), load.mlp_rows.max(initial=0), load.visitors.max(initial=0))
         )
         if biggest > self.max_rows:
-            return IterationCost(
-                *_columns(load_cost(self.hw, self.arch, self.exe, load)).sum(axis=(0, 1)).tolist()
-            )
+            return _columns(load_cost(self.hw, self.arch, self.exe, load)).sum(axis=(0, 1))
         v = load.visitors.astype(np.int64)
         total = self._by_visitors[v].sum(axis=0) + self._attention(load)
         if self.exe.kv_policy == "copy":
@@ -99,7 +101,7 @@ class CostTable:
             total += self._kv[kv].sum(axis=0) + self._skip[kv - v].sum(axis=0)
         elif self.exe.kv_policy == "compute":
             total += self._by_tokens[load.kv_rows.astype(np.int64)].sum(axis=0)
-        return IterationCost(*total.tolist())
+        return total
 
     def _attention(self, load: LayerLoad) -> np.ndarray:
         """Closed form of `radsim.cost.attention` summed over groups: [time, energy, flops, bytes]."""
@@ -108,9 +110,7 @@ class CostTable:
         moved = load.held * held_b + load.kv_rows * kv_b + load.q_rows * q_b
         launches = (load.kv_rows > 0).astype(np.float64) + (load.q_rows > 0)
         busy = np.maximum(load.pairs * self._s_per_pair, moved * self._s_per_byte)
-        time = (
-            busy + launches * hw.kernel_launch_overhead_s
-        )  # zero where nothing runs: no pairs, bytes or launches
+        time = busy + launches * hw.kernel_launch_overhead_s  # zero where nothing runs
         flops = load.pairs * self._flops_per_pair
         energy = np.minimum(
             hw.idle_power_W * time + self._j_per_flop * flops + hw.memory_energy_J_per_byte * moved,
@@ -120,7 +120,11 @@ class CostTable:
 
     def head(self, new_tokens: int, logit_rows: int) -> IterationCost:
         """Embedding for the new tokens; final norm, LM head and sampling for `logit_rows`."""
+        return IterationCost(*self.head_totals(new_tokens, logit_rows).tolist())
+
+    def head_totals(self, new_tokens: int, logit_rows: int) -> np.ndarray:
+        """`head` as an array of FIELDS."""
         if max(new_tokens, logit_rows) > self.max_rows:
             cost = head_cost(self.hw, self.arch, self.exe, float(new_tokens), float(logit_rows))
-            return IterationCost(*_columns(cost).sum(axis=0).tolist())
-        return IterationCost(*(self._embed[new_tokens] + self._logits[logit_rows]).tolist())
+            return _columns(cost).sum(axis=0)
+        return self._embed[new_tokens] + self._logits[logit_rows]

@@ -19,12 +19,14 @@ from radsim.arch import Arch
 from radsim.cost import Execution
 from radsim.cost_table import CostTable, IterationCost
 from radsim.errors import ConfigError
-from radsim.executor import POLICIES, skipper_load, slot_load, step_load
+from radsim.executor import POLICIES, add_loads, decode_load, skipper_load, slot_load, step_load
 from radsim.hardware import Hardware
 from radsim.memory import activation_bytes, kv_entry_bytes, weights_bytes
 from radsim.routes import RouteBook
 from radsim.scheduler import Batch, Scheduler, SchedulerConfig
 from radsim.workload import Request
+
+ROUTE_BLOCK = 1024  # requests whose routes are drawn together
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ class Simulation:
     """One simulated run: build it, call `run`, read `requests`, `timeline` and the replicas."""
 
     def __init__(self, cfg: SimConfig, routes: RouteBook, requests: list[Request]) -> None:
-        self.cfg, self.routes, self.requests = cfg, routes, requests
+        self.cfg, self.routes = cfg, routes
+        self.requests = sorted(requests, key=lambda r: r.arrival_at)  # stable: ties keep their order
         limit = cfg.arch.max_position_embeddings
         too_long = [r for r in requests if r.prompt_tokens + r.output_tokens > limit]
         if too_long:
@@ -104,6 +107,8 @@ class Simulation:
             for i in range(cfg.replicas)
         ]
         self.timeline: list[Iteration] = []
+        self._next = 0  # next request to deliver (one replica)
+        self._block, self._block_routes = -1, None
         start = min((r.arrival_at for r in requests), default=0.0)
         for replica in self.replicas:  # energy is counted from the first arrival, as the makespan is
             replica.last_end_at = start
@@ -125,29 +130,56 @@ class Simulation:
 
     def run(self) -> None:
         """Simulate until every request has completed."""
-        self.env.process(self._arrivals())
+        if len(self.replicas) > 1:
+            self.env.process(self._arrivals())
         for replica in self.replicas:
             self.env.process(self._serve(replica))
         self.env.run()
 
+    def _routes(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Route-book tokens of request i and their cumulative KV entries, drawn in blocks of requests."""
+        block, k = divmod(i, ROUTE_BLOCK)
+        if block != self._block:
+            chunk = self.requests[block * ROUTE_BLOCK : (block + 1) * ROUTE_BLOCK]
+            lengths = np.array([r.prompt_tokens + r.output_tokens for r in chunk], dtype=np.int64)
+            tokens, offsets = self.routes.assign_many(self.rng, lengths)
+            cum = self.replicas[0].scheduler.entries_cumsum(tokens)
+            self._block, self._block_routes = block, (tokens, cum, offsets, lengths)
+        tokens, cum, offsets, lengths = self._block_routes
+        a, n = int(offsets[k]), int(lengths[k])
+        base = cum[a - 1] if a else 0.0
+        return tokens[a : a + n], cum[a : a + n] - base
+
+    def _deliver(self, replica: Replica, i: int) -> None:
+        request = self.requests[i]
+        replica.scheduler.arrive(request, *self._routes(i))
+
     def _arrivals(self):
-        for request in self.requests:
+        """Several replicas: each arrival joins the replica with the fewest requests in the system."""
+        for i, request in enumerate(self.requests):
             if request.arrival_at > self.env.now:  # simultaneous arrivals join the queue together
                 yield self.env.timeout(request.arrival_at - self.env.now)
-            replica = self.replicas[0]
-            if len(self.replicas) > 1:  # join the shortest queue
-                replica = min(self.replicas, key=lambda r: (r.scheduler.in_system, r.index))
-            replica.scheduler.arrive(
-                request, self.routes.assign(self.rng, request.prompt_tokens + request.output_tokens)
-            )
+            replica = min(self.replicas, key=lambda r: (r.scheduler.in_system, r.index))
+            self._deliver(replica, i)
             if not replica.wake.triggered:
                 replica.wake.succeed()
 
     def _serve(self, replica: Replica):
-        sched = replica.scheduler
+        sched, single = replica.scheduler, len(self.replicas) == 1
         while True:
+            if single:  # one replica: requests that have arrived join its queue before it plans
+                while (
+                    self._next < len(self.requests) and self.requests[self._next].arrival_at <= self.env.now
+                ):
+                    self._deliver(replica, self._next)
+                    self._next += 1
             batch = sched.next_batch(self.env.now)
             if batch is None:  # idle until an arrival; the run ends when no event is left
+                if single:
+                    if self._next == len(self.requests):
+                        return
+                    yield self.env.timeout(self.requests[self._next].arrival_at - self.env.now)
+                    continue
                 replica.wake = self.env.event()
                 yield replica.wake
                 continue
@@ -161,9 +193,9 @@ class Simulation:
                     self.env.now,
                     cost.time_s,
                     cost.energy_J * devices,
-                    len(batch.rows),
-                    int(batch.prefill_tokens),
-                    int(batch.decode_tokens),
+                    int(batch.decode_rows.size + batch.prefill_rows.size),
+                    batch.prefill_tokens,
+                    batch.decode_tokens,
                     sched.kv_bytes,
                     sched.waiting_count,
                 )
@@ -175,22 +207,26 @@ class Simulation:
 
     def iteration_cost(self, batch: Batch, sched: Scheduler) -> IterationCost:
         """Price one iteration: layer launches under the execution policy, then embedding and head."""
-        cfg, book = self.cfg, self.routes
-        layers = cfg.arch.num_layers
-        held = sched.held[batch.rows]
+        cfg, book, table = self.cfg, self.routes, self.table
+        layers, policy = cfg.arch.num_layers, cfg.exe.kv_policy
         if cfg.execution_policy == "layer_major":
-            load = slot_load(batch.slot_visits, batch.new_tokens, held, cfg.exe.kv_policy, layers)
-            cost = self.table.layers(load, tokens=batch.token_count)
+            load = decode_load(batch.decode_visits, batch.decode_context, batch.decode_held, policy, layers)
+            if batch.prefill_rows.size:
+                held = sched.held_entries(batch.prefill_rows)
+                load = add_loads(
+                    load, slot_load(batch.prefill_visits, batch.prefill_new, held, policy, layers)
+                )
+            total = table.layer_totals(load, tokens=batch.token_count)
         else:
+            held = sched.held_entries(batch.rows)
             visit_rows, steps = np.nonzero(book.steps[batch.tokens] >= 0)
             layer = book.steps[batch.tokens[visit_rows], steps].astype(np.int64)
             slot = book.step_slots[batch.tokens[visit_rows], steps].astype(np.int64)
-            load = step_load(
-                batch.token_rows[visit_rows], steps, layer, slot, held, cfg.exe.kv_policy, layers
-            )
-            cost = self.table.layers(load)
-            if cfg.exe.kv_policy == "copy":
-                cost = cost + self.table.layers(
+            load = step_load(batch.token_rows[visit_rows], steps, layer, slot, held, policy, layers)
+            total = table.layer_totals(load)
+            if policy == "copy":
+                total = total + table.layer_totals(
                     skipper_load(batch.slot_visits, batch.new_tokens, held, layers)
                 )
-        return cost + self.table.head(batch.token_count, int(batch.logit_rows))
+        total = total + table.head_totals(batch.token_count, int(batch.logit_rows))
+        return IterationCost(*total.tolist())

@@ -26,8 +26,6 @@ def slot_load(
 ) -> LayerLoad:
     """Layer-major load: `visits` (R, W) per request and slot, `new` (R,) tokens, `held` (R, W) entries."""
     v = visits if visits.dtype == np.float64 else visits.astype(np.float64)
-    if kv_policy != "compute" and new.size and int(new.max()) == 1:
-        return _decode_load(v, held, kv_policy, num_layers)
     if kv_policy == "none":
         return _aggregate(v, v, v, held)
     # skippers write K/V only in the first pass (copy/compute); later passes behave as `none`
@@ -37,18 +35,49 @@ def slot_load(
     return _aggregate(q, kv, v, held)
 
 
-def _decode_load(v: np.ndarray, c: np.ndarray, kv_policy: str, num_layers: int) -> LayerLoad:
-    """One new token per request (visits 0 or 1 per slot): pairs = held = sum over visitors of c + 1.
+def decode_load(
+    visits: np.ndarray, context: np.ndarray, held: np.ndarray | None, kv_policy: str, num_layers: int
+) -> LayerLoad:
+    """Layer-major load of rows that decode one token each: the closed form of `slot_load`.
 
-    Under `copy` every request writes a first-pass entry in every layer, visited or not.
+    `visits` (D, W) are 0 or 1, `context` (D,) the tokens each row holds in the KV cache and `held`
+    (D, W) its entries per slot; under copy/compute a first-pass slot holds `context` entries, so
+    `held` may be None when there is no later pass. A query then attends to its held entries and
+    to itself: pairs = held entries read = sum over querying rows of (held + 1).
     """
-    visitors = v.sum(axis=0)
-    pairs = np.einsum("rw,rw->w", v, c) + visitors
-    kv_rows = visitors
-    if kv_policy == "copy":
-        kv_rows = visitors.copy()
-        kv_rows[:num_layers] = v.shape[0]
-    return LayerLoad(visitors, kv_rows, visitors, visitors, pairs, pairs)
+    rows, width = visits.shape
+    if kv_policy == "none":
+        assert held is not None
+        visitors = visits.sum(axis=0)
+        pairs = np.einsum("rw,rw->w", visits, held) + visitors
+        return LayerLoad(visitors, visitors, visitors, visitors, pairs, pairs)
+    weights = np.empty((2, rows))
+    weights[0] = 1.0
+    np.add(context, 1.0, out=weights[1])
+    visitors, pairs = weights @ visits  # (W,) each: first-pass rows hold `context` entries
+    kv_rows = visitors.copy()
+    kv_rows[:num_layers] = rows  # every row writes a first-pass entry, visited or not
+    q_rows = visitors
+    if kv_policy == "compute":  # attention runs for every row in every first-pass layer
+        q_rows = kv_rows
+        pairs[:num_layers] = weights[1].sum()
+    if width > num_layers:  # later passes behave as `none`
+        assert held is not None
+        later = visits[:, num_layers:]
+        pairs[num_layers:] = np.einsum("rw,rw->w", later, held[:, num_layers:]) + visitors[num_layers:]
+    return LayerLoad(q_rows, kv_rows, visitors, visitors, pairs, pairs)
+
+
+def add_loads(a: LayerLoad, b: LayerLoad) -> LayerLoad:
+    """Load of two disjoint sets of rows in the same launches (every field is a sum over rows)."""
+    return LayerLoad(
+        a.q_rows + b.q_rows,
+        a.kv_rows + b.kv_rows,
+        a.mlp_rows + b.mlp_rows,
+        a.visitors + b.visitors,
+        a.pairs + b.pairs,
+        a.held + b.held,
+    )
 
 
 def _aggregate(q: np.ndarray, kv: np.ndarray, v: np.ndarray, c: np.ndarray) -> LayerLoad:

@@ -53,14 +53,37 @@ class RouteBook:
 
     def assign(self, rng: np.random.Generator, length: int) -> np.ndarray:
         """Token indices for a request of `length` tokens: whole random sequences, concatenated."""
-        starts, ends = self.seq_starts, self._seq_ends
-        parts, total = [], 0
-        while total < length:
-            s = int(rng.integers(len(starts)))
-            stop = min(int(ends[s]), int(starts[s]) + length - total)
-            parts.append(np.arange(starts[s], stop))
-            total += stop - int(starts[s])
-        return np.concatenate(parts)
+        return self.assign_many(rng, np.array([length]))[0]
+
+    def assign_many(self, rng: np.random.Generator, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens of requests of `lengths` tokens, concatenated, and where each request's begin.
+
+        Each request takes random whole sequences in turn, the last cut to its length; requests
+        draw from one stream of sequences, in order, so the result depends only on `rng`.
+        """
+        lengths = np.asarray(lengths, dtype=np.int64)
+        seq_len = self._seq_ends - self.seq_starts
+        need = int(lengths.sum())
+        draws = np.zeros(0, dtype=np.int64)
+        covered = np.zeros(1, dtype=np.int64)
+        while covered[-1] < need or draws.size < lengths.size:
+            more = rng.integers(len(seq_len), size=int(need / seq_len.mean() * 1.1) + lengths.size + 8)
+            draws = np.concatenate([draws, more])
+            covered = np.concatenate([[0], np.cumsum(seq_len[draws])])
+        # request i uses draws[first[i]:last[i]]: sequences until its length is covered
+        first = np.empty(lengths.size, dtype=np.int64)
+        last = np.empty(lengths.size, dtype=np.int64)
+        pointer = 0
+        for i, n in enumerate(lengths.tolist()):
+            first[i] = pointer
+            pointer = int(np.searchsorted(covered, covered[pointer] + n))
+            last[i] = pointer
+        used = draws[:pointer]
+        size = seq_len[used]
+        size[last - 1] = lengths - (covered[last - 1] - covered[first])  # the last sequence is cut
+        start = np.cumsum(size) - size
+        tokens = np.arange(need) + np.repeat(self.seq_starts[used] - start, size)
+        return tokens, np.cumsum(lengths) - lengths
 
     @cached_property
     def _seq_ends(self) -> np.ndarray:

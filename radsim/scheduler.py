@@ -65,16 +65,34 @@ class Finished:
 
 @dataclass
 class Batch:
-    """What one iteration processes: per scheduler row, its new tokens and their routes."""
+    """What one iteration processes: decoding rows (one token each) and prefill chunks.
 
-    rows: np.ndarray  # (R,) scheduler rows
-    new_tokens: np.ndarray  # (R,) tokens each row brings
-    parts: list[np.ndarray]  # route-book tokens: all decoding rows' first, then one array per chunk
-    slot_visits: np.ndarray  # (R, W) visits per (pass, layer) slot
-    entries: np.ndarray  # (R, W) KV entries the iteration adds per slot
-    prefill_tokens: int
-    decode_tokens: int
+    Decoding rows come first in every flat view (`rows`, `tokens`, `slot_visits`); the two parts
+    are kept apart because a decode row's load has a closed form that prefill chunks lack.
+    """
+
+    decode_rows: np.ndarray  # (D,) scheduler rows that decode one token
+    decode_book_tokens: np.ndarray  # (D,) route-book token each of them processes
+    decode_visits: np.ndarray  # (D, W) visits per (pass, layer) slot, 0 or 1
+    decode_context: np.ndarray  # (D,) tokens each holds in the KV cache
+    decode_held: np.ndarray | None  # (D, W) entries per slot (first pass implicit under copy/compute)
+    prefill_rows: np.ndarray  # (P,) scheduler rows that prefill a chunk
+    prefill_new: np.ndarray  # (P,) tokens of each chunk
+    prefill_parts: list[np.ndarray]  # route-book tokens of each chunk
+    prefill_visits: np.ndarray  # (P, W) visits per slot, summed over the chunk
+    prefill_entries: np.ndarray  # (P, W) KV entries each chunk adds per slot
+    new_entries: float  # KV entries the iteration adds
     logit_rows: int  # tokens whose logits are sampled (decodes and completed prefills)
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Prompt (or recomputed) tokens in the iteration."""
+        return int(self.prefill_new.sum())
+
+    @property
+    def decode_tokens(self) -> int:
+        """Decoded tokens in the iteration."""
+        return int(self.decode_rows.size)
 
     @property
     def token_count(self) -> int:
@@ -82,9 +100,24 @@ class Batch:
         return self.prefill_tokens + self.decode_tokens
 
     @cached_property
+    def rows(self) -> np.ndarray:
+        """(R,) scheduler rows, decoding rows first."""
+        return np.concatenate([self.decode_rows, self.prefill_rows])
+
+    @cached_property
+    def new_tokens(self) -> np.ndarray:
+        """(R,) tokens each row brings."""
+        return np.concatenate([np.ones(self.decode_rows.size, dtype=np.int64), self.prefill_new])
+
+    @cached_property
+    def slot_visits(self) -> np.ndarray:
+        """(R, W) visits per row and slot."""
+        return np.concatenate([self.decode_visits, self.prefill_visits])
+
+    @cached_property
     def tokens(self) -> np.ndarray:
         """(T,) route-book token of every new token (built only when step-synchronous costing asks)."""
-        return np.concatenate(self.parts)
+        return np.concatenate([self.decode_book_tokens, *self.prefill_parts])
 
     @cached_property
     def token_rows(self) -> np.ndarray:
@@ -107,23 +140,26 @@ class Scheduler:
         self.capacity_entries = kv_capacity_bytes / entry_bytes
         self.entry_bytes = entry_bytes
         n, w = cfg.max_batch, book.slots.shape[1]
+        self.num_layers = book.num_layers
+        # under copy/compute every token holds a first-pass entry in every layer, so those slots'
+        # entries equal the row's context and are not stored (`context` stands for them)
+        self.shared_first_pass = kv_policy != "none"
         entries = book.slots.astype(np.float64)
-        if kv_policy != "none":
-            entries[:, : book.num_layers] = 1.0  # every token holds a first-pass entry in every layer
+        if self.shared_first_pass:
+            entries[:, : book.num_layers] = 1.0
         self.token_entries = entries  # (tokens, W) KV entries a token adds per slot
         self._slots_f64 = book.slots.astype(np.float64)
         self._book_cum = np.zeros((book.slots.shape[0] + 1, w), dtype=np.int64)
         np.cumsum(book.slots, axis=0, out=self._book_cum[1:])
         self._entries_per_token = entries.sum(axis=1)
-        self.held = np.zeros((n, w))
+        self.held = np.zeros((n, w))  # KV entries per row and slot (see shared_first_pass)
+        self.context = np.zeros(n, dtype=np.int64)  # tokens of each row in the KV cache
         self.active = np.zeros(n, dtype=bool)
         self.phase = np.zeros(n, dtype=np.int8)  # FREE, PREFILLING or DECODING
         self.request: list[Request | None] = [None] * n
         self.routes = np.zeros((n, 1), dtype=np.int64)  # route-book token of each row's positions
-        self.prompt = np.zeros(n, dtype=np.int64)
         self.output = np.zeros(n, dtype=np.int64)
         self.target = np.zeros(n, dtype=np.int64)  # positions whose KV must exist before the next token
-        self.prefilled = np.zeros(n, dtype=np.int64)
         self.generated = np.zeros(n, dtype=np.int64)
         self.preemptions = np.zeros(n, dtype=np.int64)
         self.first_token_at = np.full(n, np.nan)
@@ -134,8 +170,10 @@ class Scheduler:
         self.waiting: deque[tuple[Request, np.ndarray, int, float, int, np.ndarray]] = deque()
         self.done: list[Finished] = []
         self.entries_used = 0.0
-        self.itl_histogram = np.zeros(len(ITL_BINS) + 1, dtype=np.int64)
-        self.itl_sum, self.itl_count = 0.0, 0
+        self._gaps: list[np.ndarray] = []  # inter-token gaps not yet in the histogram
+        self._gap_count = 0
+        self._itl_histogram = np.zeros(len(ITL_BINS) + 1, dtype=np.int64)
+        self._itl_sum, self._itl_count = 0.0, 0
 
     # -- books ---------------------------------------------------------------------------------
     @property
@@ -153,10 +191,43 @@ class Scheduler:
         """KV-cache bytes held now."""
         return self.entries_used * self.entry_bytes
 
-    def arrive(self, request: Request, tokens: np.ndarray) -> None:
-        """A request joins the queue with its token routes; it must fit in the KV cache alone."""
-        # cumulative KV entries of the request's positions: admission needs are lookups from here on
-        cum = np.cumsum(self._entries_per_token[tokens])
+    @property
+    def itl_histogram(self) -> np.ndarray:
+        """Counts of inter-token gaps per `ITL_BINS` bin."""
+        self._flush_gaps()
+        return self._itl_histogram
+
+    @property
+    def itl_sum(self) -> float:
+        """Sum of inter-token gaps, seconds."""
+        self._flush_gaps()
+        return self._itl_sum
+
+    @property
+    def itl_count(self) -> int:
+        """Number of inter-token gaps."""
+        self._flush_gaps()
+        return self._itl_count
+
+    def held_entries(self, rows: np.ndarray) -> np.ndarray:
+        """(R, W) KV entries each row holds per slot."""
+        held = self.held[rows]
+        if self.shared_first_pass:
+            held[:, : self.num_layers] = self.context[rows][:, None]
+        return held
+
+    def entries_cumsum(self, tokens: np.ndarray) -> np.ndarray:
+        """Cumulative KV entries of a run of route-book tokens."""
+        return np.cumsum(self._entries_per_token[tokens])
+
+    def arrive(self, request: Request, tokens: np.ndarray, cum: np.ndarray | None = None) -> None:
+        """A request joins the queue with its token routes; it must fit in the KV cache alone.
+
+        `cum`, the cumulative KV entries of its positions (`entries_cumsum`), is computed if not given;
+        admission needs are lookups in it from here on.
+        """
+        if cum is None:
+            cum = self.entries_cumsum(tokens)
         need = cum[request.prompt_tokens + request.output_tokens - 2]
         if need > self.capacity_entries:
             raise ConfigError(
@@ -174,14 +245,14 @@ class Scheduler:
         decode = np.flatnonzero(self.phase == DECODING)
         budget = self.cfg.max_tokens_per_iteration - decode.size
         chunks: dict[int, int] = {}
-        for row in np.flatnonzero(self.phase == PREFILLING):
-            budget = self._plan_prefill(int(row), chunks, budget, bool(decode.size))
+        for row in np.flatnonzero(self.phase == PREFILLING).tolist():
+            budget = self._plan_prefill(row, chunks, budget, bool(decode.size))
         if self.cfg.policy == "continuous":
             self._admit(now, chunks, budget, bool(decode.size))
         return self._fit(decode, chunks)
 
     def _plan_prefill(self, row: int, chunks: dict[int, int], budget: int, busy: bool) -> int:
-        left = int(self.target[row] - self.prefilled[row])
+        left = int(self.target[row] - self.context[row])
         if budget <= 0:
             return budget
         if not self.cfg.chunked_prefill:
@@ -223,23 +294,19 @@ class Scheduler:
             self.routes = grown
         self.request[row] = request
         self.routes[row, : tokens.size] = tokens
-        self.prompt[row], self.output[row] = request.prompt_tokens, request.output_tokens
+        self.output[row] = request.output_tokens
         self.target[row] = request.prompt_tokens + generated
-        self.prefilled[row], self.generated[row] = 0, generated
+        self.context[row], self.generated[row] = 0, generated
         self.first_token_at[row], self.preemptions[row] = first, preemptions
         self.admitted_at[row] = now
         self.last_token_at[row] = now if np.isnan(first) else self.last_token_at[row]
         return row
 
-    def _decode_tokens(self, rows: np.ndarray) -> np.ndarray:
-        """Route-book token processed by each decoding row: its last generated token."""
-        return self.routes[rows, self.prompt[rows] + self.generated[rows] - 1]
-
     def _fit(self, decode: np.ndarray, chunks: dict[int, int]) -> Batch | None:
         """The batch, after preempting the latest admitted requests until its new KV entries fit."""
         while decode.size or chunks:
             batch = self._batch(decode, chunks)
-            if self.entries_used + batch.entries.sum() <= self.capacity_entries:
+            if self.entries_used + batch.new_entries <= self.capacity_entries:
                 return batch
             running = np.flatnonzero(self.active)
             victim = int(running[np.argmax(self.admitted_at[running])])
@@ -249,7 +316,7 @@ class Scheduler:
         return None
 
     def _chunk(self, row: int, n: int) -> np.ndarray:
-        start = int(self.prefilled[row])
+        start = int(self.context[row])
         return self.routes[row][start : start + n]
 
     def _preempt(self, row: int) -> None:
@@ -261,44 +328,50 @@ class Scheduler:
         self._free(row)
 
     def _free(self, row: int) -> None:
-        self.entries_used -= self.held[row].sum()
+        cum, context = self.cum_entries[row], int(self.context[row])
+        assert cum is not None
+        self.entries_used -= float(cum[context - 1]) if context else 0.0
         self.held[row] = 0.0
+        self.context[row] = 0
         self.active[row] = False
         self.phase[row] = FREE
         self.request[row] = None
+        self.cum_entries[row] = None
 
     def _batch(self, decode: np.ndarray, chunks: dict[int, int]) -> Batch:
-        if not chunks:  # the common case under load: one token per running request
-            tokens = self._decode_tokens(decode)
-            visits = self._slots_f64[tokens]
-            ones = np.ones(decode.size, dtype=np.int64)
-            return Batch(
-                decode,
-                ones,
-                [tokens],
-                visits,
-                self._entries(visits, ones),
-                0,
-                int(decode.size),
-                int(decode.size),
-            )
-        prefill_rows = np.fromiter(chunks, dtype=np.int64, count=len(chunks))
-        prefill_n = np.fromiter(chunks.values(), dtype=np.int64, count=len(chunks))
-        rows = np.concatenate([decode, prefill_rows])
-        counts = np.concatenate([np.ones(decode.size, dtype=np.int64), prefill_n])
-        parts = [self._decode_tokens(decode)] + [self._chunk(int(r), int(n)) for r, n in chunks.items()]
-        visits = np.empty((rows.size, self.book.slots.shape[1]))
-        visits[: decode.size] = self._slots_f64[parts[0]]
-        visits[decode.size :] = self._chunk_visits(np.concatenate(parts[1:]), prefill_n)
-        completing = int(((self.prefilled[prefill_rows] + prefill_n) == self.target[prefill_rows]).sum())
+        context = self.context[decode]
+        tokens = self.routes[decode, context]
+        visits = self._slots_f64[tokens]
+        held = None
+        if not self.shared_first_pass:
+            held = self.held[decode]
+        elif visits.shape[1] > self.num_layers:
+            held = self.held_entries(decode)
+        new_entries = float(self._entries_per_token[tokens].sum())
+        if chunks:
+            rows = np.fromiter(chunks, dtype=np.int64, count=len(chunks))
+            sizes = np.fromiter(chunks.values(), dtype=np.int64, count=len(chunks))
+            parts = [self._chunk(r, n) for r, n in chunks.items()]
+            chunk_visits = self._chunk_visits(np.concatenate(parts), sizes)
+            entries = self._entries(chunk_visits, sizes)
+            new_entries += float(entries.sum())
+            completing = int(((self.context[rows] + sizes) == self.target[rows]).sum())
+        else:
+            rows, sizes, parts = _EMPTY_ROWS, _EMPTY_ROWS, []
+            chunk_visits = entries = np.zeros((0, visits.shape[1]))
+            completing = 0
         return Batch(
-            rows,
-            counts,
-            parts,
+            decode,
+            tokens,
             visits,
-            self._entries(visits, counts),
-            int(prefill_n.sum()),
-            int(decode.size),
+            context,
+            held,
+            rows,
+            sizes,
+            parts,
+            chunk_visits,
+            entries,
+            new_entries,
             int(decode.size) + completing,
         )
 
@@ -320,31 +393,40 @@ class Scheduler:
 
     def _entries(self, visits: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """KV entries the rows add per slot: their visits, or under copy/compute every first-pass layer."""
-        if self.kv_policy == "none":
+        if not self.shared_first_pass:
             return visits
         entries = visits.copy()
-        entries[:, : self.book.num_layers] = counts[:, None]
+        entries[:, : self.num_layers] = counts[:, None]
         return entries
 
     # -- completion ----------------------------------------------------------------------------
     def finish(self, batch: Batch, now: float) -> None:
         """Book the iteration: KV entries written, tokens emitted, requests completed."""
-        self.held[batch.rows] += batch.entries
-        self.entries_used += batch.entries.sum()
-        rows = batch.rows
-        if not batch.prefill_tokens:  # every row decoded one token
-            self._emit(rows, now, decoding=True)
+        self.entries_used += batch.new_entries
+        decode, layers = batch.decode_rows, self.num_layers
+        if not self.shared_first_pass:
+            assert batch.decode_held is not None
+            self.held[decode] = batch.decode_held + batch.decode_visits
+        elif batch.decode_visits.shape[1] > layers:
+            self.held[decode, layers:] += batch.decode_visits[:, layers:]
+        self.context[decode] = batch.decode_context + 1
+        if not batch.prefill_rows.size:  # every row decoded one token
+            self._emit(decode, now, decoding=True)
             return
-        prefilling = self.phase[rows] == PREFILLING
-        self.prefilled[rows] += np.where(prefilling, batch.new_tokens, 0)
-        emit = rows[~prefilling | (self.prefilled[rows] == self.target[rows])]
-        self._emit(emit, now, decoding=False)
+        rows = batch.prefill_rows
+        self.held[rows] += batch.prefill_entries  # first-pass columns unused under copy/compute
+        self.context[rows] += batch.prefill_new
+        self._emit(decode, now, decoding=True)
+        self._emit(rows[self.context[rows] == self.target[rows]], now, decoding=False)
 
     def _emit(self, rows: np.ndarray, now: float, decoding: bool) -> None:
         """Each row emits a token; `decoding` says every row already had one (no first tokens)."""
         gaps = now - self.last_token_at[rows if decoding else rows[self.generated[rows] > 0]]
-        self.itl_histogram += np.bincount(np.searchsorted(ITL_BINS, gaps), minlength=self.itl_histogram.size)
-        self.itl_sum, self.itl_count = self.itl_sum + float(gaps.sum()), self.itl_count + int(gaps.size)
+        if gaps.size:
+            self._gaps.append(gaps)
+            self._gap_count += gaps.size
+            if self._gap_count > 1 << 20:
+                self._flush_gaps()
         if not decoding:
             self.first_token_at[rows[np.isnan(self.first_token_at[rows])]] = now
             self.phase[rows] = DECODING
@@ -357,3 +439,17 @@ class Scheduler:
                 Finished(request, float(self.first_token_at[row]), now, int(self.preemptions[row]))
             )
             self._free(row)
+
+    def _flush_gaps(self) -> None:
+        if not self._gaps:
+            return
+        gaps = np.concatenate(self._gaps)
+        self._gaps, self._gap_count = [], 0
+        self._itl_histogram += np.bincount(
+            np.searchsorted(ITL_BINS, gaps), minlength=self._itl_histogram.size
+        )
+        self._itl_sum += float(gaps.sum())
+        self._itl_count += int(gaps.size)
+
+
+_EMPTY_ROWS = np.zeros(0, dtype=np.int64)
