@@ -23,7 +23,9 @@ def add_study_commands(sub) -> None:
     where = run.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a Dask scheduler to run the points on")
     where.add_argument("--dask-local", action="store_true", help="start a local Dask cluster of --workers")
-    run.add_argument("--retry-failed", action="store_true", help="evaluate failed points of an earlier run again")
+    run.add_argument(
+        "--retry-failed", action="store_true", help="evaluate failed points of an earlier run again"
+    )
     run.add_argument("--plot", action="store_true", help="then draw the plots and write the report")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_run)

@@ -93,7 +93,12 @@ def _estimate(point: dict[str, Any], trace_file: str | None) -> dict[str, Any]:
     exe = Execution(point["dtype"], point["tp"], point["kv_policy"] or "none")
     fraction = _depth_fraction(point, arch)
     work = Workload(
-        point["batch"], point["prompt_tokens"], point["output_tokens"], fraction, point["prefill_chunk"], point["seed"]
+        point["batch"],
+        point["prompt_tokens"],
+        point["output_tokens"],
+        fraction,
+        point["prefill_chunk"],
+        point["seed"],
     )
     out = _common(hw, arch, exe)
     result = estimate(hw, arch, exe, work, Pricing(point["electricity_usd_per_kWh"]))
@@ -126,7 +131,9 @@ def _requests(point: dict[str, Any]):
     from radsim.workload import LengthDist, Request, WorkloadConfig, generate
 
     if point["arrival"] == "batch":
-        return [Request(i, 0.0, point["prompt_tokens"], point["output_tokens"]) for i in range(point["batch"])]
+        return [
+            Request(i, 0.0, point["prompt_tokens"], point["output_tokens"]) for i in range(point["batch"])
+        ]
 
     def lengths(mean: int) -> LengthDist:
         return LengthDist(point["lengths"], float(mean), 0.5, 1, 2 * mean, 4 * mean)
@@ -160,7 +167,9 @@ def _simulate(point: dict[str, Any], trace_file: str | None) -> dict[str, Any]:
     cfg = SimConfig(hw, arch, exe, sched, point["execution"], point["replicas"], point["seed"])
     sim = Simulation(cfg, book, _requests(point))
     sim.run()
-    m = summarize(sim, SLO(point["slo_ttft_s"], point["slo_tpot_s"]), Pricing(point["electricity_usd_per_kWh"]))
+    m = summarize(
+        sim, SLO(point["slo_ttft_s"], point["slo_tpot_s"]), Pricing(point["electricity_usd_per_kWh"])
+    )
     out.update({k: v for k, v in m.items() if k not in ("prompt_tokens", "output_tokens")})
     out["prompt_tokens_total"], out["output_tokens_total"] = m["prompt_tokens"], m["output_tokens"]
     out.update(ttft_s=m["ttft_s_mean"], tpot_s=m["tpot_s_mean"], e2e_s=m["e2e_s_mean"])
@@ -175,7 +184,9 @@ def _simulate(point: dict[str, Any], trace_file: str | None) -> dict[str, Any]:
     out["memory_capacity_bytes"] = hw.memory_capacity_bytes
     out["price_usd_per_hour"] = hw.price_usd_per_hour
     values, counts = np.unique(depth, return_counts=True)
-    out["depth_histogram_json"] = _json({"layers_visited": values.tolist(), "token_share": counts / counts.sum()})
+    out["depth_histogram_json"] = _json(
+        {"layers_visited": values.tolist(), "token_share": counts / counts.sum()}
+    )
     out["power_timeline_json"] = _json(power_timeline(timeline_table(sim), sim, hw, exe.tp, cfg.replicas))
     rng = np.random.default_rng(point["seed"])
     passes = book.slots.shape[1] // arch.num_layers
@@ -195,11 +206,18 @@ def roofline_layers(hw: Hardware, arch: Arch, exe: Execution, point: dict[str, A
     whole prompts (the chunk budget, at least one prompt); the decode step has one token per sequence
     of the batch, each holding the prompt and half the output in its KV cache.
     """
-    batch, prompt, output, layers = point["batch"], point["prompt_tokens"], point["output_tokens"], arch.num_layers
+    batch, prompt, output, layers = (
+        point["batch"],
+        point["prompt_tokens"],
+        point["output_tokens"],
+        arch.num_layers,
+    )
     chunk = point["prefill_chunk"] or batch * prompt
     seqs = max(1, min(batch, chunk // prompt))
     prefill_visits = visits(seqs * prompt).reshape(seqs, prompt, layers).sum(axis=1).T.astype(np.float64)
-    prefill = step_cost(hw, arch, exe, np.full(seqs, float(prompt)), np.zeros((layers, seqs)), prefill_visits, seqs)
+    prefill = step_cost(
+        hw, arch, exe, np.full(seqs, float(prompt)), np.zeros((layers, seqs)), prefill_visits, seqs
+    )
     held = prompt + output // 2
     decode_visits = visits(batch).T.astype(np.float64)
     share = np.ones(layers)  # KV entries a layer holds per earlier token

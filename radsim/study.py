@@ -123,7 +123,9 @@ def parse_study(raw: dict[str, Any], path: Path) -> Study:
     _check_values(fixed, f"{path}: [fixed]")
     grids = raw.get("grid")
     if not isinstance(grids, list) or not grids:
-        raise ConfigError(f"{path}: a study needs at least one [[grid]] table (with an engine and [grid.axes])")
+        raise ConfigError(
+            f"{path}: a study needs at least one [[grid]] table (with an engine and [grid.axes])"
+        )
     study = Study(
         name,
         str(head.get("description", "")),
@@ -156,7 +158,9 @@ def _grid(raw: Any, shared: dict[str, Any], where: str) -> Grid:
             raise ConfigError(f"{where}: '{key}' is an axis and also a fixed value; give it once")
     varying = [k for k in _DEPTH_KEYS if k in axes]
     if len(varying) > 1:
-        raise ConfigError(f"{where}: axes {varying} both set the depth; sweep one of {', '.join(_DEPTH_KEYS)}")
+        raise ConfigError(
+            f"{where}: axes {varying} both set the depth; sweep one of {', '.join(_DEPTH_KEYS)}"
+        )
     return Grid(tuple(own.items()), tuple((k, tuple(v)) for k, v in axes.items()))
 
 
@@ -220,11 +224,15 @@ def make_point(values: dict[str, Any], where: str = "<point>") -> dict[str, Any]
         if engine not in spec.engines and value != spec.default:
             raise ConfigError(f"{where}: '{key}' applies only to engine(s) {', '.join(spec.engines)}")
     if engine == "estimate" and values.get("execution", "layer_major") != "layer_major":
-        raise ConfigError(f"{where}: engine 'estimate' launches each layer once per step; "
-                          "execution 'step_sync' needs engine 'simulate'")
+        raise ConfigError(
+            f"{where}: engine 'estimate' launches each layer once per step; "
+            "execution 'step_sync' needs engine 'simulate'"
+        )
     if engine == "estimate" and values.get("trace"):
-        raise ConfigError(f"{where}: engine 'estimate' draws random layers from depth_fraction; "
-                          "a trace needs engine 'simulate'")
+        raise ConfigError(
+            f"{where}: engine 'estimate' draws random layers from depth_fraction; "
+            "a trace needs engine 'simulate'"
+        )
     if values.get("trace") and (values.get("depth_fraction", 1.0) != 1.0 or values.get("visited_layers")):
         raise ConfigError(f"{where}: a trace sets the depth; leave depth_fraction and visited_layers unset")
     if values.get("visited_layers") and values.get("depth_fraction", 1.0) != 1.0:

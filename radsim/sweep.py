@@ -156,7 +156,9 @@ def _finished_rows(
     try:
         old = pd.read_parquet(path)
     except Exception as exc:
-        raise ConfigError(f"{path}: cannot read earlier results ({exc}); remove the file to start over") from exc
+        raise ConfigError(
+            f"{path}: cannot read earlier results ({exc}); remove the file to start over"
+        ) from exc
     studies = set(old["study"]) if "study" in old else set()
     if studies - {name}:
         raise ConfigError(
@@ -204,7 +206,11 @@ def read_results(path: str | Path) -> pd.DataFrame:
         path = path / RESULTS_PARQUET
     if not path.exists():
         raise ConfigError(f"{path}: no result table (run `radsim study run STUDY --out DIR` first)")
-    table = pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.suffix == ".csv" else pd.read_parquet(path)
+    table = (
+        pd.read_csv(path, keep_default_na=False, na_values=[""])
+        if path.suffix == ".csv"
+        else pd.read_parquet(path)
+    )
     missing = {"point_id", "engine", "error"} - set(table.columns)
     if missing:
         raise ConfigError(f"{path}: not a study result table (missing columns {sorted(missing)})")
