@@ -54,8 +54,10 @@ def main() -> None:
     requests = generate(workload)
     sim = Simulation(cfg, book, requests)
     startup = time.perf_counter() - start
+    cpu_start = time.process_time()
     sim.run()
     wall = time.perf_counter() - start - startup
+    cpu = time.process_time() - cpu_start
     m = summarize(sim, SLO(), Pricing())
     simulated_h = m["makespan_s"] / 3600
     print(
@@ -65,9 +67,11 @@ def main() -> None:
         f"start-up: {startup:.2f} s; simulated {m['makespan_s']:.0f} s ({m['iterations']} iterations, "
         f"{m['requests']} requests, {m['output_tokens']} output tokens) in {wall:.1f} s wall"
     )
-    print(f"wall seconds per simulated hour: {wall / simulated_h:.1f}")
+    print(f"wall seconds per simulated hour: {wall / simulated_h:.1f} (CPU seconds: {cpu / simulated_h:.1f})")
     print(f"simulated output tokens per wall second: {m['output_tokens'] / wall:.0f}")
-    print(f"wall microseconds per iteration: {wall / m['iterations'] * 1e6:.0f}")
+    print(
+        f"wall microseconds per iteration: {wall / m['iterations'] * 1e6:.0f} (CPU: {cpu / m['iterations'] * 1e6:.0f})"
+    )
     print(
         f"throughput {m['output_tokens_per_s']:.0f} tok/s, TPOT mean {m['tpot_s_mean'] * 1e3:.2f} ms, busy {m['busy_fraction']:.2f}"
     )

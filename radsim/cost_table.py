@@ -15,6 +15,7 @@ import numpy as np
 
 from radsim.arch import Arch
 from radsim.cost import Execution, LayerLoad, load_cost, row_ops
+from radsim.executor import KV, VISITORS, as_layer_load
 from radsim.hardware import Hardware
 from radsim.kernels import Cost, KernelCost, sum_kernels
 from radsim.step import head_cost
@@ -76,6 +77,19 @@ class CostTable:
         self._bytes_per = (entry, 2.0 * entry, 2.0 * heads * arch.head_dim * exe.act_bytes)  # held, kv, q
         self._s_per_byte = 1.0 / (hw.memory_bandwidth_Bps * hw.memory_efficiency)
         self._j_per_flop = (hw.max_power_W - hw.idle_power_W) / (peak * hw.gemm_efficiency)
+        # a load matrix's rows (q_rows, kv_rows, visitors, pairs, held) -> bytes moved, FLOPs, compute
+        # time, memory time, and the energy of FLOPs and bytes (the idle share follows the time)
+        held_b, kv_b, q_b = self._bytes_per
+        e_byte, s_byte = hw.memory_energy_J_per_byte, self._s_per_byte
+        self._linear = np.array(
+            [
+                [q_b, kv_b, 0.0, 0.0, held_b],
+                [0.0, 0.0, 0.0, self._flops_per_pair, 0.0],
+                [0.0, 0.0, 0.0, self._s_per_pair, 0.0],
+                [q_b * s_byte, kv_b * s_byte, 0.0, 0.0, held_b * s_byte],
+                [q_b * e_byte, kv_b * e_byte, 0.0, self._j_per_flop * self._flops_per_pair, held_b * e_byte],
+            ]
+        )
 
     def layers(self, load: LayerLoad, tokens: int | None = None) -> IterationCost:
         """Summed cost of the layer launches described by `load` (arrays over launch groups).
@@ -83,39 +97,35 @@ class CostTable:
         The load's row counts must relate as `LayerLoad.from_batch` makes them for the KV policy.
         `tokens`, the iteration's new tokens, bounds every row count when given.
         """
-        return IterationCost(*self.layer_totals(load, tokens).tolist())
-
-    def layer_totals(self, load: LayerLoad, tokens: int | None = None) -> np.ndarray:
-        """`layers` as an array of FIELDS."""
-        biggest = (
-            tokens
-            if tokens is not None
-            else max(load.kv_rows.max(initial=0), load.mlp_rows.max(initial=0), load.visitors.max(initial=0))
+        matrix = np.stack([load.q_rows, load.kv_rows, load.visitors, load.pairs, load.held]).astype(
+            np.float64
         )
+        return IterationCost(*self.layer_totals(matrix, tokens).tolist())
+
+    def layer_totals(self, load: np.ndarray, tokens: int | None = None) -> np.ndarray:
+        """Summed [time, energy, flops, bytes] of the launches of a load matrix (`radsim.executor`)."""
+        biggest = tokens if tokens is not None else load[: VISITORS + 1].max(initial=0)
         if biggest > self.max_rows:
-            return _columns(load_cost(self.hw, self.arch, self.exe, load)).sum(axis=(0, 1))
-        v = load.visitors.astype(np.int64)
-        total = self._by_visitors[v].sum(axis=0) + self._attention(load)
+            return _columns(load_cost(self.hw, self.arch, self.exe, as_layer_load(load))).sum(axis=(0, 1))
+        v = load[VISITORS].astype(np.int64)
+        total = np.take(self._by_visitors, v, axis=0).sum(axis=0) + self._attention(load)
         if self.exe.kv_policy == "copy":
-            kv = load.kv_rows.astype(np.int64)
-            total += self._kv[kv].sum(axis=0) + self._skip[kv - v].sum(axis=0)
+            kv = load[KV].astype(np.int64)
+            total += np.take(self._kv, kv, axis=0).sum(axis=0) + np.take(self._skip, kv - v, axis=0).sum(
+                axis=0
+            )
         elif self.exe.kv_policy == "compute":
-            total += self._by_tokens[load.kv_rows.astype(np.int64)].sum(axis=0)
+            total += np.take(self._by_tokens, load[KV].astype(np.int64), axis=0).sum(axis=0)
         return total
 
-    def _attention(self, load: LayerLoad) -> np.ndarray:
+    def _attention(self, load: np.ndarray) -> np.ndarray:
         """Closed form of `radsim.cost.attention` summed over groups: [time, energy, flops, bytes]."""
         hw = self.hw
-        held_b, kv_b, q_b = self._bytes_per
-        moved = load.held * held_b + load.kv_rows * kv_b + load.q_rows * q_b
-        launches = (load.kv_rows > 0).astype(np.float64) + (load.q_rows > 0)
-        busy = np.maximum(load.pairs * self._s_per_pair, moved * self._s_per_byte)
-        time = busy + launches * hw.kernel_launch_overhead_s  # zero where nothing runs
-        flops = load.pairs * self._flops_per_pair
-        energy = np.minimum(
-            hw.idle_power_W * time + self._j_per_flop * flops + hw.memory_energy_J_per_byte * moved,
-            hw.max_power_W * time,
-        )
+        moved, flops, compute_s, memory_s, work_J = self._linear @ load
+        launches = np.count_nonzero(load[:VISITORS], axis=0)  # attention kernel (Q), RoPE/KV write
+        time = np.maximum(compute_s, memory_s)
+        time += launches * hw.kernel_launch_overhead_s  # zero where nothing runs
+        energy = np.minimum(hw.idle_power_W * time + work_J, hw.max_power_W * time)
         return np.array([time.sum(), energy.sum(), flops.sum(), moved.sum()])
 
     def head(self, new_tokens: int, logit_rows: int) -> IterationCost:

@@ -19,7 +19,7 @@ from radsim.arch import Arch
 from radsim.cost import Execution
 from radsim.cost_table import CostTable, IterationCost
 from radsim.errors import ConfigError
-from radsim.executor import POLICIES, add_loads, decode_load, skipper_load, slot_load, step_load
+from radsim.executor import POLICIES, decode_load, skipper_load, slot_load, step_load
 from radsim.hardware import Hardware
 from radsim.memory import activation_bytes, kv_entry_bytes, weights_bytes
 from radsim.routes import RouteBook
@@ -213,9 +213,7 @@ class Simulation:
             load = decode_load(batch.decode_visits, batch.decode_context, batch.decode_held, policy, layers)
             if batch.prefill_rows.size:
                 held = sched.held_entries(batch.prefill_rows)
-                load = add_loads(
-                    load, slot_load(batch.prefill_visits, batch.prefill_new, held, policy, layers)
-                )
+                load += slot_load(batch.prefill_visits, batch.prefill_new, held, policy, layers)
             total = table.layer_totals(load, tokens=batch.token_count)
         else:
             held = sched.held_entries(batch.rows)
@@ -225,8 +223,6 @@ class Simulation:
             load = step_load(batch.token_rows[visit_rows], steps, layer, slot, held, policy, layers)
             total = table.layer_totals(load)
             if policy == "copy":
-                total = total + table.layer_totals(
-                    skipper_load(batch.slot_visits, batch.new_tokens, held, layers)
-                )
+                total = total + table.layer_totals(skipper_load(batch.slot_visits, batch.new_tokens, layers))
         total = total + table.head_totals(batch.token_count, int(batch.logit_rows))
         return IterationCost(*total.tolist())

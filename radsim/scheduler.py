@@ -166,8 +166,8 @@ class Scheduler:
         self.last_token_at = np.full(n, np.nan)
         self.admitted_at = np.full(n, np.nan)
         self.cum_entries: list[np.ndarray | None] = [None] * n
-        # waiting: request, routes, generated, first token time, preemptions, cumulative KV entries
-        self.waiting: deque[tuple[Request, np.ndarray, int, float, int, np.ndarray]] = deque()
+        # waiting: request, routes, generated, first and last token times, preemptions, cumulative KV entries
+        self.waiting: deque[tuple[Request, np.ndarray, int, float, float, int, np.ndarray]] = deque()
         self.done: list[Finished] = []
         self.entries_used = 0.0
         self._gaps: list[np.ndarray] = []  # inter-token gaps not yet in the histogram
@@ -235,7 +235,7 @@ class Scheduler:
                 f"{need * self.entry_bytes / 1e9:.2f} GB of KV cache; only "
                 f"{self.capacity_entries * self.entry_bytes / 1e9:.2f} GB fit next to the weights"
             )
-        self.waiting.append((request, tokens, 0, np.nan, 0, cum))
+        self.waiting.append((request, tokens, 0, np.nan, np.nan, 0, cum))
 
     # -- planning ------------------------------------------------------------------------------
     def next_batch(self, now: float) -> Batch | None:
@@ -265,7 +265,7 @@ class Scheduler:
 
     def _admit(self, now: float, chunks: dict[int, int], budget: int, busy: bool) -> None:
         while self.waiting and budget > 0 and not self.active.all():
-            request, _, generated, _, _, cum = self.waiting[0]
+            request, _, generated, _, _, _, cum = self.waiting[0]
             need = cum[request.prompt_tokens + generated - 1]
             if self.entries_used + need > self.capacity_entries:
                 return
@@ -275,7 +275,7 @@ class Scheduler:
     def _admit_static(self, now: float) -> None:
         entries = self.entries_used
         while self.waiting and not self.active.all():
-            request, _, _, _, _, cum = self.waiting[0]
+            request, _, _, _, _, _, cum = self.waiting[0]
             need = cum[request.prompt_tokens + request.output_tokens - 2]
             if entries + need > self.capacity_entries:
                 return
@@ -283,7 +283,7 @@ class Scheduler:
             self._place(now)
 
     def _place(self, now: float) -> int:
-        request, tokens, generated, first, preemptions, cum = self.waiting.popleft()
+        request, tokens, generated, first, last, preemptions, cum = self.waiting.popleft()
         row = int(np.argmin(self.active))
         self.cum_entries[row] = cum
         self.active[row] = True
@@ -299,7 +299,7 @@ class Scheduler:
         self.context[row], self.generated[row] = 0, generated
         self.first_token_at[row], self.preemptions[row] = first, preemptions
         self.admitted_at[row] = now
-        self.last_token_at[row] = now if np.isnan(first) else self.last_token_at[row]
+        self.last_token_at[row] = now if np.isnan(first) else last
         return row
 
     def _fit(self, decode: np.ndarray, chunks: dict[int, int]) -> Batch | None:
@@ -323,7 +323,12 @@ class Scheduler:
         request, cum = self.request[row], self.cum_entries[row]
         assert request is not None and cum is not None
         length = request.prompt_tokens + request.output_tokens
-        state = (int(self.generated[row]), float(self.first_token_at[row]), int(self.preemptions[row]) + 1)
+        state = (
+            int(self.generated[row]),
+            float(self.first_token_at[row]),
+            float(self.last_token_at[row]),
+            int(self.preemptions[row]) + 1,
+        )
         self.waiting.appendleft((request, self.routes[row, :length].copy(), *state, cum))
         self._free(row)
 
@@ -410,35 +415,44 @@ class Scheduler:
         elif batch.decode_visits.shape[1] > layers:
             self.held[decode, layers:] += batch.decode_visits[:, layers:]
         self.context[decode] = batch.decode_context + 1
-        if not batch.prefill_rows.size:  # every row decoded one token
-            self._emit(decode, now, decoding=True)
-            return
         rows = batch.prefill_rows
+        if not rows.size:  # every row decoded one token
+            self._emit(decode, now, decode.size)
+            return
         self.held[rows] += batch.prefill_entries  # first-pass columns unused under copy/compute
         self.context[rows] += batch.prefill_new
-        self._emit(decode, now, decoding=True)
-        self._emit(rows[self.context[rows] == self.target[rows]], now, decoding=False)
+        first = rows[self.context[rows] == self.target[rows]]
+        self._emit(np.concatenate([decode, first]) if first.size else decode, now, decode.size)
 
-    def _emit(self, rows: np.ndarray, now: float, decoding: bool) -> None:
-        """Each row emits a token; `decoding` says every row already had one (no first tokens)."""
-        gaps = now - self.last_token_at[rows if decoding else rows[self.generated[rows] > 0]]
+    def _emit(self, rows: np.ndarray, now: float, decoded: int) -> None:
+        """Each row emits a token; the first `decoded` rows decoded (they had emitted one before),
+        the others completed a prefill: a first token, or after a preemption the next one."""
+        last = self.last_token_at[rows]
+        if decoded < rows.size:
+            fresh = decoded + np.flatnonzero(self.generated[rows[decoded:]] == 0)
+            self.first_token_at[rows[fresh]] = now
+            self.phase[rows[decoded:]] = DECODING
+            last[fresh] = np.nan
+        gaps = now - last
+        if decoded < rows.size:
+            gaps = gaps[~np.isnan(gaps)]
         if gaps.size:
             self._gaps.append(gaps)
             self._gap_count += gaps.size
             if self._gap_count > 1 << 20:
                 self._flush_gaps()
-        if not decoding:
-            self.first_token_at[rows[np.isnan(self.first_token_at[rows])]] = now
-            self.phase[rows] = DECODING
-        self.generated[rows] += 1
+        generated = self.generated[rows] + 1
+        self.generated[rows] = generated
         self.last_token_at[rows] = now
-        for row in rows[self.generated[rows] >= self.output[rows]].tolist():
-            request = self.request[row]
-            assert request is not None
-            self.done.append(
-                Finished(request, float(self.first_token_at[row]), now, int(self.preemptions[row]))
-            )
-            self._free(row)
+        done = generated >= self.output[rows]
+        if done.any():
+            for row in rows[done].tolist():
+                request = self.request[row]
+                assert request is not None
+                self.done.append(
+                    Finished(request, float(self.first_token_at[row]), now, int(self.preemptions[row]))
+                )
+                self._free(row)
 
     def _flush_gaps(self) -> None:
         if not self._gaps:

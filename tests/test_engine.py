@@ -129,6 +129,10 @@ def test_invariants_on_random_workloads(
     assert scheduler.entries_used == pytest.approx(0.0, abs=1e-9)  # everything freed at the end
     done = sorted(f.request.id for f in scheduler.done)
     assert done == list(range(n))  # every request completes exactly once
+    # inter-token gaps telescope per request, across preemptions too: first token to last
+    assert scheduler.itl_count == sum(r.output_tokens - 1 for r in requests)
+    span = sum(f.done_at - f.first_token_at for f in scheduler.done)
+    assert scheduler.itl_sum == pytest.approx(span, rel=1e-9, abs=1e-12)
     metrics = summarize(sim, SLO(), Pricing())
     busy = sum(it.time_s for it in sim.timeline)
     idle = metrics["makespan_s"] - busy  # both counted from the first arrival
@@ -152,5 +156,8 @@ def test_preemption_recomputes_and_everything_completes(toy_gpu, tiny_arch):
     assert sorted(f.request.id for f in scheduler.done) == list(range(6))
     capacity = scheduler.capacity_entries * scheduler.entry_bytes
     assert max(it.kv_bytes for it in sim.timeline) <= capacity
+    # gaps telescope per request across preemptions (a readmitted request may take another row)
+    span = sum(f.done_at - f.first_token_at for f in scheduler.done)
+    assert scheduler.itl_sum == pytest.approx(span, rel=1e-9)
     # a preempted request recomputes its prompt and generated tokens: more prefill than prompts
     assert sum(it.prefill_tokens for it in sim.timeline) > 6 * 6

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from radsim.cost import KV_POLICIES, LayerLoad, RoutedBatch
-from radsim.executor import slot_load, step_load
+from radsim.executor import as_layer_load, decode_load, slot_load, step_load
 
 LAYERS = 4
 
@@ -18,7 +18,7 @@ def test_slot_load_matches_routed_batches(policy):
     new = rng.integers(1, 6, rows)
     visits = np.minimum(rng.integers(0, 3, (rows, width)), new[:, None]).astype(float)
     held = rng.integers(0, 50, (rows, width)).astype(float)
-    load = slot_load(visits, new, held, policy, LAYERS)
+    load = as_layer_load(slot_load(visits, new, held, policy, LAYERS))
     for slot in range(width):
         # second-pass slots behave as `none`: no K/V for skippers
         slot_policy = policy if slot < LAYERS else "none"
@@ -34,24 +34,35 @@ def test_step_load_groups_by_step_and_layer():
     layer = np.array([1, 2, 2])
     held = np.zeros((2, LAYERS))
     held[0, 2], held[1, 2] = 10.0, 20.0
-    load = step_load(request, step, layer, layer, held, "none", LAYERS)
+    load = as_layer_load(step_load(request, step, layer, layer, held, "none", LAYERS))
     # three groups: (0, 1), (0, 2), (1, 2): layer 2 launches twice, once per step
     assert load.visitors.tolist() == [1.0, 1.0, 1.0]
     assert sorted(load.held.tolist()) == [1.0, 11.0, 21.0]
 
 
-@pytest.mark.parametrize("policy", ["none", "copy"])
-def test_decode_fast_path_matches_the_general_aggregation(policy):
-    from radsim.executor import _aggregate
-
+@pytest.mark.parametrize("policy", KV_POLICIES)
+@pytest.mark.parametrize("passes", [1, 2])
+def test_decode_closed_form_matches_the_general_aggregation(policy, passes):
     rng = np.random.default_rng(1)
-    rows, width = 7, 2 * LAYERS
+    rows, width = 7, passes * LAYERS
     visits = (rng.random((rows, width)) < 0.5).astype(float)
+    context = rng.integers(0, 40, rows)
     held = rng.integers(0, 40, (rows, width)).astype(float)
-    fast = slot_load(visits, np.ones(rows, dtype=int), held, policy, LAYERS)
-    kv = visits.copy()
-    if policy == "copy":
-        kv[:, :LAYERS] = 1.0
-    general = _aggregate(visits, kv, visits, held)
-    for field in ("q_rows", "kv_rows", "mlp_rows", "visitors", "pairs", "held"):
-        np.testing.assert_allclose(getattr(fast, field), getattr(general, field))
+    if policy != "none":  # every token holds a first-pass entry in every layer
+        held[:, :LAYERS] = context[:, None]
+    general = slot_load(visits, np.ones(rows, dtype=int), held, policy, LAYERS)
+    implicit = held if passes > 1 or policy == "none" else None
+    fast = decode_load(visits, context.astype(float), implicit, policy, LAYERS)
+    np.testing.assert_allclose(fast, general)
+
+
+def test_loads_of_disjoint_rows_add():
+    rng = np.random.default_rng(2)
+    visits = rng.integers(0, 3, (6, 2 * LAYERS)).astype(float)
+    new = visits.max(axis=1).astype(int) + 1
+    held = rng.integers(0, 30, visits.shape).astype(float)
+    whole = slot_load(visits, new, held, "copy", LAYERS)
+    parts = slot_load(visits[:2], new[:2], held[:2], "copy", LAYERS) + slot_load(
+        visits[2:], new[2:], held[2:], "copy", LAYERS
+    )
+    np.testing.assert_allclose(whole, parts)
