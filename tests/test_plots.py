@@ -1,0 +1,85 @@
+"""Every study plot is built from the result table alone, has data, titles, units and hover inputs."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from study_tables import tiny_table
+
+from radsim.plots import FIGURES, build_figures, write_figures
+from radsim.sweep import RESULTS_CSV, read_results
+
+#: Each figure's axis titles must name these units.
+UNITS = {
+    "latency_cost_vs_batch": ["(ms)", "(USD per 1M output tokens)", "(sequences)"],
+    "savings_vs_batch": ["(x, log)", "(sequences)"],
+    "pareto_front": ["(ms)", "(USD per 1M output tokens)"],
+    "roofline": ["(FLOP per DRAM byte)", "(TFLOP/s)"],
+    "memory_breakdown": ["(GB)"],
+    "power_over_time": ["(s)", "(W)"],
+    "depth_distribution": ["(%)"],
+}
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    return tiny_table(tmp_path_factory.mktemp("plots"))
+
+
+def _axis_titles(fig) -> str:
+    layout = fig.to_plotly_json()["layout"]
+    return " ".join(str(v.get("title", {}).get("text", "")) for k, v in layout.items() if "axis" in k)
+
+
+def test_every_figure_has_data_titles_units_and_hover(table):
+    figures = build_figures(table)
+    assert list(figures) == list(FIGURES)
+    for name, fig in figures.items():
+        assert fig.layout.title.text, name
+        assert fig.data, name
+        for trace in fig.data:
+            assert len(trace.x) > 0 and len(trace.y) > 0, (name, trace.name)
+        for unit in UNITS[name]:
+            assert unit in _axis_titles(fig), (name, unit)
+    hover = " ".join(str(t.text) for t in figures["pareto_front"].data)
+    assert "routes = trace radial-scratch-p05" in hover and "batch = 16" in hover
+
+
+def test_savings_compare_with_the_sequential_model_of_the_same_inputs(table):
+    fig = build_figures(table)["savings_vs_batch"]
+    names = {t.name for t in fig.data}
+    assert not any("sequential" in n for n in names)
+    estimate = next(t for t in fig.data if t.name.startswith("estimate") and t.xaxis == "x")
+    ok = table[(table["engine"] == "estimate") & (table["error"] == "")]
+    seq = ok[ok["routes"] == "sequential"].set_index("batch")["tpot_s"]
+    half = ok[ok["routes"] == "depth 0.5"].set_index("batch")["tpot_s"]
+    assert list(estimate.y) == pytest.approx(list(seq / half))
+
+
+def test_figures_from_csv_match_figures_from_parquet(table, tmp_path_factory):
+    out = tmp_path_factory.getbasetemp()
+    folder = next(out.glob("plots*/out"))
+    from_csv = build_figures(read_results(folder / RESULTS_CSV))
+    from_parquet = build_figures(read_results(folder))
+    for name in FIGURES:
+        assert from_csv[name].to_json() == from_parquet[name].to_json(), name
+
+
+def test_a_table_without_simulations_skips_their_plots(table):
+    figures = build_figures(table[table["engine"] == "estimate"])
+    assert "power_over_time" not in figures and "roofline" in figures
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="kaleido needs a Chromium (apt-get install chromium)"
+)
+def test_write_html_and_png(table, tmp_path):
+    figures = build_figures(table)
+    paths = write_figures({k: figures[k] for k in ("roofline", "power_over_time")}, tmp_path)
+    assert sorted(p.name for p in paths) == [
+        "power_over_time.html", "power_over_time.png", "roofline.html", "roofline.png"
+    ]  # fmt: skip
+    assert (tmp_path / "plotly.min.js").exists()  # the HTML needs no network
+    assert 'src="plotly.min.js"' in (tmp_path / "roofline.html").read_text()
+    assert (tmp_path / "roofline.png").read_bytes()[:4] == b"\x89PNG"
