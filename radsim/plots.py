@@ -116,7 +116,8 @@ def latency_cost_vs_batch(table: pd.DataFrame) -> go.Figure | None:
                 )
         fig.update_yaxes(title_text="time per output token (ms)", row=i, col=1)
         fig.update_yaxes(title_text="cost (USD per 1M output tokens)", type="log", dtick="D2", row=i, col=2)
-    fig.update_xaxes(type="log", dtick=np.log10(2), title_text="batch size (sequences)", row=len(facets))
+    fig.update_xaxes(type="log", dtick=np.log10(2))
+    fig.update_xaxes(title_text="batch size (sequences)", row=len(facets))
     return _layout(fig, "Latency and cost against batch size, per dynamic depth", len(facets))
 
 
@@ -175,7 +176,8 @@ def savings_vs_batch(table: pd.DataFrame) -> go.Figure | None:
             for col in (1, 2):
                 fig.add_hline(y=1, line={"color": "grey", "width": 1}, row=i, col=col)
         fig.update_yaxes(title_text="sequential / dynamic depth (x, log)", type="log", row=i, **_RATIO_TICKS)
-    fig.update_xaxes(type="log", dtick=np.log10(2), title_text="batch size (sequences)", row=len(facets))
+    fig.update_xaxes(type="log", dtick=np.log10(2))
+    fig.update_xaxes(title_text="batch size (sequences)", row=len(facets))
     return _layout(
         fig, "Saving of dynamic depth over the sequential model (above 1: cheaper or faster)", len(facets)
     )
