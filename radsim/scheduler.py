@@ -149,7 +149,7 @@ class Scheduler:
             entries[:, : book.num_layers] = 1.0
         self.token_entries = entries  # (tokens, W) KV entries a token adds per slot
         self._slots_f64 = book.slots.astype(np.float64)
-        self._book_cum = np.zeros((book.slots.shape[0] + 1, w), dtype=np.int64)
+        self._book_cum = np.zeros((book.slots.shape[0] + 1, w))  # float64: exact counts, no casts
         np.cumsum(book.slots, axis=0, out=self._book_cum[1:])
         self._entries_per_token = entries.sum(axis=1)
         self.held = np.zeros((n, w))  # KV entries per row and slot (see shared_first_pass)
@@ -242,10 +242,10 @@ class Scheduler:
         """The next iteration's work, or None when there is nothing to do."""
         if self.cfg.policy == "static" and not self.active.any():
             self._admit_static(now)
-        decode = np.flatnonzero(self.phase == DECODING)
+        decode = (self.phase == DECODING).nonzero()[0]
         budget = self.cfg.max_tokens_per_iteration - decode.size
         chunks: dict[int, int] = {}
-        for row in np.flatnonzero(self.phase == PREFILLING).tolist():
+        for row in (self.phase == PREFILLING).nonzero()[0].tolist():
             budget = self._plan_prefill(row, chunks, budget, bool(decode.size))
         if self.cfg.policy == "continuous":
             self._admit(now, chunks, budget, bool(decode.size))
@@ -346,13 +346,13 @@ class Scheduler:
     def _batch(self, decode: np.ndarray, chunks: dict[int, int]) -> Batch:
         context = self.context[decode]
         tokens = self.routes[decode, context]
-        visits = self._slots_f64[tokens]
+        visits = np.take(self._slots_f64, tokens, axis=0)
         held = None
         if not self.shared_first_pass:
             held = self.held[decode]
         elif visits.shape[1] > self.num_layers:
             held = self.held_entries(decode)
-        new_entries = float(self._entries_per_token[tokens].sum())
+        new_entries = float(np.add.reduce(np.take(self._entries_per_token, tokens)))
         if chunks:
             rows = np.fromiter(chunks, dtype=np.int64, count=len(chunks))
             sizes = np.fromiter(chunks.values(), dtype=np.int64, count=len(chunks))
@@ -386,15 +386,23 @@ class Scheduler:
         A request's tokens are runs of consecutive book tokens (whole trace sequences), so each run
         costs one difference of cumulative counts instead of a sum over its tokens.
         """
-        offsets = np.cumsum(sizes) - sizes  # each chunk's first token
-        run_start = np.ones(tokens.size, dtype=bool)
-        run_start[1:] = tokens[1:] != tokens[:-1] + 1
-        run_start[offsets] = True
-        starts = np.flatnonzero(run_start)
-        ends = np.append(starts[1:], tokens.size) - 1
-        runs = self._book_cum[tokens[ends] + 1] - self._book_cum[tokens[starts]]
-        first_run = np.searchsorted(starts, offsets)  # every chunk starts a run
-        return np.add.reduceat(runs, first_run, axis=0).astype(np.float64)
+        n = tokens.size
+        run_start = np.empty(n, dtype=bool)
+        run_start[0] = True
+        np.not_equal(tokens[1:], tokens[:-1] + 1, out=run_start[1:])
+        single = sizes.size == 1
+        if not single:
+            offsets = np.cumsum(sizes) - sizes  # each chunk's first token
+            run_start[offsets] = True
+        starts = run_start.nonzero()[0]
+        ends = np.empty_like(starts)
+        ends[:-1] = starts[1:] - 1
+        ends[-1] = n - 1
+        runs = np.take(self._book_cum, tokens[ends] + 1, axis=0)
+        runs -= np.take(self._book_cum, tokens[starts], axis=0)
+        if single:
+            return np.add.reduce(runs, axis=0, keepdims=True)
+        return np.add.reduceat(runs, np.searchsorted(starts, offsets), axis=0)  # every chunk starts a run
 
     def _entries(self, visits: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """KV entries the rows add per slot: their visits, or under copy/compute every first-pass layer."""
