@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from radsim.arch import list_archs, load_arch
+from radsim.cli_measure import add_measure_commands
 from radsim.cli_models import add_model_commands
 from radsim.cli_simulate import add_simulate_command
 from radsim.cli_study import add_study_commands
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     add_model_commands(sub)
     add_trace_commands(sub)
     add_study_commands(sub)
+    add_measure_commands(sub)
     return parser
 
 

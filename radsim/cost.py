@@ -150,6 +150,13 @@ class LayerLoad:
         return cls(q.sum(axis=-1), kv.sum(axis=-1), v.sum(axis=-1), v.sum(axis=-1), pairs, held)
 
 
+def weights_resident(hw: Hardware, arch: Arch, exe: Execution) -> bool:
+    """Whether the model's weights stay in the last-level cache between steps (calibrated devices only)."""
+    if hw.cache_bandwidth_Bps is None:
+        return False
+    return arch.total_params * exe.weight_bytes / exe.tp <= hw.last_level_cache_bytes
+
+
 def attention(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> KernelCost:
     """Attention of the queries over the layer's KV cache, with RoPE and the KV write.
 
@@ -161,7 +168,8 @@ def attention(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> Kern
     kv_heads = np.ceil(arch.num_kv_heads / exe.tp)
     peak = exe.attention_peak_flops(hw)
     flops = 4.0 * heads * arch.head_dim * load.pairs
-    flops_time = flops / (peak * hw.gemm_efficiency) + heads * load.pairs / hw.exp_ops_per_s
+    efficiency = hw.attention_efficiency or hw.gemm_efficiency
+    flops_time = flops / (peak * efficiency) + heads * load.pairs / hw.exp_ops_per_s
     entry = 2.0 * kv_heads * arch.head_dim * exe.kv_bytes
     kv_read = load.held * entry
     kv_write = load.kv_rows * entry
@@ -176,6 +184,7 @@ def attention(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> Kern
         kv_read + kv_write + act,
         writes | queries,
         writes * 1.0 + queries * 1.0,
+        resident=weights_resident(hw, arch, exe),
         flops=flops,
         kv_read_bytes=kv_read,
         kv_write_bytes=kv_write,
@@ -206,19 +215,20 @@ def row_ops(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> list[K
     ffn = arch.ffn_size // tp
     up_width = ffn * (2 if arch.ffn_kind == "swiglu" else 1)
     skippers = load.kv_rows - load.q_rows
+    res = weights_resident(hw, arch, exe)
     return [
-        elementwise(hw, load.kv_rows, d, NORM_FLOPS_PER_ELEMENT, ab, reads=2.0),
+        elementwise(hw, load.kv_rows, d, NORM_FLOPS_PER_ELEMENT, ab, reads=2.0, resident=res),
         # Q, K, V of the visitors in one launch; K, V of skippers (copy/compute) in another
         sum_kernels(
             [
-                gemm(hw, peak, load.q_rows, q_width + 2 * kv_width, d, wb, ab),
-                gemm(hw, peak, skippers, 2 * kv_width, d, wb, ab),
+                gemm(hw, peak, load.q_rows, q_width + 2 * kv_width, d, wb, ab, res),
+                gemm(hw, peak, skippers, 2 * kv_width, d, wb, ab, res),
             ]
         ),
-        gemm(hw, peak, load.q_rows, d, q_width, wb, ab),
+        gemm(hw, peak, load.q_rows, d, q_width, wb, ab, res),
         allreduce(hw, load.q_rows, d, ab, tp),
-        elementwise(hw, load.mlp_rows, d, NORM_FLOPS_PER_ELEMENT, ab, reads=2.0),
-        _mlp(hw, peak, load.mlp_rows, d, ffn, up_width, arch.ffn_kind, wb, ab),
+        elementwise(hw, load.mlp_rows, d, NORM_FLOPS_PER_ELEMENT, ab, reads=2.0, resident=res),
+        _mlp(hw, peak, load.mlp_rows, d, ffn, up_width, arch.ffn_kind, wb, ab, res),
         allreduce(hw, load.mlp_rows, d, ab, tp),
         _router(hw, arch, exe, load.visitors),
         _gather_scatter(hw, arch, exe, load.visitors),
@@ -233,13 +243,13 @@ def _check_tp(arch: Arch, exe: Execution) -> None:
         )
 
 
-def _mlp(hw, peak, rows, d, ffn, up_width, ffn_kind, wb, ab) -> KernelCost:
+def _mlp(hw, peak, rows, d, ffn, up_width, ffn_kind, wb, ab, res=False) -> KernelCost:
     """Up (and gate) projection, activation, down projection: three launches."""
     act_reads = 2.0 if ffn_kind == "swiglu" else 1.0
     parts = [
-        gemm(hw, peak, rows, up_width, d, wb, ab),
-        elementwise(hw, rows, ffn, ACT_FLOPS_PER_ELEMENT, ab, reads=act_reads),
-        gemm(hw, peak, rows, d, ffn, wb, ab),
+        gemm(hw, peak, rows, up_width, d, wb, ab, res),
+        elementwise(hw, rows, ffn, ACT_FLOPS_PER_ELEMENT, ab, reads=act_reads, resident=res),
+        gemm(hw, peak, rows, d, ffn, wb, ab, res),
     ]
     return sum_kernels(parts)
 
@@ -250,8 +260,11 @@ def _router(hw: Hardware, arch: Arch, exe: Execution, visitors) -> KernelCost:
         return idle(visitors)
     choices = arch.num_layers + 1
     peak = exe.gemm_peak_flops(hw) if exe.dtype != "fp8" else exe.attention_peak_flops(hw)
-    logits = gemm(hw, peak, visitors, choices, arch.hidden_size, exe.act_bytes, exe.act_bytes)
-    pick = elementwise(hw, visitors, choices, NORM_FLOPS_PER_ELEMENT, 4.0, reads=1.0)
+    res, launch = weights_resident(hw, arch, exe), hw.routing_launch_overhead_s
+    logits = gemm(hw, peak, visitors, choices, arch.hidden_size, exe.act_bytes, exe.act_bytes, res, launch)
+    pick = elementwise(
+        hw, visitors, choices, NORM_FLOPS_PER_ELEMENT, 4.0, reads=1.0, resident=res, launch_s=launch
+    )
     return sum_kernels([logits, pick])
 
 
@@ -259,5 +272,8 @@ def _gather_scatter(hw: Hardware, arch: Arch, exe: Execution, visitors) -> Kerne
     """Gather visitors' hidden states into a dense block and scatter results back: two launches."""
     if not exe.routed:
         return idle(visitors)
-    copy = elementwise(hw, visitors, arch.hidden_size, 0.0, exe.act_bytes, reads=1.0)
+    res, launch = weights_resident(hw, arch, exe), hw.routing_launch_overhead_s
+    copy = elementwise(
+        hw, visitors, arch.hidden_size, 0.0, exe.act_bytes, reads=1.0, resident=res, launch_s=launch
+    )
     return sum_kernels([copy, copy])

@@ -28,9 +28,21 @@ PEAK_KEYS: dict[str, str] = {
 KINDS = ("gpu", "cpu")
 VENDORS = ("nvidia", "amd", "intel")
 _TEXT_KEYS = ("name", "kind", "vendor")
-_OPTIONAL_FIGURES = {k for k in PEAK_KEYS.values() if k != "fp32_dense_flops"} | {"scale_up_bandwidth_Bps"}
+# Calibrated figures (`radsim calibrate`) refine the roofline where a device file gives them; a file
+# without them prices exactly as before.
+CALIBRATED_FIGURES = {
+    "gemm_half_rows",
+    "gemm_half_rows_streamed",
+    "cache_bandwidth_Bps",
+    "elementwise_bandwidth_Bps",
+    "attention_efficiency",
+    "routing_launch_overhead_s",
+}
+_OPTIONAL_FIGURES = (
+    {k for k in PEAK_KEYS.values() if k != "fp32_dense_flops"} | {"scale_up_bandwidth_Bps"} | CALIBRATED_FIGURES
+)
 _INTEGER_FIGURES = {"compute_units", "gemm_tile_m", "gemm_tile_n"}
-_FRACTIONS = {"gemm_efficiency", "memory_efficiency"}
+_FRACTIONS = {"gemm_efficiency", "memory_efficiency", "attention_efficiency"}
 
 
 def hw_dir() -> Path:
@@ -71,6 +83,18 @@ class Hardware:
     fp8_dense_flops: float | None = None
     int8_dense_ops: float | None = None
     scale_up_bandwidth_Bps: float | None = None
+    # rows at which a GEMM reaches half of `gemm_efficiency` (small-batch GEMMs cannot fill the units)
+    gemm_half_rows: float | None = None
+    # the same for a GEMM whose weights stream from DRAM (else `gemm_half_rows`)
+    gemm_half_rows_streamed: float | None = None
+    # bandwidth of the last-level cache, used when the model's weights fit in it
+    cache_bandwidth_Bps: float | None = None
+    # bytes/s the framework's elementwise kernels (norms, activations, copies) achieve, transcendentals included
+    elementwise_bandwidth_Bps: float | None = None
+    # achievable fraction of the matrix peak in attention kernels (else `gemm_efficiency`)
+    attention_efficiency: float | None = None
+    # fixed time per launch of the router and the gather/scatter (else `kernel_launch_overhead_s`)
+    routing_launch_overhead_s: float | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def peak_flops(self, dtype: str) -> float:

@@ -72,11 +72,42 @@ def ceil_to(x: np.ndarray | float, tile: int) -> np.ndarray:
     return np.ceil(x / tile) * tile
 
 
-def roofline(hw: Hardware, flops_time, memory_bytes, runs, launches, link_time=0.0, **fields) -> KernelCost:
+def bandwidth_Bps(hw: Hardware, resident: bool = False) -> float:
+    """Achievable bandwidth: the calibrated cache bandwidth for a resident working set, else DRAM's."""
+    if resident and hw.cache_bandwidth_Bps is not None:
+        return hw.cache_bandwidth_Bps
+    return hw.memory_bandwidth_Bps * hw.memory_efficiency
+
+
+def gemm_efficiency(hw: Hardware, rows, resident: bool = True) -> np.ndarray | float:
+    """Fraction of the matrix peak a GEMM of `rows` rows reaches: constant, or E rows / (rows + half).
+
+    With a calibrated half-rows figure, one row is a matrix-vector product (no packing: efficiency
+    E, bound by the weights' bandwidth), and weights streamed from DRAM may have their own figure.
+    """
+    if hw.gemm_half_rows is None:
+        return hw.gemm_efficiency
+    half = hw.gemm_half_rows if resident else (hw.gemm_half_rows_streamed or hw.gemm_half_rows)
+    rows = np.maximum(np.asarray(rows, dtype=np.float64), 1.0)
+    return np.where(rows <= 1.0, hw.gemm_efficiency, hw.gemm_efficiency * rows / (rows + half))
+
+
+def roofline(
+    hw: Hardware,
+    flops_time,
+    memory_bytes,
+    runs,
+    launches,
+    link_time=0.0,
+    resident: bool = False,
+    launch_s: float | None = None,
+    **fields,
+) -> KernelCost:
     """Combine compute, memory and link time of an operator that runs `launches` kernels when `runs`."""
-    memory_time = memory_bytes / (hw.memory_bandwidth_Bps * hw.memory_efficiency)
+    memory_time = memory_bytes / bandwidth_Bps(hw, resident)
     busy = np.maximum(np.maximum(flops_time, memory_time), link_time)
-    time = np.where(runs, busy + launches * hw.kernel_launch_overhead_s, 0.0)
+    overhead = hw.kernel_launch_overhead_s if launch_s is None else launch_s
+    time = np.where(runs, busy + launches * overhead, 0.0)
     zero = np.zeros_like(time)
     base: dict[str, Any] = dict(
         weight_bytes=zero, kv_read_bytes=zero, kv_write_bytes=zero, act_bytes=zero, link_bytes=zero
@@ -95,7 +126,17 @@ def roofline(hw: Hardware, flops_time, memory_bytes, runs, launches, link_time=0
     )
 
 
-def gemm(hw: Hardware, peak_flops: float, rows, n: int, k: int, w_bytes: float, a_bytes: float) -> KernelCost:
+def gemm(
+    hw: Hardware,
+    peak_flops: float,
+    rows,
+    n: int,
+    k: int,
+    w_bytes: float,
+    a_bytes: float,
+    resident: bool = False,
+    launch_s: float | None = None,
+) -> KernelCost:
     """One GEMM launch: `rows` tokens (summed over the batch) times a (k x n) weight matrix."""
     rows = np.asarray(rows, dtype=np.float64)
     runs = rows > 0
@@ -103,13 +144,15 @@ def gemm(hw: Hardware, peak_flops: float, rows, n: int, k: int, w_bytes: float, 
     padded = 2.0 * ceil_to(rows, hw.gemm_tile_m) * ceil_to(np.float64(n), hw.gemm_tile_n) * k
     weight = np.where(runs, float(n) * k * w_bytes, 0.0)
     act = rows * (k + n) * a_bytes
-    flops_time = padded / (peak_flops * hw.gemm_efficiency)
+    flops_time = padded / (peak_flops * gemm_efficiency(hw, rows, resident))
     return roofline(
         hw,
         flops_time,
         weight + act,
         runs,
         1.0,
+        resident=resident,
+        launch_s=launch_s,
         flops=flops,
         weight_bytes=weight,
         act_bytes=act,
@@ -118,7 +161,9 @@ def gemm(hw: Hardware, peak_flops: float, rows, n: int, k: int, w_bytes: float, 
 
 
 def elementwise(
-    hw: Hardware, rows, width: float, flops_per_element: float, a_bytes: float, reads: float
+    hw: Hardware, rows, width: float, flops_per_element: float, a_bytes: float, reads: float,
+    resident: bool = False,
+    launch_s: float | None = None,
 ) -> KernelCost:
     """A memory-bound elementwise kernel reading `reads` and writing one (rows x width) tensor."""
     rows = np.asarray(rows, dtype=np.float64)
@@ -126,12 +171,16 @@ def elementwise(
     flops = elements * flops_per_element
     act = elements * a_bytes * (reads + 1.0)
     flops_time = flops / hw.fp32_dense_flops
+    if hw.elementwise_bandwidth_Bps is not None:  # calibrated: the framework's kernels as measured
+        flops_time = np.maximum(flops_time, act / hw.elementwise_bandwidth_Bps)
     return roofline(
         hw,
         flops_time,
         act,
         rows > 0,
         1.0,
+        resident=resident,
+        launch_s=launch_s,
         flops=flops,
         act_bytes=act,
         peak_flops=hw.fp32_dense_flops,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from radsim.arch import Arch
-from radsim.cost import NORM_FLOPS_PER_ELEMENT, Execution, RoutedBatch, layer_cost
+from radsim.cost import NORM_FLOPS_PER_ELEMENT, Execution, RoutedBatch, layer_cost, weights_resident
 from radsim.hardware import Hardware
 from radsim.kernels import Cost, elementwise, gemm, stack_ops
 
@@ -63,11 +63,14 @@ def head_cost(
     width = arch.embed_proj_dim or arch.hidden_size
     vocab = arch.vocab_size / exe.tp
     peak = exe.gemm_peak_flops(hw)
+    res = weights_resident(hw, arch, exe)
     ops = [
-        elementwise(hw, new_tokens, arch.hidden_size, 0.0, exe.act_bytes, reads=1.0),
-        elementwise(hw, logit_rows, arch.hidden_size, NORM_FLOPS_PER_ELEMENT, exe.act_bytes, reads=2.0),
-        gemm(hw, peak, logit_rows, int(vocab), width, exe.weight_bytes, exe.act_bytes),
-        elementwise(hw, logit_rows, vocab, SAMPLING_FLOPS_PER_LOGIT, 4.0, reads=1.0),
+        elementwise(hw, new_tokens, arch.hidden_size, 0.0, exe.act_bytes, reads=1.0, resident=res),
+        elementwise(
+            hw, logit_rows, arch.hidden_size, NORM_FLOPS_PER_ELEMENT, exe.act_bytes, reads=2.0, resident=res
+        ),
+        gemm(hw, peak, logit_rows, int(vocab), width, exe.weight_bytes, exe.act_bytes, res),
+        elementwise(hw, logit_rows, vocab, SAMPLING_FLOPS_PER_LOGIT, 4.0, reads=1.0, resident=res),
     ]
     return stack_ops(HEAD_OPS, ops)
 

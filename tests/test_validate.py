@@ -1,0 +1,71 @@
+"""Validation: the split, predictions from the table alone, and the whole loop on a tiny CPU model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from radsim.cli import main
+from radsim.hardware import load_hardware
+from radsim.measure import read_csv
+from radsim.validate import error_table, group_configs, predict_config, split_configs, summary
+
+
+def _fake_rows(models=("m",), batches=(1, 4, 16), tokens=(32, 64, 128)) -> dict:
+    return {f"{m}/{b}/{t}": [dict(model=m, phase="decode", batch=str(b), tokens=str(t))]
+            for m in models for b in batches for t in tokens}
+
+
+def test_split_is_a_checkerboard_that_covers_every_batch_and_length():
+    split = split_configs(_fake_rows())
+    assert set(split.values()) == {"calibrate", "validate"}
+    for half in ("calibrate", "validate"):
+        ids = [cid for cid, s in split.items() if s == half]
+        assert {cid.split("/")[1] for cid in ids} == {"1", "4", "16"}
+        assert {cid.split("/")[2] for cid in ids} == {"32", "64", "128"}
+    assert split["m/1/32"] != split["m/1/64"] and split["m/1/32"] != split["m/4/32"]
+
+
+def _slot(batch: int, new: int, held: int, vis: int, layer: int = 0) -> dict:
+    ints = lambda x: " ".join([str(x)] * batch)  # noqa: E731
+    return dict(config_id="c", model="tiny-seq", kind="sequential", phase="decode", batch=str(batch),
+                tokens=str(held), dtype="fp32", scope="slot", layer=str(layer), kv_policy="none",
+                new_tokens=ints(new), context_tokens=ints(held), visiting_tokens=ints(vis))
+
+
+def test_prediction_counts_every_slot_and_the_kv_cache():
+    hw = load_hardware("epyc_2core")
+    rows = [_slot(2, 1, 10, 1, layer) for layer in range(4)]
+    pred = predict_config(hw, rows)
+    assert len(pred["slots"]) == 4
+    assert pred["time_s"] == pytest.approx(sum(pred["slots"]) + pred["embed_s"] + pred["head_s"])
+    # 4 layers x 2 sequences x 11 entries x (2 x 2 KV heads x 16 x 4 bytes)
+    assert pred["kv_cache_bytes"] == pytest.approx(4 * 2 * 11 * 256)
+
+
+def test_whole_loop_on_a_tiny_model(tmp_path):
+    """measure -> calibrate (quick benchmarks) -> validate, as CI runs it on every change."""
+    out = tmp_path / "m"
+    assert main(["measure", "--models", "tiny-seq,tiny-radial", "--batch", "1,4", "--prompt", "16,48",
+                 "--context", "16,48", "--warmup", "2", "--repeats", "5", "--out", str(out)]) == 0
+    table = out / "measurements.csv"
+    rows = read_csv(table)
+    configs = group_configs(rows)
+    assert len(configs) == 16
+    cal = out / "calibrated.toml"
+    assert main(["calibrate", "--quick", "--measurements", str(table), "--out", str(cal)]) == 0
+    hw = load_hardware(cal)
+    assert hw.gemm_half_rows is not None and "measured" in hw.sources["cache_bandwidth_Bps"]
+    assert hw.sources["kernel_launch_overhead_s"].startswith("fitted")
+    recorded = json.loads(Path(str(cal).replace(".toml", "-benchmarks.json")).read_text())["split"]
+    assert main(["validate", "--hw", str(cal), "--measurements", str(table), "--out", str(out)]) == 0
+    result = error_table(hw, rows, recorded)
+    held_out = [r for r in result if r["split"] == "validate"]
+    assert len(held_out) == 8 and {r["config_id"] for r in held_out}.isdisjoint(
+        cid for cid, s in recorded.items() if s == "calibrate")
+    overall = next(r for r in summary(result) if r["phase"] == "all")
+    assert overall["time_ape_median"] < 35.0  # loose: the committed campaign meets 10%
+    assert overall["memory_ape_median"] < 25.0
+    assert (out / "validation.csv").exists() and (out / "predicted_vs_measured.html").exists()
