@@ -160,10 +160,13 @@ class Scheduler:
         self.routes = np.zeros((n, 1), dtype=np.int64)  # route-book token of each row's positions
         self.output = np.zeros(n, dtype=np.int64)
         self.target = np.zeros(n, dtype=np.int64)  # positions whose KV must exist before the next token
-        self.generated = np.zeros(n, dtype=np.int64)
+        self.generated = np.zeros(n, dtype=np.int64)  # tokens generated before admission (recompute)
+        self.prompt = np.zeros(n, dtype=np.int64)
+        self.end_context = np.zeros(n, dtype=np.int64)  # context after the last token is generated
         self.preemptions = np.zeros(n, dtype=np.int64)
         self.first_token_at = np.full(n, np.nan)
-        self.last_token_at = np.full(n, np.nan)
+        self.last_token_at = np.full(n, np.nan)  # of prefilling rows; a decoding row emitted at the last plan
+        self._planned_at = 0.0  # when the current iteration was planned
         self.admitted_at = np.full(n, np.nan)
         self.cum_entries: list[np.ndarray | None] = [None] * n
         # waiting: request, routes, generated, first and last token times, preemptions, cumulative KV entries
@@ -240,6 +243,7 @@ class Scheduler:
     # -- planning ------------------------------------------------------------------------------
     def next_batch(self, now: float) -> Batch | None:
         """The next iteration's work, or None when there is nothing to do."""
+        self._planned_at = now
         if self.cfg.policy == "static" and not self.active.any():
             self._admit_static(now)
         decode = (self.phase == DECODING).nonzero()[0]
@@ -295,6 +299,8 @@ class Scheduler:
         self.request[row] = request
         self.routes[row, : tokens.size] = tokens
         self.output[row] = request.output_tokens
+        self.prompt[row] = request.prompt_tokens
+        self.end_context[row] = request.prompt_tokens + request.output_tokens - 1
         self.target[row] = request.prompt_tokens + generated
         self.context[row], self.generated[row] = 0, generated
         self.first_token_at[row], self.preemptions[row] = first, preemptions
@@ -323,10 +329,11 @@ class Scheduler:
         request, cum = self.request[row], self.cum_entries[row]
         assert request is not None and cum is not None
         length = request.prompt_tokens + request.output_tokens
+        decoding = self.phase[row] == DECODING  # it emitted a token when this iteration was planned
         state = (
-            int(self.generated[row]),
+            int(self.context[row] - self.prompt[row] + 1) if decoding else int(self.generated[row]),
             float(self.first_token_at[row]),
-            float(self.last_token_at[row]),
+            self._planned_at if decoding else float(self.last_token_at[row]),
             int(self.preemptions[row]) + 1,
         )
         self.waiting.appendleft((request, self.routes[row, :length].copy(), *state, cum))
@@ -422,45 +429,40 @@ class Scheduler:
             self.held[decode] = batch.decode_held + batch.decode_visits
         elif batch.decode_visits.shape[1] > layers:
             self.held[decode, layers:] += batch.decode_visits[:, layers:]
-        self.context[decode] = batch.decode_context + 1
+        context = batch.decode_context + 1
+        self.context[decode] = context
+        if decode.size:  # every decoding row emitted at the plan: its gap is this iteration
+            gap = now - self._planned_at
+            self._itl_histogram[np.searchsorted(ITL_BINS, gap)] += decode.size
+            self._itl_sum += gap * decode.size
+            self._itl_count += decode.size
+        done = decode[context >= self.end_context[decode]]
         rows = batch.prefill_rows
-        if not rows.size:  # every row decoded one token
-            self._emit(decode, now, decode.size)
-            return
-        self.held[rows] += batch.prefill_entries  # first-pass columns unused under copy/compute
-        self.context[rows] += batch.prefill_new
-        first = rows[self.context[rows] == self.target[rows]]
-        self._emit(np.concatenate([decode, first]) if first.size else decode, now, decode.size)
+        if rows.size:
+            self.held[rows] += batch.prefill_entries  # first-pass columns unused under copy/compute
+            self.context[rows] += batch.prefill_new
+            first = rows[self.context[rows] == self.target[rows]]
+            if first.size:
+                self._first_tokens(first, now)
+                done = np.concatenate([done, first[self.context[first] >= self.end_context[first]]])
+        for row in done.tolist():
+            request = self.request[row]
+            assert request is not None
+            self.done.append(Finished(request, float(self.first_token_at[row]), now, int(self.preemptions[row])))
+            self._free(row)
 
-    def _emit(self, rows: np.ndarray, now: float, decoded: int) -> None:
-        """Each row emits a token; the first `decoded` rows decoded (they had emitted one before),
-        the others completed a prefill: a first token, or after a preemption the next one."""
-        last = self.last_token_at[rows]
-        if decoded < rows.size:
-            fresh = decoded + np.flatnonzero(self.generated[rows[decoded:]] == 0)
-            self.first_token_at[rows[fresh]] = now
-            self.phase[rows[decoded:]] = DECODING
-            last[fresh] = np.nan
-        gaps = now - last
-        if decoded < rows.size:
-            gaps = gaps[~np.isnan(gaps)]
+    def _first_tokens(self, rows: np.ndarray, now: float) -> None:
+        """Rows whose prefill completed emit a token: their first, or after a recompute the next one."""
+        resumed = self.generated[rows] > 0
+        gaps = now - self.last_token_at[rows[resumed]]
         if gaps.size:
             self._gaps.append(gaps)
             self._gap_count += gaps.size
-            if self._gap_count > 1 << 20:
+            if self._gap_count > 1 << 16:
                 self._flush_gaps()
-        generated = self.generated[rows] + 1
-        self.generated[rows] = generated
+        self.first_token_at[rows[~resumed]] = now
         self.last_token_at[rows] = now
-        done = generated >= self.output[rows]
-        if done.any():
-            for row in rows[done].tolist():
-                request = self.request[row]
-                assert request is not None
-                self.done.append(
-                    Finished(request, float(self.first_token_at[row]), now, int(self.preemptions[row]))
-                )
-                self._free(row)
+        self.phase[rows] = DECODING
 
     def _flush_gaps(self) -> None:
         if not self._gaps:
