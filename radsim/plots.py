@@ -28,7 +28,7 @@ _NOT_SERIES = {"point_id", "study", "seed", *_ROUTE_KEYS}
 _TEMPLATE = "plotly_white"
 _SIZE = {"width": 1100, "height": 620}
 _SYMBOLS = {"prefill": "circle", "decode": "diamond"}
-_MAX_PANELS = 8
+_PANELS_PER_ROW = 5
 _RATIO_TICKS = {
     "tickvals": [0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10],
     "ticktext": ["0.05x", "0.1x", "0.2x", "0.5x", "1x", "2x", "5x", "10x"],
@@ -298,8 +298,12 @@ def roofline(table: pd.DataFrame) -> go.Figure | None:
                 row=1,
                 col=c,
             )
-    fig.update_xaxes(type="log", title_text="arithmetic intensity (FLOP per DRAM byte)")
-    fig.update_yaxes(type="log", title_text="achieved throughput (TFLOP/s)", col=1)
+    wide = len(facets) > 2
+    fig.update_xaxes(
+        type="log", title_text="FLOP per DRAM byte" if wide else "arithmetic intensity (FLOP per DRAM byte)"
+    )
+    fig.update_yaxes(type="log")
+    fig.update_yaxes(title_text="achieved throughput (TFLOP/s)", col=1)
     return _layout(fig, "Roofline: each layer's operating point in a prefill chunk and a decode step", 1)
 
 
@@ -332,12 +336,15 @@ def memory_breakdown(table: pd.DataFrame) -> go.Figure | None:
         return None
     keys = _varying(rows, {"batch", "engine", "execution", "kv_policy"}) or ["routes"]
     rows = rows.drop_duplicates([*keys, "batch"])
-    groups = list(_series(rows, {"batch", "engine", "execution", "kv_policy"}))[:_MAX_PANELS]
+    groups = list(_series(rows, {"batch", "engine", "execution", "kv_policy"}))
+    cols = min(len(groups), _PANELS_PER_ROW)
+    nrows = -(-len(groups) // cols)
     fig = make_subplots(
-        rows=1,
-        cols=len(groups),
+        rows=nrows,
+        cols=cols,
         shared_yaxes=True,
         horizontal_spacing=0.01,
+        vertical_spacing=0.12,
         subplot_titles=[_wrap(label) for label, _ in groups],
     )
     parts = (
@@ -345,7 +352,8 @@ def memory_breakdown(table: pd.DataFrame) -> go.Figure | None:
         ("kv_cache_bytes", "KV cache", "#dd8452"),
         ("activation_bytes", "activations", "#55a868"),
     )
-    for c, (_, g) in enumerate(groups, start=1):
+    for n, (_, g) in enumerate(groups):
+        r, c = n // cols + 1, n % cols + 1
         g = g.sort_values("batch")
         hover = _hover(g)
         for column, name, color in parts:
@@ -355,34 +363,32 @@ def memory_breakdown(table: pd.DataFrame) -> go.Figure | None:
                     y=g[column] / 1e9,
                     name=name,
                     legendgroup=name,
-                    showlegend=c == 1,
+                    showlegend=n == 0,
                     marker={"color": color},
                     text=hover,
                     textposition="none",
                     hovertemplate="%{text}<br>" + name + " %{y:.3g} GB<extra></extra>",
                 ),
-                row=1,
+                row=r,
                 col=c,
             )
-    for capacity in rows["memory_capacity_bytes"].unique():
-        fig.add_hline(y=capacity / 1e9, line={"color": "firebrick", "dash": "dash"}, row="all", col="all")
-        fig.add_annotation(
-            text=f"device memory {capacity / 1e9:.0f} GB",
-            x=0,
-            xref="paper",
-            xanchor="left",
-            y=capacity / 1e9,
-            yanchor="bottom",
-            showarrow=False,
-            font={"color": "firebrick"},
+        capacity = g["memory_capacity_bytes"].iloc[0] / 1e9
+        fig.add_hline(
+            y=capacity,
+            line={"color": "firebrick", "dash": "dash"},
+            row=r,
+            col=c,
+            annotation_text=f"{capacity:.0f} GB",
+            annotation_position="top left",
+            annotation_font={"color": "firebrick", "size": 10},
         )
     fig.update_layout(barmode="stack")
-    fig.update_yaxes(title_text="memory per device (GB)", col=1)
-    fig.update_xaxes(title_text="batch", tickangle=-90, tickfont={"size": 10}, type="category")
+    fig.update_yaxes(title_text="GB per device", col=1)
+    fig.update_xaxes(tickangle=-90, tickfont={"size": 10}, type="category")
+    fig.update_xaxes(title_text="batch size (sequences)", row=nrows)
     fig.update_annotations(font_size=11)
-    return _layout(
-        fig, "Memory per device: weights, KV cache (peak) and activations, per routes and batch", 1
-    )
+    title = "Memory per device (GB): weights, KV cache (peak) and activations, against the device's memory"
+    return _layout(fig, title, nrows)
 
 
 def _wrap(text: str, width: int = 22) -> str:
@@ -525,7 +531,7 @@ def _layout(fig: go.Figure, title: str, facet_rows: int) -> go.Figure:
             "entrywidth": 1.0 if wide else 0.5,
             "entrywidthmode": "fraction",
         },
-        margin={"l": 80, "r": 30, "t": 80, "b": legend_px + 70},
+        margin={"l": 80, "r": 30, "t": 100, "b": legend_px + 70},
     )
     return fig
 

@@ -16,7 +16,7 @@ UNITS = {
     "savings_vs_batch": ["(x, log)", "(sequences)"],
     "pareto_front": ["(ms)", "(USD per 1M output tokens)"],
     "roofline": ["(FLOP per DRAM byte)", "(TFLOP/s)"],
-    "memory_breakdown": ["(GB)"],
+    "memory_breakdown": ["GB per device", "(sequences)"],
     "power_over_time": ["(s)", "(W)"],
     "depth_distribution": ["(%)"],
 }
