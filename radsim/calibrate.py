@@ -216,6 +216,8 @@ REFINED = (
     "gemm_half_rows_streamed",
     "attention_efficiency",
     "elementwise_bandwidth_Bps",
+    "memory_efficiency",
+    "cache_bandwidth_Bps",
 )
 PRIOR_WEIGHT = 0.05  # pulls each refined figure gently toward its microbenchmark value
 
@@ -240,7 +242,7 @@ def refine(hw: Hardware, rows: list[dict[str, str]], split: dict[str, str]) -> t
     def figures(x: np.ndarray) -> dict[str, float]:
         values = start * np.exp(x)
         out = dict(zip(REFINED, values.tolist(), strict=True))
-        for k in ("gemm_efficiency", "attention_efficiency"):
+        for k in ("gemm_efficiency", "attention_efficiency", "memory_efficiency"):
             out[k] = min(out[k], 1.0)
         return out
 
