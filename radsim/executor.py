@@ -85,11 +85,12 @@ def _aggregate(q: np.ndarray, kv: np.ndarray, v: np.ndarray, c: np.ndarray) -> n
     pairs = sum q c + q (kv + 1) / 2 and held = sum over rows with queries of c + kv.
     """
     load = np.empty((len(LOAD_ROWS), q.shape[1]))
-    load[Q] = q.sum(axis=0)
-    load[KV] = kv.sum(axis=0)
-    load[VISITORS] = v.sum(axis=0)
-    load[PAIRS] = np.einsum("rw,rw->w", q, c + (kv + 1.0) * 0.5)
-    load[HELD] = np.einsum("rw,rw->w", q > 0, c + kv)
+    ones = np.ones(q.shape[0])  # products sum rows faster than sum(axis=0)
+    load[Q] = ones @ q
+    load[KV] = load[Q] if kv is q else ones @ kv
+    load[VISITORS] = load[Q] if v is q else ones @ v
+    load[PAIRS] = ones @ (q * (c + (kv + 1.0) * 0.5))
+    load[HELD] = ones @ ((q > 0) * (c + kv))
     return load
 
 

@@ -19,6 +19,7 @@ loops run only over prefilling rows and over admissions, preemptions and complet
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass
 from functools import cached_property
@@ -83,11 +84,7 @@ class Batch:
     prefill_entries: np.ndarray  # (P, W) KV entries each chunk adds per slot
     new_entries: float  # KV entries the iteration adds
     logit_rows: int  # tokens whose logits are sampled (decodes and completed prefills)
-
-    @property
-    def prefill_tokens(self) -> int:
-        """Prompt (or recomputed) tokens in the iteration."""
-        return int(self.prefill_new.sum())
+    prefill_tokens: int  # prompt (or recomputed) tokens in the iteration
 
     @property
     def decode_tokens(self) -> int:
@@ -155,6 +152,7 @@ class Scheduler:
         self.held = np.zeros((n, w))  # KV entries per row and slot (see shared_first_pass)
         self.context = np.zeros(n, dtype=np.int64)  # tokens of each row in the KV cache
         self.active = np.zeros(n, dtype=bool)
+        self._free_rows = list(range(n))  # a heap
         self.phase = np.zeros(n, dtype=np.int8)  # FREE, PREFILLING or DECODING
         self.request: list[Request | None] = [None] * n
         self.routes = np.zeros((n, 1), dtype=np.int64)  # route-book token of each row's positions
@@ -268,7 +266,7 @@ class Scheduler:
         return budget - chunks[row]
 
     def _admit(self, now: float, chunks: dict[int, int], budget: int, busy: bool) -> None:
-        while self.waiting and budget > 0 and not self.active.all():
+        while self.waiting and budget > 0 and self._free_rows:
             request, _, generated, _, _, _, cum = self.waiting[0]
             need = cum[request.prompt_tokens + generated - 1]
             if self.entries_used + need > self.capacity_entries:
@@ -278,7 +276,7 @@ class Scheduler:
 
     def _admit_static(self, now: float) -> None:
         entries = self.entries_used
-        while self.waiting and not self.active.all():
+        while self.waiting and self._free_rows:
             request, _, _, _, _, _, cum = self.waiting[0]
             need = cum[request.prompt_tokens + request.output_tokens - 2]
             if entries + need > self.capacity_entries:
@@ -288,7 +286,7 @@ class Scheduler:
 
     def _place(self, now: float) -> int:
         request, tokens, generated, first, last, preemptions, cum = self.waiting.popleft()
-        row = int(np.argmin(self.active))
+        row = heapq.heappop(self._free_rows)  # the lowest free row
         self.cum_entries[row] = cum
         self.active[row] = True
         self.phase[row] = PREFILLING
@@ -346,13 +344,14 @@ class Scheduler:
         self.held[row] = 0.0
         self.context[row] = 0
         self.active[row] = False
+        heapq.heappush(self._free_rows, row)
         self.phase[row] = FREE
         self.request[row] = None
         self.cum_entries[row] = None
 
     def _batch(self, decode: np.ndarray, chunks: dict[int, int]) -> Batch:
-        context = self.context[decode]
-        tokens = self.routes[decode, context]
+        context_decode = self.context[decode]
+        tokens = self.routes[decode, context_decode]
         visits = np.take(self._slots_f64, tokens, axis=0)
         held = None
         if not self.shared_first_pass:
@@ -361,22 +360,23 @@ class Scheduler:
             held = self.held_entries(decode)
         new_entries = float(np.add.reduce(np.take(self._entries_per_token, tokens)))
         if chunks:
-            rows = np.fromiter(chunks, dtype=np.int64, count=len(chunks))
-            sizes = np.fromiter(chunks.values(), dtype=np.int64, count=len(chunks))
+            rows, sizes = np.array(list(chunks)), np.array(list(chunks.values()))
             parts = [self._chunk(r, n) for r, n in chunks.items()]
-            chunk_visits = self._chunk_visits(np.concatenate(parts), sizes)
+            chunk_visits = self._chunk_visits(parts[0] if len(parts) == 1 else np.concatenate(parts), sizes)
             entries = self._entries(chunk_visits, sizes)
-            new_entries += float(entries.sum())
-            completing = int(((self.context[rows] + sizes) == self.target[rows]).sum())
+            new_entries += float(np.add.reduce(entries, axis=None))
+            context, target = self.context, self.target
+            completing = sum(1 for r, n in chunks.items() if context[r] + n == target[r])
+            prefill_tokens = sum(chunks.values())
         else:
             rows, sizes, parts = _EMPTY_ROWS, _EMPTY_ROWS, []
             chunk_visits = entries = np.zeros((0, visits.shape[1]))
-            completing = 0
+            completing = prefill_tokens = 0
         return Batch(
             decode,
             tokens,
             visits,
-            context,
+            context_decode,
             held,
             rows,
             sizes,
@@ -385,6 +385,7 @@ class Scheduler:
             entries,
             new_entries,
             int(decode.size) + completing,
+            prefill_tokens,
         )
 
     def _chunk_visits(self, tokens: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -448,7 +449,9 @@ class Scheduler:
         for row in done.tolist():
             request = self.request[row]
             assert request is not None
-            self.done.append(Finished(request, float(self.first_token_at[row]), now, int(self.preemptions[row])))
+            self.done.append(
+                Finished(request, float(self.first_token_at[row]), now, int(self.preemptions[row]))
+            )
             self._free(row)
 
     def _first_tokens(self, rows: np.ndarray, now: float) -> None:
