@@ -52,7 +52,7 @@ class SimConfig:
             )
 
 
-@dataclass
+@dataclass(slots=True)
 class Iteration:
     """One iteration of one replica, for the timeline."""
 
@@ -183,16 +183,16 @@ class Simulation:
                 replica.wake = self.env.event()
                 yield replica.wake
                 continue
-            cost = self.iteration_cost(batch, sched)
+            time_s, energy_J = self.iteration_totals(batch, sched)[:2].tolist()
             devices = self.cfg.exe.tp
             idle = self.env.now - replica.last_end_at
-            replica.energy_J += idle * self.cfg.hw.idle_power_W * devices + cost.energy_J * devices
+            replica.energy_J += idle * self.cfg.hw.idle_power_W * devices + energy_J * devices
             self.timeline.append(
                 Iteration(
                     replica.index,
                     self.env.now,
-                    cost.time_s,
-                    cost.energy_J * devices,
+                    time_s,
+                    energy_J * devices,
                     int(batch.decode_rows.size + batch.prefill_rows.size),
                     batch.prefill_tokens,
                     batch.decode_tokens,
@@ -200,13 +200,17 @@ class Simulation:
                     sched.waiting_count,
                 )
             )
-            yield self.env.timeout(cost.time_s)
-            replica.busy_s += cost.time_s
+            yield self.env.timeout(time_s)
+            replica.busy_s += time_s
             replica.last_end_at = self.env.now
             sched.finish(batch, self.env.now)
 
     def iteration_cost(self, batch: Batch, sched: Scheduler) -> IterationCost:
         """Price one iteration: layer launches under the execution policy, then embedding and head."""
+        return IterationCost(*self.iteration_totals(batch, sched).tolist())
+
+    def iteration_totals(self, batch: Batch, sched: Scheduler) -> np.ndarray:
+        """`iteration_cost` as an array of `radsim.cost_table.FIELDS`."""
         cfg, book, table = self.cfg, self.routes, self.table
         layers, policy = cfg.arch.num_layers, cfg.exe.kv_policy
         if cfg.execution_policy == "layer_major":
@@ -224,5 +228,4 @@ class Simulation:
             total = table.layer_totals(load)
             if policy == "copy":
                 total = total + table.layer_totals(skipper_load(batch.slot_visits, batch.new_tokens, layers))
-        total = total + table.head_totals(batch.token_count, int(batch.logit_rows))
-        return IterationCost(*total.tolist())
+        return total + table.head_totals(batch.token_count, int(batch.logit_rows))

@@ -10,7 +10,8 @@ and idle power between iterations over every device of every replica.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from operator import attrgetter
 
 import numpy as np
 import pandas as pd
@@ -134,7 +135,11 @@ def summarize(sim, slo: SLO, pricing: Pricing) -> dict:
 
 def timeline_table(sim) -> pd.DataFrame:
     """One row per iteration: start, duration, energy, power, batch, tokens, KV use, queue."""
-    table = pd.DataFrame([vars(it) for it in sim.timeline])
+    from radsim.engine import Iteration
+
+    names = [f.name for f in fields(Iteration)]
+    row = attrgetter(*names)
+    table = pd.DataFrame([row(it) for it in sim.timeline], columns=names)
     if len(table):
         table["power_W"] = table["energy_J"] / table["time_s"]
     return table

@@ -19,6 +19,7 @@ loops run only over prefilling rows and over admissions, preemptions and complet
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import deque
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from radsim.workload import Request
 POLICIES = ("continuous", "static")
 FREE, PREFILLING, DECODING = 0, 1, 2  # what a scheduler row is doing
 ITL_BINS = np.logspace(-7, 4, 2201)  # inter-token latency histogram edges, seconds
+_ITL_EDGES = ITL_BINS.tolist()
 
 
 @dataclass(frozen=True)
@@ -434,7 +436,7 @@ class Scheduler:
         self.context[decode] = context
         if decode.size:  # every decoding row emitted at the plan: its gap is this iteration
             gap = now - self._planned_at
-            self._itl_histogram[np.searchsorted(ITL_BINS, gap)] += decode.size
+            self._itl_histogram[bisect.bisect_left(_ITL_EDGES, gap)] += decode.size  # = np.searchsorted
             self._itl_sum += gap * decode.size
             self._itl_count += decode.size
         done = decode[context >= self.end_context[decode]]
