@@ -9,6 +9,7 @@ instead of a full cost-model evaluation. Larger row counts fall back to the cost
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,13 @@ def _columns(kernel: KernelCost | Cost) -> np.ndarray:
     """(..., 4) array of FIELDS."""
     moved = kernel.weight_bytes + kernel.kv_read_bytes + kernel.kv_write_bytes + kernel.act_bytes
     return np.stack([kernel.time_s, kernel.energy_J, kernel.flops, moved], axis=-1)
+
+
+@functools.cache
+def _ones(n: int) -> np.ndarray:
+    ones = np.ones(n)
+    ones.flags.writeable = False
+    return ones
 
 
 class CostTable:
@@ -113,15 +121,15 @@ class CostTable:
         if biggest > self.max_rows:
             return _columns(load_cost(self.hw, self.arch, self.exe, as_layer_load(load))).sum(axis=(0, 1))
         v = load[VISITORS].astype(np.int64)
-        fields = np.take(self._by_visitors, v, axis=1)  # (4, groups)
+        fields = self._by_visitors.take(v, axis=1)  # (4, groups)
         fields += self._attention(load)
         if self.exe.kv_policy == "copy":
             kv = load[KV].astype(np.int64)
-            fields += np.take(self._by_kv_rows, kv, axis=1)
-            fields += np.take(self._by_skippers, kv - v, axis=1)
+            fields += self._by_kv_rows.take(kv, axis=1)
+            fields += self._by_skippers.take(kv - v, axis=1)
         elif self.exe.kv_policy == "compute":
-            fields += np.take(self._by_kv_rows, load[KV].astype(np.int64), axis=1)
-        return fields @ np.ones(fields.shape[1])  # a product sums rows faster than sum(axis=1)
+            fields += self._by_kv_rows.take(load[KV].astype(np.int64), axis=1)
+        return fields @ _ones(fields.shape[1])  # a product sums rows faster than sum(axis=1)
 
     def _attention(self, load: np.ndarray) -> np.ndarray:
         """Closed form of `radsim.cost.attention` per group: (4, groups) of FIELDS."""

@@ -147,7 +147,7 @@ class Simulation:
             self._block, self._block_routes = block, (tokens, cum, offsets, lengths)
         tokens, cum, offsets, lengths = self._block_routes
         a, n = int(offsets[k]), int(lengths[k])
-        base = cum[a - 1] if a else 0.0
+        base = cum[a - 1] if a else 0
         return tokens[a : a + n], cum[a : a + n] - base
 
     def _deliver(self, replica: Replica, i: int) -> None:

@@ -17,6 +17,8 @@ attention work.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from radsim.cost import LayerLoad
@@ -24,6 +26,13 @@ from radsim.cost import LayerLoad
 POLICIES = ("layer_major", "step_sync")
 LOAD_ROWS = ("q_rows", "kv_rows", "visitors", "pairs", "held")
 Q, KV, VISITORS, PAIRS, HELD = range(len(LOAD_ROWS))
+
+
+@functools.cache
+def _ones(n: int) -> np.ndarray:
+    ones = np.ones(n)
+    ones.flags.writeable = False
+    return ones
 
 
 def as_layer_load(load: np.ndarray) -> LayerLoad:
@@ -59,7 +68,7 @@ def decode_load(
     if kv_policy == "none":
         assert held is not None
         load = np.empty((len(LOAD_ROWS), width))
-        ones = np.ones(rows)
+        ones = _ones(rows)
         load[:PAIRS] = ones @ visits  # a product sums rows faster than sum(axis=0)
         load[PAIRS:] = ones @ (visits * (held + 1.0))
         return load
@@ -85,7 +94,7 @@ def _aggregate(q: np.ndarray, kv: np.ndarray, v: np.ndarray, c: np.ndarray) -> n
     pairs = sum q c + q (kv + 1) / 2 and held = sum over rows with queries of c + kv.
     """
     load = np.empty((len(LOAD_ROWS), q.shape[1]))
-    ones = np.ones(q.shape[0])  # products sum rows faster than sum(axis=0)
+    ones = _ones(q.shape[0])  # products sum rows faster than sum(axis=0)
     load[Q] = ones @ q
     load[KV] = load[Q] if kv is q else ones @ kv
     load[VISITORS] = load[Q] if v is q else ones @ v

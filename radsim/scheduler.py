@@ -150,7 +150,7 @@ class Scheduler:
         self._slots_f64 = book.slots.astype(np.float64)
         self._book_cum = np.zeros((book.slots.shape[0] + 1, w))  # float64: exact counts, no casts
         np.cumsum(book.slots, axis=0, out=self._book_cum[1:])
-        self._entries_per_token = entries.sum(axis=1)
+        self._entries_per_token = entries.sum(axis=1).astype(np.int64)  # integer sums are fast
         self.held = np.zeros((n, w))  # KV entries per row and slot (see shared_first_pass)
         self.context = np.zeros(n, dtype=np.int64)  # tokens of each row in the KV cache
         self.active = np.zeros(n, dtype=bool)
@@ -221,7 +221,7 @@ class Scheduler:
 
     def entries_cumsum(self, tokens: np.ndarray) -> np.ndarray:
         """Cumulative KV entries of a run of route-book tokens."""
-        return np.cumsum(self._entries_per_token[tokens])
+        return np.cumsum(self._entries_per_token.take(tokens))
 
     def arrive(self, request: Request, tokens: np.ndarray, cum: np.ndarray | None = None) -> None:
         """A request joins the queue with its token routes; it must fit in the KV cache alone.
@@ -354,13 +354,13 @@ class Scheduler:
     def _batch(self, decode: np.ndarray, chunks: dict[int, int]) -> Batch:
         context_decode = self.context[decode]
         tokens = self.routes[decode, context_decode]
-        visits = np.take(self._slots_f64, tokens, axis=0)
+        visits = self._slots_f64.take(tokens, axis=0)
         held = None
         if not self.shared_first_pass:
             held = self.held[decode]
         elif visits.shape[1] > self.num_layers:
             held = self.held_entries(decode)
-        new_entries = float(np.add.reduce(np.take(self._entries_per_token, tokens)))
+        new_entries = float(np.add.reduce(self._entries_per_token.take(tokens)))
         if chunks:
             rows, sizes = np.array(list(chunks)), np.array(list(chunks.values()))
             parts = [self._chunk(r, n) for r, n in chunks.items()]
@@ -408,8 +408,8 @@ class Scheduler:
         ends = np.empty_like(starts)
         ends[:-1] = starts[1:] - 1
         ends[-1] = n - 1
-        runs = np.take(self._book_cum, tokens[ends] + 1, axis=0)
-        runs -= np.take(self._book_cum, tokens[starts], axis=0)
+        runs = self._book_cum.take(tokens[ends] + 1, axis=0)
+        runs -= self._book_cum.take(tokens[starts], axis=0)
         if single:
             return np.add.reduce(runs, axis=0, keepdims=True)
         return np.add.reduceat(runs, np.searchsorted(starts, offsets), axis=0)  # every chunk starts a run
