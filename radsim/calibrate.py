@@ -69,7 +69,9 @@ def bench_gemm(device, rows: list[int], shapes: list[tuple[int, int]], dtype=tor
     return out
 
 
-def bench_gemm_streamed(device, rows: list[int], total_bytes: float, n: int = 576, k: int = 1536) -> list[dict]:
+def bench_gemm_streamed(
+    device, rows: list[int], total_bytes: float, n: int = 576, k: int = 1536
+) -> list[dict]:
     """Achieved FLOP/s of small-row GEMMs over a set of weight matrices larger than the cache."""
     count = max(1, int(total_bytes // (n * k * 4)))
     mats = [torch.randn(n, k, device=device.torch_device) for _ in range(count)]
@@ -127,8 +129,11 @@ def bench_attention(device, shapes: list[tuple[int, int, int, int]]) -> list[dic
         q, k, v = (torch.randn(b, h, t, hd, device=device.torch_device) for _ in range(3))
         s = time_op(device, lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, is_causal=True))
         pairs = b * t * (t + 1) / 2.0
-        out.append(dict(batch=b, heads=h, tokens=t, head_dim=hd, time_s=s, flops=4.0 * h * hd * pairs,
-                        exps=h * pairs))
+        out.append(
+            dict(
+                batch=b, heads=h, tokens=t, head_dim=hd, time_s=s, flops=4.0 * h * hd * pairs, exps=h * pairs
+            )
+        )
     return out
 
 
@@ -152,21 +157,38 @@ def run_benchmarks(device, quick: bool = False) -> dict[str, Any]:
     """Every microbenchmark; `quick` runs a subset sized for CI."""
     launch = bench_launch(device)
     rows = [4, 16, 64, 256] if quick else [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
-    shapes = [(576, 576), (1536, 576)] if quick else [(192, 192), (320, 192), (1024, 192), (576, 576),
-                                                       (960, 576), (3072, 576), (576, 1536)]
+    shapes = (
+        [(576, 576), (1536, 576)]
+        if quick
+        else [(192, 192), (320, 192), (1024, 192), (576, 576), (960, 576), (3072, 576), (576, 1536)]
+    )
     gemm = bench_gemm(device, rows, shapes)
     cache_bw, cache_t = bench_stream(device, 8e6 if quick else 16e6)
     dram_bw, dram_t = bench_stream(device, 96e6 if quick else 320e6)
-    attn_shapes = [(1, 6, 128, 32), (1, 9, 128, 64)] if quick else [(1, 6, 256, 32), (4, 6, 128, 32),
-                                                                   (1, 9, 256, 64), (4, 9, 128, 64)]
+    attn_shapes = (
+        [(1, 6, 128, 32), (1, 9, 128, 64)]
+        if quick
+        else [(1, 6, 256, 32), (4, 6, 128, 32), (1, 9, 256, 64), (4, 9, 128, 64)]
+    )
     attention = bench_attention(device, attn_shapes)
-    streamed = bench_gemm_streamed(device, [2, 4, 16] if quick else [2, 4, 8, 16, 32, 64],
-                                   96e6 if quick else 320e6)
-    elementwise = bench_elementwise(device, [(64, 576), (512, 1536)] if quick else
-                                    [(16, 192), (512, 512), (2048, 512), (64, 576), (512, 1536)])
-    return dict(launch_s=launch, gemm=gemm, cache_stream_Bps=cache_bw, dram_stream_Bps=dram_bw,
-                attention=attention, exp_ops_per_s=bench_exp(device), gemm_streamed=streamed,
-                elementwise=elementwise, quick=quick)
+    streamed = bench_gemm_streamed(
+        device, [2, 4, 16] if quick else [2, 4, 8, 16, 32, 64], 96e6 if quick else 320e6
+    )
+    elementwise = bench_elementwise(
+        device,
+        [(64, 576), (512, 1536)] if quick else [(16, 192), (512, 512), (2048, 512), (64, 576), (512, 1536)],
+    )
+    return dict(
+        launch_s=launch,
+        gemm=gemm,
+        cache_stream_Bps=cache_bw,
+        dram_stream_Bps=dram_bw,
+        attention=attention,
+        exp_ops_per_s=bench_exp(device),
+        gemm_streamed=streamed,
+        elementwise=elementwise,
+        quick=quick,
+    )
 
 
 def fit_hardware(prior: Hardware, bench: dict[str, Any], compute_units: int, note: str) -> dict[str, Any]:
@@ -177,31 +199,55 @@ def fit_hardware(prior: Hardware, bench: dict[str, Any], compute_units: int, not
     att = bench["attention"]
     exp_rate = bench["exp_ops_per_s"]
     # attention's matrix work after its exponentials, as the cost model adds the two
-    att_eff = float(np.median([a["flops"] / peak / max(a["time_s"] - a["exps"] / exp_rate - bench["launch_s"],
-                                                        1e-9) for a in att]))
+    att_eff = float(
+        np.median(
+            [
+                a["flops"] / peak / max(a["time_s"] - a["exps"] / exp_rate - bench["launch_s"], 1e-9)
+                for a in att
+            ]
+        )
+    )
     measured = {
-        "fp32_dense_flops": (peak, f"computed: the host file's {per_core:.4g} FLOP/s per core x {compute_units} "
-                                   f"core(s) used by the measurements ({note})"),
+        "fp32_dense_flops": (
+            peak,
+            f"computed: the host file's {per_core:.4g} FLOP/s per core x {compute_units} "
+            f"core(s) used by the measurements ({note})",
+        ),
         "compute_units": (compute_units, f"measured: cores the measurements ran on ({note})"),
-        "gemm_efficiency": (e, f"measured: GEMM benchmark, fit of eff(rows) = E rows / (rows + h) over "
-                               f"{len(bench['gemm'])} shapes, fp32, {note}"),
+        "gemm_efficiency": (
+            e,
+            f"measured: GEMM benchmark, fit of eff(rows) = E rows / (rows + h) over "
+            f"{len(bench['gemm'])} shapes, fp32, {note}",
+        ),
         "gemm_half_rows": (max(h, 1e-3), f"measured: GEMM benchmark, same fit, {note}"),
-        "memory_efficiency": (min(1.0, bench["dram_stream_Bps"] / prior.memory_bandwidth_Bps),
-                              f"measured: matrix-vector stream over weights beyond the last-level cache, "
-                              f"{bench['dram_stream_Bps'] / 1e9:.2f} GB/s over the datasheet peak, {note}"),
-        "cache_bandwidth_Bps": (bench["cache_stream_Bps"], f"measured: matrix-vector stream over weights "
-                                f"that fit in the last-level cache, {note}"),
-        "attention_efficiency": (min(1.0, att_eff), f"measured: causal SDPA benchmark over {len(att)} shapes, "
-                                 f"matrix time after exponentials, {note}"),
+        "memory_efficiency": (
+            min(1.0, bench["dram_stream_Bps"] / prior.memory_bandwidth_Bps),
+            f"measured: matrix-vector stream over weights beyond the last-level cache, "
+            f"{bench['dram_stream_Bps'] / 1e9:.2f} GB/s over the datasheet peak, {note}",
+        ),
+        "cache_bandwidth_Bps": (
+            bench["cache_stream_Bps"],
+            f"measured: matrix-vector stream over weights that fit in the last-level cache, {note}",
+        ),
+        "attention_efficiency": (
+            min(1.0, att_eff),
+            f"measured: causal SDPA benchmark over {len(att)} shapes, matrix time after exponentials, {note}",
+        ),
         "exp_ops_per_s": (exp_rate, f"measured: torch.exp over an in-cache fp32 tensor, {note}"),
         "kernel_launch_overhead_s": (bench["launch_s"], f"measured: one-element add, {note}"),
         "gemm_half_rows_streamed": (
             fit_streamed_half_rows(bench["gemm_streamed"], peak, e, bench["launch_s"]),
-            f"measured: GEMM benchmark over weights streamed from DRAM, rows 2-64, E fixed, {note}"),
+            f"measured: GEMM benchmark over weights streamed from DRAM, rows 2-64, E fixed, {note}",
+        ),
         "elementwise_bandwidth_Bps": (
-            float(np.median([r["bytes"] / max(r["time_s"] - bench["launch_s"], 1e-9) for r in bench["elementwise"]])),
+            float(
+                np.median(
+                    [r["bytes"] / max(r["time_s"] - bench["launch_s"], 1e-9) for r in bench["elementwise"]]
+                )
+            ),
             f"measured: SiLU-and-gate and RMSNorm benchmark, median over {len(bench['elementwise'])} shapes, "
-            f"bytes counted as radsim.kernels.elementwise does, {note}"),
+            f"bytes counted as radsim.kernels.elementwise does, {note}",
+        ),
     }
     figures = {k: (getattr(prior, k), prior.sources[k]) for k in prior.sources}
     figures.update(measured)
@@ -260,7 +306,9 @@ def refine(hw: Hardware, rows: list[dict[str, str]], split: dict[str, str]) -> t
     return figures(fit.x), len(groups)
 
 
-def write_toml(path: Path, name: str, prior: Hardware, figures: dict[str, tuple[Any, str]], header: str) -> None:
+def write_toml(
+    path: Path, name: str, prior: Hardware, figures: dict[str, tuple[Any, str]], header: str
+) -> None:
     """A hardware file: header comment, text keys, one inline table per figure."""
     lines = [f"# {line}" for line in header.splitlines()]
     lines += ["", f'name = "{name}"', f'kind = "{prior.kind}"', f'vendor = "{prior.vendor}"', ""]
@@ -274,24 +322,37 @@ def write_toml(path: Path, name: str, prior: Hardware, figures: dict[str, tuple[
     tmp.replace(path)
 
 
-def calibrate(device, prior_name: str, out: Path, measurements: Path | None, quick: bool = False,
-              compute_units: int = 1, log=print) -> Path:
+def calibrate(
+    device,
+    prior_name: str,
+    out: Path,
+    measurements: Path | None,
+    quick: bool = False,
+    compute_units: int = 1,
+    log=print,
+) -> Path:
     """Benchmark, fit and write `out` (a hardware TOML) plus `out`'s benchmarks JSON and split."""
     from radsim.measure import read_csv
     from radsim.validate import group_configs, split_configs
 
-    prior = load_hardware(prior_name if Path(prior_name).suffix == ".toml" else hw_dir() / f"{prior_name}.toml")
+    prior = load_hardware(
+        prior_name if Path(prior_name).suffix == ".toml" else hw_dir() / f"{prior_name}.toml"
+    )
     env = host_environment()
-    note = f"{env['date'][:10]}, {env['host']}, {env['cpu_model']}, torch {env['torch_version']}, " \
-           f"{env['torch_threads']} thread(s)"
+    note = (
+        f"{env['date'][:10]}, {env['host']}, {env['cpu_model']}, torch {env['torch_version']}, "
+        f"{env['torch_threads']} thread(s)"
+    )
     t0 = time.perf_counter()
     bench = run_benchmarks(device, quick)
     log(f"benchmarks: {time.perf_counter() - t0:.1f} s")
     figures = fit_hardware(prior, bench, compute_units, note)
     name = f"{prior.name}, calibrated ({compute_units} core(s), {env['torch_threads']} thread(s))"
-    header = (f"Calibrated by `radsim calibrate` from {prior.stem}.toml on {note}.\n"
-              "Figures whose source says 'measured' or 'fitted' come from this machine; the rest are the "
-              "host file's.")
+    header = (
+        f"Calibrated by `radsim calibrate` from {prior.stem}.toml on {note}.\n"
+        "Figures whose source says 'measured' or 'fitted' come from this machine; the rest are the "
+        "host file's."
+    )
     write_toml(out, name, prior, figures, header)
     record: dict[str, Any] = dict(environment=env, prior=prior.stem, benchmarks=bench)
     if measurements is not None:
@@ -301,9 +362,12 @@ def calibrate(device, prior_name: str, out: Path, measurements: Path | None, qui
         write_toml(out, name, prior, figures, header)
         refined, used = refine(load_hardware(out), rows, split)
         for key, value in refined.items():
-            figures[key] = (value, f"fitted: least squares on the relative step-time error of the {used} "
-                                   f"calibration configurations of {measurements.name}, starting from the "
-                                   f"microbenchmark value {figures[key][0]:.4g}, {note}")
+            figures[key] = (
+                value,
+                f"fitted: least squares on the relative step-time error of the {used} "
+                f"calibration configurations of {measurements.name}, starting from the "
+                f"microbenchmark value {figures[key][0]:.4g}, {note}",
+            )
         write_toml(out, name, prior, figures, header)
         record.update(split=split, measurements=str(measurements), calibration_configs=used)
     out.with_name(out.stem + "-benchmarks.json").write_text(json.dumps(record, indent=2) + "\n")

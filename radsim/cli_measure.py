@@ -19,7 +19,9 @@ def _ints(text: str) -> list[int]:
 def add_measure_commands(sub) -> None:
     """Register the three subcommands."""
     m = sub.add_parser("measure", help="time prefill and decode steps of the project's models")
-    m.add_argument("--models", default="scratch-seq,scratch-radial", help="comma-separated (radsim.replay.SPECS)")
+    m.add_argument(
+        "--models", default="scratch-seq,scratch-radial", help="comma-separated (radsim.replay.SPECS)"
+    )
     m.add_argument("--phases", default="prefill,decode")
     m.add_argument("--batch", default="1,4,16", help="comma-separated batch sizes")
     m.add_argument("--prefill-batch", default="", help="batch sizes of prefill (default: --batch)")
@@ -30,16 +32,23 @@ def add_measure_commands(sub) -> None:
     m.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     m.add_argument("--warmup", type=int, default=3)
     m.add_argument("--repeats", type=int, default=10, help="timed repeats (at least)")
-    m.add_argument("--min-time", type=float, default=0.5,
-                   help="repeat short steps until this many seconds are timed (at most 60 repeats)")
+    m.add_argument(
+        "--min-time",
+        type=float,
+        default=0.5,
+        help="repeat short steps until this many seconds are timed (at most 60 repeats)",
+    )
     m.add_argument("--no-graphs", action="store_true", help="CUDA: run steps eagerly, not as CUDA graphs")
     m.add_argument("--out", default=DEFAULT_DIR, help="folder for measurements.csv and environment.json")
     m.set_defaults(func=_measure)
 
     c = sub.add_parser("calibrate", help="microbenchmarks fitted into a calibrated hardware file")
     c.add_argument("--prior", default="epyc_2core", help="host hardware file the calibration starts from")
-    c.add_argument("--measurements", default=f"{DEFAULT_DIR}/measurements.csv",
-                   help="table whose calibration half fits the launch overhead ('' to skip)")
+    c.add_argument(
+        "--measurements",
+        default=f"{DEFAULT_DIR}/measurements.csv",
+        help="table whose calibration half fits the launch overhead ('' to skip)",
+    )
     c.add_argument("--out", default=f"{DEFAULT_DIR}/calibrated.toml")
     c.add_argument("--device", default="cpu")
     c.add_argument("--threads", type=int, default=1)
@@ -49,7 +58,9 @@ def add_measure_commands(sub) -> None:
     v = sub.add_parser("validate", help="cost-model error on held-out measured configurations")
     v.add_argument("--hw", default=f"{DEFAULT_DIR}/calibrated.toml", help="hardware name or TOML path")
     v.add_argument("--measurements", default=f"{DEFAULT_DIR}/measurements.csv")
-    v.add_argument("--out", default=None, help="folder for the error table and plot (default: beside the table)")
+    v.add_argument(
+        "--out", default=None, help="folder for the error table and plot (default: beside the table)"
+    )
     v.add_argument("--all", action="store_true", help="also print every configuration")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_validate)
@@ -58,10 +69,25 @@ def add_measure_commands(sub) -> None:
 def _measure(args: argparse.Namespace) -> None:
     from radsim.measure import grid, measure
 
-    configs = grid(args.models.split(","), args.phases.split(","), _ints(args.batch), _ints(args.prompt),
-                   _ints(args.context), _ints(args.prefill_batch) or None)
-    path = measure(configs, args.out, args.device, args.threads, args.dtype, args.warmup, args.repeats,
-                   use_graphs=not args.no_graphs, min_time_s=args.min_time)
+    configs = grid(
+        args.models.split(","),
+        args.phases.split(","),
+        _ints(args.batch),
+        _ints(args.prompt),
+        _ints(args.context),
+        _ints(args.prefill_batch) or None,
+    )
+    path = measure(
+        configs,
+        args.out,
+        args.device,
+        args.threads,
+        args.dtype,
+        args.warmup,
+        args.repeats,
+        use_graphs=not args.no_graphs,
+        min_time_s=args.min_time,
+    )
     print(f"wrote {path} and {Path(path).with_name('environment.json')}")
 
 
@@ -82,8 +108,11 @@ def _validate(args: argparse.Namespace) -> None:
 
     table_path = Path(args.measurements)
     hw = load_hardware(args.hw)
-    split = load_split(Path(args.hw).with_name(Path(args.hw).stem + "-benchmarks.json")) \
-        if Path(args.hw).suffix == ".toml" else None
+    split = (
+        load_split(Path(args.hw).with_name(Path(args.hw).stem + "-benchmarks.json"))
+        if Path(args.hw).suffix == ".toml"
+        else None
+    )
     table = error_table(hw, read_csv(table_path), split)
     rows = summary(table)
     out = Path(args.out) if args.out else table_path.parent
@@ -93,8 +122,10 @@ def _validate(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(dict(summary=rows, configs=table), indent=2))
         return
-    print(f"hardware {hw.stem}; {sum(r['split'] == 'validate' for r in table)} held-out of {len(table)} "
-          f"configurations (the others calibrated)")
+    print(
+        f"hardware {hw.stem}; {sum(r['split'] == 'validate' for r in table)} held-out of {len(table)} "
+        f"configurations (the others calibrated)"
+    )
     print(format_summary(rows))
     if args.all:
         print()

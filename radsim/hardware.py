@@ -39,7 +39,9 @@ CALIBRATED_FIGURES = {
     "routing_launch_overhead_s",
 }
 _OPTIONAL_FIGURES = (
-    {k for k in PEAK_KEYS.values() if k != "fp32_dense_flops"} | {"scale_up_bandwidth_Bps"} | CALIBRATED_FIGURES
+    {k for k in PEAK_KEYS.values() if k != "fp32_dense_flops"}
+    | {"scale_up_bandwidth_Bps"}
+    | CALIBRATED_FIGURES
 )
 _INTEGER_FIGURES = {"compute_units", "gemm_tile_m", "gemm_tile_n"}
 _FRACTIONS = {"gemm_efficiency", "memory_efficiency", "attention_efficiency"}

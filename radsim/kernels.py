@@ -161,7 +161,12 @@ def gemm(
 
 
 def elementwise(
-    hw: Hardware, rows, width: float, flops_per_element: float, a_bytes: float, reads: float,
+    hw: Hardware,
+    rows,
+    width: float,
+    flops_per_element: float,
+    a_bytes: float,
+    reads: float,
     resident: bool = False,
     launch_s: float | None = None,
 ) -> KernelCost:

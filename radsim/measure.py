@@ -30,9 +30,30 @@ from radsim.replay import SPECS, ModelSpec, SlotBatch, StepRoutes, slot_batches,
 from radsim.timing import get_device
 
 COLUMNS = (
-    "config_id", "model", "kind", "arch", "phase", "batch", "tokens", "dtype", "scope", "slot", "layer",
-    "pass", "kv_policy", "new_tokens", "context_tokens", "visiting_tokens", "time_s", "time_s_p10",
-    "time_s_p90", "repeats", "peak_memory_bytes", "weights_bytes", "kv_cache_bytes", "activation_bytes",
+    "config_id",
+    "model",
+    "kind",
+    "arch",
+    "phase",
+    "batch",
+    "tokens",
+    "dtype",
+    "scope",
+    "slot",
+    "layer",
+    "pass",
+    "kv_policy",
+    "new_tokens",
+    "context_tokens",
+    "visiting_tokens",
+    "time_s",
+    "time_s_p10",
+    "time_s_p90",
+    "repeats",
+    "peak_memory_bytes",
+    "weights_bytes",
+    "kv_cache_bytes",
+    "activation_bytes",
     "energy_J",
 )
 
@@ -86,11 +107,17 @@ def build_weights(spec: ModelSpec, device: torch.device, dtype: torch.dtype, max
     for block in model.layers:
         a, m = block.self_attn, block.mlp
         wqkv = move(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
-        layers.append(LayerWeights(
-            ln1=move(block.input_layernorm.weight), wqkv=wqkv, wkv=wqkv[a.q_proj.weight.shape[0]:],
-            wo=move(a.o_proj.weight), ln2=move(block.post_attention_layernorm.weight),
-            wgu=move(torch.cat([m.gate_proj.weight, m.up_proj.weight])), wd=move(m.down_proj.weight),
-        ))
+        layers.append(
+            LayerWeights(
+                ln1=move(block.input_layernorm.weight),
+                wqkv=wqkv,
+                wkv=wqkv[a.q_proj.weight.shape[0] :],
+                wo=move(a.o_proj.weight),
+                ln2=move(block.post_attention_layernorm.weight),
+                wgu=move(torch.cat([m.gate_proj.weight, m.up_proj.weight])),
+                wd=move(m.down_proj.weight),
+            )
+        )
     hd = cfg.head_dim
     inv = 1.0 / spec.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd)
     angles = torch.outer(torch.arange(max_pos, dtype=torch.float32), inv)
@@ -99,13 +126,26 @@ def build_weights(spec: ModelSpec, device: torch.device, dtype: torch.dtype, max
     if spec.routed:
         d, steps = cfg.hidden_size, spec.max_steps or cfg.num_layers
         g = torch.Generator().manual_seed(1)
-        router = tuple(move(t) for t in (torch.ones(d), torch.randn(steps, d, generator=g) * 0.02,
-                                         torch.randn(cfg.num_layers + 1, d, generator=g) * 0.02,
-                                         torch.zeros(cfg.num_layers + 1)))
+        router = tuple(
+            move(t)
+            for t in (
+                torch.ones(d),
+                torch.randn(steps, d, generator=g) * 0.02,
+                torch.randn(cfg.num_layers + 1, d, generator=g) * 0.02,
+                torch.zeros(cfg.num_layers + 1),
+            )
+        )
     return Weights(
-        embed=move(model.embed_tokens.weight), layers=layers, norm=move(model.norm.weight),
-        cos=move(emb.cos()), sin=move(emb.sin()), heads=cfg.num_heads, kv_heads=cfg.num_kv_heads,
-        head_dim=hd, eps=cfg.norm_eps, router=router,
+        embed=move(model.embed_tokens.weight),
+        layers=layers,
+        norm=move(model.norm.weight),
+        cos=move(emb.cos()),
+        sin=move(emb.sin()),
+        heads=cfg.num_heads,
+        kv_heads=cfg.num_kv_heads,
+        head_dim=hd,
+        eps=cfg.norm_eps,
+        router=router,
     )
 
 
@@ -166,8 +206,11 @@ def plan_step(routes: StepRoutes, routed: bool, device: torch.device) -> list[Sl
             rank, tq = held[b], 1
             tk = int((held[b] + 1).max()) if b.size else 1
             ragged = b.size and (held[b] + 1 < tk).any()
-            mask = torch.as_tensor((np.arange(tk)[None, :] <= held[b][:, None])[:, None, None],
-                                   device=device) if ragged else None
+            mask = (
+                torch.as_tensor((np.arange(tk)[None, :] <= held[b][:, None])[:, None, None], device=device)
+                if ragged
+                else None
+            )
             plan_q = None
             kv_seq = None if b.size == nb else long(b)
         skip = skip_pos = skip_b = skip_t = None
@@ -180,11 +223,25 @@ def plan_step(routes: StepRoutes, routed: bool, device: torch.device) -> list[Sl
             skip_b, skip_t = long(sb_), long(st_ if routes.phase == "prefill" else held[sb_])
         positions = t if routes.phase == "prefill" else np.full(b.size, routes.context)
         everyone = not routed and b.size == nb * new
-        plans.append(SlotPlan(
-            batch=sb, vis=None if everyone else long(flat), pos=long(positions), cache_b=long(b),
-            cache_t=long(rank), steps=long(s) if routed else None, qpad=plan_q, tq=tq, tk=tk, mask=mask,
-            kv_seq=kv_seq, skip=skip, skip_pos=skip_pos, skip_b=skip_b, skip_t=skip_t,
-        ))
+        plans.append(
+            SlotPlan(
+                batch=sb,
+                vis=None if everyone else long(flat),
+                pos=long(positions),
+                cache_b=long(b),
+                cache_t=long(rank),
+                steps=long(s) if routed else None,
+                qpad=plan_q,
+                tq=tq,
+                tk=tk,
+                mask=mask,
+                kv_seq=kv_seq,
+                skip=skip,
+                skip_pos=skip_pos,
+                skip_b=skip_b,
+                skip_t=skip_t,
+            )
+        )
     return plans
 
 
@@ -212,8 +269,9 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
-def run_slot(h: torch.Tensor, p: SlotPlan, lw: LayerWeights, kv: tuple, w: Weights, phase: str,
-             nb: int) -> torch.Tensor:
+def run_slot(
+    h: torch.Tensor, p: SlotPlan, lw: LayerWeights, kv: tuple, w: Weights, phase: str, nb: int
+) -> torch.Tensor:
     """One slot launch on the flat residual stream h (B x T, d); returns the new h."""
     H, K, hd, eps = w.heads, w.kv_heads, w.head_dim, w.eps
     kc, vc = kv
@@ -231,23 +289,26 @@ def run_slot(h: torch.Tensor, p: SlotPlan, lw: LayerWeights, kv: tuple, w: Weigh
     qkv = F.linear(x, lw.wqkv).view(n, H + 2 * K, hd)
     qk = _rope(qkv[:, : H + K], w.cos[p.pos].unsqueeze(1), w.sin[p.pos].unsqueeze(1))
     kc[p.cache_b, :, p.cache_t] = qk[:, H:]
-    vc[p.cache_b, :, p.cache_t] = qkv[:, H + K:]
+    vc[p.cache_b, :, p.cache_t] = qkv[:, H + K :]
     if phase == "prefill":
         q = qk[:, :H]
         if p.qpad is not None and n != nb * p.tq:
             q = q.new_zeros(nb * p.tq, H, hd).index_copy_(0, p.qpad, q)
         q = q.view(nb, p.tq, H, hd).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, kc[:, :, : p.tk], vc[:, :, : p.tk], attn_mask=p.mask,
-                                           is_causal=p.mask is None, enable_gqa=True)
+        y = F.scaled_dot_product_attention(
+            q, kc[:, :, : p.tk], vc[:, :, : p.tk], attn_mask=p.mask, is_causal=p.mask is None, enable_gqa=True
+        )
         y = y.transpose(1, 2).reshape(nb * p.tq, H * hd)
         if p.qpad is not None and n != nb * p.tq:
             y = y.index_select(0, p.qpad)
     else:
         q = qk[:, :H].unsqueeze(2)  # (n, H, 1, hd)
-        keys, values = (kc, vc) if p.kv_seq is None else (kc.index_select(0, p.kv_seq),
-                                                          vc.index_select(0, p.kv_seq))
-        y = F.scaled_dot_product_attention(q, keys[:, :, : p.tk], values[:, :, : p.tk], attn_mask=p.mask,
-                                           enable_gqa=True).reshape(n, H * hd)
+        keys, values = (
+            (kc, vc) if p.kv_seq is None else (kc.index_select(0, p.kv_seq), vc.index_select(0, p.kv_seq))
+        )
+        y = F.scaled_dot_product_attention(
+            q, keys[:, :, : p.tk], values[:, :, : p.tk], attn_mask=p.mask, enable_gqa=True
+        ).reshape(n, H * hd)
     mid = x_in + F.linear(y, lw.wo)
     gate, up = F.linear(F.rms_norm(mid, (h.shape[1],), lw.ln2, eps), lw.wgu).chunk(2, dim=-1)
     out = mid + F.linear(F.silu(gate) * up, lw.wd)
@@ -295,9 +356,17 @@ class Config:
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def measure_config(device, cfg: Config, dtype: str = "fp32", warmup: int = 3, repeats: int = 10,
-                   root: str = ".", weights: Weights | None = None, min_time_s: float = 0.0,
-                   max_repeats: int = 60) -> list[dict[str, Any]]:
+def measure_config(
+    device,
+    cfg: Config,
+    dtype: str = "fp32",
+    warmup: int = 3,
+    repeats: int = 10,
+    root: str = ".",
+    weights: Weights | None = None,
+    min_time_s: float = 0.0,
+    max_repeats: int = 60,
+) -> list[dict[str, Any]]:
     """Time one configuration: rows for the whole step, the embedding, every slot and the head.
 
     Short steps are repeated until `min_time_s` of timed work (at most `max_repeats`), so that the
@@ -335,20 +404,48 @@ def measure_config(device, cfg: Config, dtype: str = "fp32", warmup: int = 3, re
                 totals.append(timer.elapsed_s()[0])
         activation = device.peak_memory_bytes(lambda: run_step(ids, plans, caches, w, cfg.phase))
     kv_bytes = float(sum(t.untyped_storage().nbytes() for kv in caches.values() for t in kv))
-    base = dict(config_id=cfg.config_id, model=cfg.model, kind=spec.kind, arch=spec.arch, phase=cfg.phase,
-                batch=cfg.batch, tokens=cfg.tokens, dtype=dtype, repeats=repeats)
+    base = dict(
+        config_id=cfg.config_id,
+        model=cfg.model,
+        kind=spec.kind,
+        arch=spec.arch,
+        phase=cfg.phase,
+        batch=cfg.batch,
+        tokens=cfg.tokens,
+        dtype=dtype,
+        repeats=repeats,
+    )
     energy = sampler.energy_J / repeats if sampler is not None and sampler.samples else None
-    rows = [dict(base, scope="step", **_stats(totals), peak_memory_bytes=w.nbytes() + kv_bytes + activation,
-                 weights_bytes=w.nbytes(), kv_cache_bytes=kv_bytes, activation_bytes=activation,
-                 energy_J=energy)]
+    rows = [
+        dict(
+            base,
+            scope="step",
+            **_stats(totals),
+            peak_memory_bytes=w.nbytes() + kv_bytes + activation,
+            weights_bytes=w.nbytes(),
+            kv_cache_bytes=kv_bytes,
+            activation_bytes=activation,
+            energy_J=energy,
+        )
+    ]
     per = np.array(intervals)  # (repeats, 1 + slots + 1)
     rows.append(dict(base, scope="embed", **_stats(per[:, 0])))
     for i, p in enumerate(plans):
         sb = p.batch
-        rows.append(dict(base, scope="slot", slot=sb.slot, layer=sb.layer, **{"pass": sb.pass_index},
-                         kv_policy=sb.kv_policy, new_tokens=_ints(sb.new_tokens),
-                         context_tokens=_ints(sb.context_tokens), visiting_tokens=_ints(sb.visiting_tokens),
-                         **_stats(per[:, 1 + i])))
+        rows.append(
+            dict(
+                base,
+                scope="slot",
+                slot=sb.slot,
+                layer=sb.layer,
+                **{"pass": sb.pass_index},
+                kv_policy=sb.kv_policy,
+                new_tokens=_ints(sb.new_tokens),
+                context_tokens=_ints(sb.context_tokens),
+                visiting_tokens=_ints(sb.visiting_tokens),
+                **_stats(per[:, 1 + i]),
+            )
+        )
     rows.append(dict(base, scope="head", **_stats(per[:, -1])))
     return rows
 
@@ -371,8 +468,14 @@ def _stats(times) -> dict[str, float]:
     return dict(time_s=statistics.median(t), time_s_p10=q[0], time_s_p90=q[-1])
 
 
-def grid(models: list[str], phases: list[str], batches: list[int], prompts: list[int],
-         contexts: list[int], prefill_batches: list[int] | None = None) -> list[Config]:
+def grid(
+    models: list[str],
+    phases: list[str],
+    batches: list[int],
+    prompts: list[int],
+    contexts: list[int],
+    prefill_batches: list[int] | None = None,
+) -> list[Config]:
     """Every (model, phase, batch, length) combination (prefill may use its own batch sizes)."""
     out = []
     for m in models:
@@ -385,21 +488,38 @@ def grid(models: list[str], phases: list[str], batches: list[int], prompts: list
     return out
 
 
-def measure(configs: list[Config], out_dir: str | Path, device_name: str = "cpu", threads: int | None = 1,
-            dtype: str = "fp32", warmup: int = 3, repeats: int = 10, root: str = ".",
-            log=print, use_graphs: bool = True, min_time_s: float = 0.0) -> Path:
+def measure(
+    configs: list[Config],
+    out_dir: str | Path,
+    device_name: str = "cpu",
+    threads: int | None = 1,
+    dtype: str = "fp32",
+    warmup: int = 3,
+    repeats: int = 10,
+    root: str = ".",
+    log=print,
+    use_graphs: bool = True,
+    min_time_s: float = 0.0,
+) -> Path:
     """Measure every configuration; write `measurements.csv` and `environment.json` to `out_dir`."""
     device = get_device(device_name, threads, use_graphs)
     rows: list[dict[str, Any]] = []
     for cfg in configs:
         rows += measure_config(device, cfg, dtype, warmup, repeats, root, min_time_s=min_time_s)
         step = rows[_last_step(rows)]
-        log(f"{cfg.config_id:40s} {step['time_s'] * 1e3:9.3f} ms  (p10 {step['time_s_p10'] * 1e3:.3f}, "
-            f"p90 {step['time_s_p90'] * 1e3:.3f})  peak {step['peak_memory_bytes'] / 1e6:.1f} MB")
+        log(
+            f"{cfg.config_id:40s} {step['time_s'] * 1e3:9.3f} ms  (p10 {step['time_s_p10'] * 1e3:.3f}, "
+            f"p90 {step['time_s_p90'] * 1e3:.3f})  peak {step['peak_memory_bytes'] / 1e6:.1f} MB"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(device.environment(), dtype=dtype, warmup=warmup, repeats=repeats,
-               configs=[c.config_id for c in configs])
+    env = dict(
+        device.environment(),
+        dtype=dtype,
+        warmup=warmup,
+        repeats=repeats,
+        configs=[c.config_id for c in configs],
+    )
     write_csv(rows, out / "measurements.csv")
     _atomic_write(out / "environment.json", json.dumps(env, indent=2) + "\n")
     return out / "measurements.csv"

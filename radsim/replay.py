@@ -164,6 +164,7 @@ def kv_entries(routes: StepRoutes) -> float:
 
 # ---- the models measured ----------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A model to measure: its shape (an `radsim.arch` spec name or scratch shape) and its routes."""
@@ -187,12 +188,18 @@ SPECS: dict[str, ModelSpec] = {
     for s in [
         ModelSpec("scratch-seq", "sequential", "scratch"),
         ModelSpec("scratch-radial", "radial", "scratch", trace="traces/radial-scratch.parquet", max_steps=12),
-        ModelSpec("scratch-radial-p05", "radial", "scratch", trace="traces/radial-scratch-p05.parquet",
-                  max_steps=12),
+        ModelSpec(
+            "scratch-radial-p05", "radial", "scratch", trace="traces/radial-scratch-p05.parquet", max_steps=12
+        ),
         ModelSpec("smollm2-seq", "sequential", "smollm2-135m", rope_theta=100000.0),
-        ModelSpec("smollm2-radial", "radial", "smollm2-135m",
-                  trace="traces/smollm2-135m-radial-distill-tau0.27.parquet", max_steps=30,
-                  rope_theta=100000.0),
+        ModelSpec(
+            "smollm2-radial",
+            "radial",
+            "smollm2-135m",
+            trace="traces/smollm2-135m-radial-distill-tau0.27.parquet",
+            max_steps=30,
+            rope_theta=100000.0,
+        ),
         ModelSpec("smollm2-half", "radial", "smollm2-135m", depth_fraction=0.5, rope_theta=100000.0),
         ModelSpec("tiny-seq", "sequential", "tiny"),
         ModelSpec("tiny-radial", "radial", "tiny", depth_fraction=0.5),
@@ -206,22 +213,31 @@ def spec_arch(spec: ModelSpec):
 
     shapes = {
         # configs/dense-scratch.toml and radial-scratch.toml: d 192, 8 layers, 6 heads over 2 KV heads
-        "scratch": dict(hidden_size=192, num_layers=8, num_heads=6, num_kv_heads=2, ffn_size=512,
-                        vocab_size=8192),
+        "scratch": dict(
+            hidden_size=192, num_layers=8, num_heads=6, num_kv_heads=2, ffn_size=512, vocab_size=8192
+        ),
         # a CI-sized model: measured in seconds
-        "tiny": dict(hidden_size=64, num_layers=4, num_heads=4, num_kv_heads=2, ffn_size=128,
-                     vocab_size=512),
+        "tiny": dict(hidden_size=64, num_layers=4, num_heads=4, num_kv_heads=2, ffn_size=128, vocab_size=512),
     }
     if spec.arch not in shapes:
         return load_arch(spec.arch)
-    return Arch(name=spec.arch, source="radsim.replay.spec_arch", head_dim=shapes[spec.arch]["hidden_size"]
-                // shapes[spec.arch]["num_heads"], ffn_kind="swiglu", norm_kind="rmsnorm",
-                tied_embeddings=True, max_position_embeddings=4096, position_embedding="rope",
-                linear_bias=False, **shapes[spec.arch])
+    return Arch(
+        name=spec.arch,
+        source="radsim.replay.spec_arch",
+        head_dim=shapes[spec.arch]["hidden_size"] // shapes[spec.arch]["num_heads"],
+        ffn_kind="swiglu",
+        norm_kind="rmsnorm",
+        tied_embeddings=True,
+        max_position_embeddings=4096,
+        position_embedding="rope",
+        linear_bias=False,
+        **shapes[spec.arch],
+    )
 
 
-def step_routes(spec: ModelSpec, phase: str, batch: int, tokens: int, seed: int = 0,
-                root: str = ".") -> StepRoutes:
+def step_routes(
+    spec: ModelSpec, phase: str, batch: int, tokens: int, seed: int = 0, root: str = "."
+) -> StepRoutes:
     """Routes of one step: `tokens` is the prompt (prefill) or the context (decode) per sequence."""
     arch = spec_arch(spec)
     length = tokens if phase == "prefill" else tokens + 1

@@ -61,8 +61,12 @@ class CudaTimer(Timer):
 class PowerSampler:
     """A thread that reads power (W) every `interval_s` and integrates it over time (trapezoids)."""
 
-    def __init__(self, read_W: Callable[[], float], interval_s: float = 0.01,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        read_W: Callable[[], float],
+        interval_s: float = 0.01,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         if interval_s <= 0:
             raise ValueError('"interval_s" must be > 0.')
         self._read, self._interval, self._clock = read_W, interval_s, clock

@@ -85,9 +85,16 @@ def predict_config(hw: Hardware, rows: list[dict[str, str]]) -> dict[str, Any]:
     weights = weights_bytes(arch, exe)
     kv = kv_entries * kv_entry_bytes(arch, exe)
     act = activation_bytes(arch, exe, new_total, batch)
-    return dict(time_s=sum(slots) + embed + rest, slots=slots, embed_s=embed, head_s=rest,
-                peak_memory_bytes=weights + kv + act, weights_bytes=weights, kv_cache_bytes=kv,
-                activation_bytes=act)
+    return dict(
+        time_s=sum(slots) + embed + rest,
+        slots=slots,
+        embed_s=embed,
+        head_s=rest,
+        peak_memory_bytes=weights + kv + act,
+        weights_bytes=weights,
+        kv_cache_bytes=kv,
+        activation_bytes=act,
+    )
 
 
 def ape(predicted: float, measured: float) -> float:
@@ -95,8 +102,9 @@ def ape(predicted: float, measured: float) -> float:
     return abs(predicted - measured) / measured * 100.0
 
 
-def error_table(hw: Hardware, rows: list[dict[str, str]], split: dict[str, str] | None = None
-                ) -> list[dict[str, Any]]:
+def error_table(
+    hw: Hardware, rows: list[dict[str, str]], split: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """One row per configuration: measured and predicted step time and memory, their errors, split."""
     configs = group_configs(rows)
     split = split or split_configs(configs)
@@ -108,17 +116,27 @@ def error_table(hw: Hardware, rows: list[dict[str, str]], split: dict[str, str] 
         measured_m = float(step["peak_memory_bytes"])
         slot_rows = [r for r in group if r["scope"] == "slot"]
         layer_err = [ape(p, float(r["time_s"])) for p, r in zip(pred["slots"], slot_rows, strict=True)]
-        out.append(dict(
-            config_id=cid, model=step["model"], kind=step["kind"], phase=step["phase"],
-            batch=int(step["batch"]), tokens=int(step["tokens"]), split=split[cid],
-            measured_s=measured_t, predicted_s=pred["time_s"], time_ape=ape(pred["time_s"], measured_t),
-            spread=(float(step["time_s_p90"]) - float(step["time_s_p10"])) / measured_t * 100.0,
-            layer_ape_median=float(np.median(layer_err)) if layer_err else float("nan"),
-            measured_memory_bytes=measured_m, predicted_memory_bytes=pred["peak_memory_bytes"],
-            memory_ape=ape(pred["peak_memory_bytes"], measured_m),
-            measured_activation_bytes=float(step["activation_bytes"]),
-            predicted_activation_bytes=pred["activation_bytes"],
-        ))
+        out.append(
+            dict(
+                config_id=cid,
+                model=step["model"],
+                kind=step["kind"],
+                phase=step["phase"],
+                batch=int(step["batch"]),
+                tokens=int(step["tokens"]),
+                split=split[cid],
+                measured_s=measured_t,
+                predicted_s=pred["time_s"],
+                time_ape=ape(pred["time_s"], measured_t),
+                spread=(float(step["time_s_p90"]) - float(step["time_s_p10"])) / measured_t * 100.0,
+                layer_ape_median=float(np.median(layer_err)) if layer_err else float("nan"),
+                measured_memory_bytes=measured_m,
+                predicted_memory_bytes=pred["peak_memory_bytes"],
+                memory_ape=ape(pred["peak_memory_bytes"], measured_m),
+                measured_activation_bytes=float(step["activation_bytes"]),
+                predicted_activation_bytes=pred["activation_bytes"],
+            )
+        )
     return out
 
 
@@ -134,33 +152,50 @@ def summary(table: list[dict[str, Any]], which: str = "validate") -> list[dict[s
         t = np.array([r["time_ape"] for r in rs])
         m = np.array([r["memory_ape"] for r in rs])
         layer = np.array([r["layer_ape_median"] for r in rs])
-        out.append(dict(phase=phase, kind=kind, configs=len(rs), time_ape_median=float(np.median(t)),
-                        time_ape_p90=float(np.percentile(t, 90)),
-                        layer_ape_median=float(np.nanmedian(layer)),
-                        memory_ape_median=float(np.median(m)), memory_ape_p90=float(np.percentile(m, 90))))
+        out.append(
+            dict(
+                phase=phase,
+                kind=kind,
+                configs=len(rs),
+                time_ape_median=float(np.median(t)),
+                time_ape_p90=float(np.percentile(t, 90)),
+                layer_ape_median=float(np.nanmedian(layer)),
+                memory_ape_median=float(np.median(m)),
+                memory_ape_p90=float(np.percentile(m, 90)),
+            )
+        )
     return out
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the summary."""
-    lines = ["| phase | model kind | configs | step time median APE | p90 APE | per-layer median APE "
-             "| peak memory median APE | p90 APE |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| phase | model kind | configs | step time median APE | p90 APE | per-layer median APE "
+        "| peak memory median APE | p90 APE |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['phase']} | {r['kind']} | {r['configs']} | {r['time_ape_median']:.1f}% | "
-                     f"{r['time_ape_p90']:.1f}% | {r['layer_ape_median']:.1f}% | "
-                     f"{r['memory_ape_median']:.2f}% | {r['memory_ape_p90']:.2f}% |")
+        lines.append(
+            f"| {r['phase']} | {r['kind']} | {r['configs']} | {r['time_ape_median']:.1f}% | "
+            f"{r['time_ape_p90']:.1f}% | {r['layer_ape_median']:.1f}% | "
+            f"{r['memory_ape_median']:.2f}% | {r['memory_ape_p90']:.2f}% |"
+        )
     return "\n".join(lines)
 
 
 def format_table(table: list[dict[str, Any]]) -> str:
     """A Markdown table of every configuration."""
-    lines = ["| configuration | split | measured ms | predicted ms | APE | spread p10-p90 | "
-             "memory MB measured | predicted | APE |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| configuration | split | measured ms | predicted ms | APE | spread p10-p90 | "
+        "memory MB measured | predicted | APE |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in table:
         lines.append(
             f"| {r['config_id']} | {r['split']} | {r['measured_s'] * 1e3:.3f} | {r['predicted_s'] * 1e3:.3f} | "
             f"{r['time_ape']:.1f}% | {r['spread']:.1f}% | {r['measured_memory_bytes'] / 1e6:.2f} | "
-            f"{r['predicted_memory_bytes'] / 1e6:.2f} | {r['memory_ape']:.2f}% |")
+            f"{r['predicted_memory_bytes'] / 1e6:.2f} | {r['memory_ape']:.2f}% |"
+        )
     return "\n".join(lines)
 
 
@@ -174,18 +209,36 @@ def plot(table: list[dict[str, Any]], out_stem: Path) -> list[Path]:
             rs = [r for r in table if r["split"] == split and r["phase"] == phase]
             if not rs:
                 continue
-            fig.add_trace(go.Scatter(
-                x=[r["measured_s"] * 1e3 for r in rs], y=[r["predicted_s"] * 1e3 for r in rs],
-                mode="markers", name=f"{phase} ({split})", text=[r["config_id"] for r in rs],
-                marker=dict(symbol=symbol, size=9, opacity=1.0 if split == "validate" else 0.4)))
+            fig.add_trace(
+                go.Scatter(
+                    x=[r["measured_s"] * 1e3 for r in rs],
+                    y=[r["predicted_s"] * 1e3 for r in rs],
+                    mode="markers",
+                    name=f"{phase} ({split})",
+                    text=[r["config_id"] for r in rs],
+                    marker=dict(symbol=symbol, size=9, opacity=1.0 if split == "validate" else 0.4),
+                )
+            )
     lo = min(min(r["measured_s"], r["predicted_s"]) for r in table) * 1e3 * 0.8
     hi = max(max(r["measured_s"], r["predicted_s"]) for r in table) * 1e3 * 1.25
     for f, dash in ((1.0, "solid"), (1.1, "dot"), (1 / 1.1, "dot")):
-        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo * f, hi * f], mode="lines", showlegend=f == 1.0,
-                                 name="y = x (dotted: +-10%)", line=dict(color="grey", dash=dash)))
-    fig.update_layout(title="radsim cost model: predicted vs measured step time",
-                      xaxis=dict(type="log", title="measured (ms)"), yaxis=dict(type="log", title="predicted (ms)"),
-                      width=800, height=700)
+        fig.add_trace(
+            go.Scatter(
+                x=[lo, hi],
+                y=[lo * f, hi * f],
+                mode="lines",
+                showlegend=f == 1.0,
+                name="y = x (dotted: +-10%)",
+                line=dict(color="grey", dash=dash),
+            )
+        )
+    fig.update_layout(
+        title="radsim cost model: predicted vs measured step time",
+        xaxis=dict(type="log", title="measured (ms)"),
+        yaxis=dict(type="log", title="predicted (ms)"),
+        width=800,
+        height=700,
+    )
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [out_stem.with_suffix(".html")]
     fig.write_html(paths[0], include_plotlyjs="cdn")
