@@ -136,23 +136,24 @@ class Simulation:
             self.env.process(self._serve(replica))
         self.env.run()
 
-    def _routes(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Route-book tokens of request i and their cumulative KV entries, drawn in blocks of requests."""
+    def _routes(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Route-book tokens of request i, their cumulative KV entries and its prompt's slot visits,
+        drawn in blocks of requests."""
         block, k = divmod(i, ROUTE_BLOCK)
         if block != self._block:
             chunk = self.requests[block * ROUTE_BLOCK : (block + 1) * ROUTE_BLOCK]
-            lengths = np.array([r.prompt_tokens + r.output_tokens for r in chunk], dtype=np.int64)
-            tokens, offsets = self.routes.assign_many(self.rng, lengths)
+            prompts = np.array([r.prompt_tokens for r in chunk], dtype=np.int64)
+            lengths = prompts + np.array([r.output_tokens for r in chunk], dtype=np.int64)
+            tokens, offsets, visits = self.routes.assign_with_prefixes(self.rng, lengths, prompts)
             cum = self.replicas[0].scheduler.entries_cumsum(tokens)
-            self._block, self._block_routes = block, (tokens, cum, offsets, lengths)
-        tokens, cum, offsets, lengths = self._block_routes
+            self._block, self._block_routes = block, (tokens, cum, offsets, lengths, visits)
+        tokens, cum, offsets, lengths, visits = self._block_routes
         a, n = int(offsets[k]), int(lengths[k])
         base = cum[a - 1] if a else 0
-        return tokens[a : a + n], cum[a : a + n] - base
+        return tokens[a : a + n], cum[a : a + n] - base, visits[k]
 
     def _deliver(self, replica: Replica, i: int) -> None:
-        request = self.requests[i]
-        replica.scheduler.arrive(request, *self._routes(i))
+        replica.scheduler.arrive(self.requests[i], *self._routes(i))
 
     def _arrivals(self):
         """Several replicas: each arrival joins the replica with the fewest requests in the system."""

@@ -61,6 +61,25 @@ class RouteBook:
         Each request takes random whole sequences in turn, the last cut to its length; requests
         draw from one stream of sequences, in order, so the result depends only on `rng`.
         """
+        tokens, offsets, _ = self._assign(rng, lengths, None)
+        return tokens, offsets
+
+    def assign_with_prefixes(
+        self, rng: np.random.Generator, lengths: np.ndarray, prefixes: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`assign_many`, plus each request's slot visits summed over its first `prefixes` tokens."""
+        tokens, offsets, visits = self._assign(rng, lengths, np.asarray(prefixes, dtype=np.int64))
+        assert visits is not None
+        return tokens, offsets, visits
+
+    @cached_property
+    def cum_slots(self) -> np.ndarray:
+        """(tokens + 1, W) slot visits of the tokens before each token, in book order (float64: exact)."""
+        cum = np.zeros((self.slots.shape[0] + 1, self.slots.shape[1]))
+        np.cumsum(self.slots, axis=0, out=cum[1:])
+        return cum
+
+    def _assign(self, rng: np.random.Generator, lengths: np.ndarray, prefixes: np.ndarray | None):
         lengths = np.asarray(lengths, dtype=np.int64)
         seq_len = self._seq_ends - self.seq_starts
         need = int(lengths.sum())
@@ -83,7 +102,15 @@ class RouteBook:
         size[last - 1] = lengths - (covered[last - 1] - covered[first])  # the last sequence is cut
         start = np.cumsum(size) - size
         tokens = np.arange(need) + np.repeat(self.seq_starts[used] - start, size)
-        return tokens, np.cumsum(lengths) - lengths
+        visits = None
+        if prefixes is not None:  # each sequence's share of its request's prefix, from cumulative counts
+            owner = np.repeat(np.arange(lengths.size), last - first)
+            offset = start - start[first][owner]  # where the sequence begins in its request
+            take = np.clip(prefixes[owner] - offset, 0, size)
+            begin = self.seq_starts[used]
+            diff = self.cum_slots[begin + take] - self.cum_slots[begin]
+            visits = np.add.reduceat(diff, first, axis=0)
+        return tokens, np.cumsum(lengths) - lengths, visits
 
     @cached_property
     def _seq_ends(self) -> np.ndarray:

@@ -24,6 +24,7 @@ import heapq
 from collections import deque
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -64,6 +65,19 @@ class Finished:
     first_token_at: float
     done_at: float
     preemptions: int
+
+
+class Queued(NamedTuple):
+    """A request in the queue, with what it keeps across a preemption."""
+
+    request: Request
+    tokens: np.ndarray  # route-book token of each position
+    generated: int  # tokens generated before (recomputed when admitted)
+    first_token_at: float
+    last_token_at: float
+    preemptions: int
+    cum_entries: np.ndarray  # cumulative KV entries of its positions
+    prompt_visits: np.ndarray | None  # (W,) slot visits summed over the prompt
 
 
 @dataclass
@@ -148,8 +162,7 @@ class Scheduler:
             entries[:, : book.num_layers] = 1.0
         self.token_entries = entries  # (tokens, W) KV entries a token adds per slot
         self._slots_f64 = book.slots.astype(np.float64)
-        self._book_cum = np.zeros((book.slots.shape[0] + 1, w))  # float64: exact counts, no casts
-        np.cumsum(book.slots, axis=0, out=self._book_cum[1:])
+        self._book_cum = book.cum_slots
         self._entries_per_token = entries.sum(axis=1).astype(np.int64)  # integer sums are fast
         self.held = np.zeros((n, w))  # KV entries per row and slot (see shared_first_pass)
         self.context = np.zeros(n, dtype=np.int64)  # tokens of each row in the KV cache
@@ -169,8 +182,8 @@ class Scheduler:
         self._planned_at = 0.0  # when the current iteration was planned
         self.admitted_at = np.full(n, np.nan)
         self.cum_entries: list[np.ndarray | None] = [None] * n
-        # waiting: request, routes, generated, first and last token times, preemptions, cumulative KV entries
-        self.waiting: deque[tuple[Request, np.ndarray, int, float, float, int, np.ndarray]] = deque()
+        self.waiting: deque[Queued] = deque()
+        self.prompt_visits: list[np.ndarray | None] = [None] * n  # (W,) slot visits of each row's prompt
         self.done: list[Finished] = []
         self.entries_used = 0.0
         self._gaps: list[np.ndarray] = []  # inter-token gaps not yet in the histogram
@@ -223,11 +236,18 @@ class Scheduler:
         """Cumulative KV entries of a run of route-book tokens."""
         return np.cumsum(self._entries_per_token.take(tokens))
 
-    def arrive(self, request: Request, tokens: np.ndarray, cum: np.ndarray | None = None) -> None:
+    def arrive(
+        self,
+        request: Request,
+        tokens: np.ndarray,
+        cum: np.ndarray | None = None,
+        prompt_visits: np.ndarray | None = None,
+    ) -> None:
         """A request joins the queue with its token routes; it must fit in the KV cache alone.
 
         `cum`, the cumulative KV entries of its positions (`entries_cumsum`), is computed if not given;
-        admission needs are lookups in it from here on.
+        admission needs are lookups in it from here on. `prompt_visits`, the slot visits summed
+        over the prompt, spare summing them when the prompt is prefilled in one chunk.
         """
         if cum is None:
             cum = self.entries_cumsum(tokens)
@@ -238,7 +258,7 @@ class Scheduler:
                 f"{need * self.entry_bytes / 1e9:.2f} GB of KV cache; only "
                 f"{self.capacity_entries * self.entry_bytes / 1e9:.2f} GB fit next to the weights"
             )
-        self.waiting.append((request, tokens, 0, np.nan, np.nan, 0, cum))
+        self.waiting.append(Queued(request, tokens, 0, np.nan, np.nan, 0, cum, prompt_visits))
 
     # -- planning ------------------------------------------------------------------------------
     def next_batch(self, now: float) -> Batch | None:
@@ -269,8 +289,8 @@ class Scheduler:
 
     def _admit(self, now: float, chunks: dict[int, int], budget: int, busy: bool) -> None:
         while self.waiting and budget > 0 and self._free_rows:
-            request, _, generated, _, _, _, cum = self.waiting[0]
-            need = cum[request.prompt_tokens + generated - 1]
+            head = self.waiting[0]
+            need = head.cum_entries[head.request.prompt_tokens + head.generated - 1]
             if self.entries_used + need > self.capacity_entries:
                 return
             row = self._place(now)
@@ -279,16 +299,17 @@ class Scheduler:
     def _admit_static(self, now: float) -> None:
         entries = self.entries_used
         while self.waiting and self._free_rows:
-            request, _, _, _, _, _, cum = self.waiting[0]
-            need = cum[request.prompt_tokens + request.output_tokens - 2]
+            head = self.waiting[0]
+            need = head.cum_entries[head.request.prompt_tokens + head.request.output_tokens - 2]
             if entries + need > self.capacity_entries:
                 return
             entries += need
             self._place(now)
 
     def _place(self, now: float) -> int:
-        request, tokens, generated, first, last, preemptions, cum = self.waiting.popleft()
+        request, tokens, generated, first, last, preemptions, cum, prompt_visits = self.waiting.popleft()
         row = heapq.heappop(self._free_rows)  # the lowest free row
+        self.prompt_visits[row] = prompt_visits
         self.cum_entries[row] = cum
         self.active[row] = True
         self.phase[row] = PREFILLING
@@ -336,7 +357,9 @@ class Scheduler:
             self._planned_at if decoding else float(self.last_token_at[row]),
             int(self.preemptions[row]) + 1,
         )
-        self.waiting.appendleft((request, self.routes[row, :length].copy(), *state, cum))
+        self.waiting.appendleft(
+            Queued(request, self.routes[row, :length].copy(), *state, cum, self.prompt_visits[row])
+        )
         self._free(row)
 
     def _free(self, row: int) -> None:
@@ -350,6 +373,7 @@ class Scheduler:
         self.phase[row] = FREE
         self.request[row] = None
         self.cum_entries[row] = None
+        self.prompt_visits[row] = None
 
     def _batch(self, decode: np.ndarray, chunks: dict[int, int]) -> Batch:
         context_decode = self.context[decode]
@@ -364,7 +388,19 @@ class Scheduler:
         if chunks:
             rows, sizes = np.array(list(chunks)), np.array(list(chunks.values()))
             parts = [self._chunk(r, n) for r, n in chunks.items()]
-            chunk_visits = self._chunk_visits(parts[0] if len(parts) == 1 else np.concatenate(parts), sizes)
+            whole = [
+                known
+                for r, n in chunks.items()
+                if (known := self.prompt_visits[r]) is not None
+                and n == self.prompt[r]
+                and not self.context[r]
+            ]
+            if len(whole) == len(chunks):  # whole prompts in one chunk each: their visits are known
+                chunk_visits = np.array(whole, dtype=np.float64)
+            else:
+                chunk_visits = self._chunk_visits(
+                    parts[0] if len(parts) == 1 else np.concatenate(parts), sizes
+                )
             entries = self._entries(chunk_visits, sizes)
             new_entries += float(np.add.reduce(entries, axis=None))
             context, target = self.context, self.target

@@ -64,3 +64,13 @@ def test_parametric_depth_and_reuse():
     assert (seq.slots == 1).all() and seq.steps[0].tolist() == [0, 1, 2, 3, 4, 5]
     with pytest.raises(ConfigError, match="depth fraction"):
         parametric(8, 0.0)
+
+
+def test_prefix_visits_equal_direct_sums():
+    book = parametric(6, 0.5, reuse_prob=0.3, seed=2, sequences=5, seq_len=7)
+    lengths, prefixes = np.array([9, 3, 15, 1, 7, 14]), np.array([5, 3, 0, 1, 7, 9])
+    tokens, offsets, visits = book.assign_with_prefixes(np.random.default_rng(0), lengths, prefixes)
+    same, _ = book.assign_many(np.random.default_rng(0), lengths)
+    np.testing.assert_array_equal(tokens, same)  # the prefixes do not change the draw
+    for i, (a, p) in enumerate(zip(offsets, prefixes, strict=True)):
+        np.testing.assert_array_equal(visits[i], book.slots[tokens[a : a + p]].sum(axis=0))
