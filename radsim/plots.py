@@ -495,7 +495,7 @@ def write_figures(
         for name, fig in figures.items():
             path = out / f"{name}.html"
             tmp = out / f".{name}.{os.getpid()}.html"
-            fig.write_html(tmp, include_plotlyjs="directory", full_html=True)
+            fig.write_html(tmp, include_plotlyjs="directory", full_html=True, div_id=name)  # stable ids
             os.replace(tmp, path)
             written.append(path)
     if "png" in formats and figures:

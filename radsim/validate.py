@@ -241,7 +241,7 @@ def plot(table: list[dict[str, Any]], out_stem: Path) -> list[Path]:
     )
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [out_stem.with_suffix(".html")]
-    fig.write_html(paths[0], include_plotlyjs="cdn")
+    fig.write_html(paths[0], include_plotlyjs="cdn", div_id="predicted-vs-measured")  # stable across runs
     try:
         fig.write_image(out_stem.with_suffix(".png"))
         paths.append(out_stem.with_suffix(".png"))
