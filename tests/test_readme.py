@@ -27,8 +27,9 @@ def _run(capsys, command: str) -> str:
 
 
 def test_readme_commands_are_the_shipped_defaults():
-    main_command = re.search(r"```bash\n(pip install -e \. && radsim estimate .*)\n```", README)
+    main_command = re.search(r"```bash\n(.*pip install -e \. && radsim study run (studies/\S+\.toml) --plot)\n```", README)
     assert main_command, "README lost its main command"
+    assert (Path(__file__).resolve().parent.parent / main_command.group(2)).is_file()
     test_command = re.search(r"```bash\n(pip install torch==2\.13\.0 && .*pytest)\n```", README)
     assert test_command, "README lost its test command"
     ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
