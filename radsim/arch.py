@@ -1,7 +1,16 @@
 """Architecture specs of transformer decoders, one TOML file per model in `radsim/archs/`.
 
-Each file transcribes a published `config.json` (its URL is the file's `source`). `Arch` derives
-what the cost model needs: parameter counts per layer and in total, and KV-cache entry sizes.
+Each file transcribes a published `config.json` (its URL is the file's `source`), or derives a
+variant from one (DLO's expanded layer stack, a Finedeep split of the MLP), with the derivation in
+its comments. `Arch` derives what the cost model needs: parameter counts per layer and in total,
+and KV-cache entry sizes.
+
+The MLP is dense by default. Finedeep (arXiv 2502.12928) splits it into `ffn_sublayers` (M)
+sub-layers of `ffn_experts_per_sublayer` (K) small experts each, every expert an MLP of
+`ffn_expert_size` hidden units of the layer's `ffn_kind`, all of them active; `ffn_size` is then
+the sum of the experts' widths, M x K x `ffn_expert_size`. Each sub-layer has an output-guided
+sigmoid router (one d-vector per expert: d x K weights) and, from the second sub-layer on, its own
+normalisation and residual connection.
 """
 
 from __future__ import annotations
@@ -40,6 +49,10 @@ class Arch:
     linear_bias: bool
     # OPT-350m projects 512-wide embeddings up to the 1024-wide model; 0 means no projection.
     embed_proj_dim: int = 0
+    # Finedeep's MLP structure (module docstring); 1, 1, 0 is the dense MLP (expert = ffn_size).
+    ffn_sublayers: int = 1
+    ffn_experts_per_sublayer: int = 1
+    ffn_expert_size: int = 0  # 0: ffn_size / (sublayers x experts)
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -47,6 +60,29 @@ class Arch:
                 f"{self.name}: num_heads ({self.num_heads}) must be a multiple of "
                 f"num_kv_heads ({self.num_kv_heads})"
             )
+        if self.ffn_sublayers < 1 or self.ffn_experts_per_sublayer < 1 or self.ffn_expert_size < 0:
+            raise ConfigError(
+                f"{self.name}: ffn_sublayers and ffn_experts_per_sublayer must be >= 1 and "
+                f"ffn_expert_size >= 0"
+            )
+        experts = self.ffn_sublayers * self.ffn_experts_per_sublayer
+        if self.ffn_expert_size == 0:
+            if self.ffn_size % experts:
+                raise ConfigError(
+                    f"{self.name}: ffn_size ({self.ffn_size}) must be a multiple of ffn_sublayers x "
+                    f"ffn_experts_per_sublayer ({experts}), or give ffn_expert_size"
+                )
+            object.__setattr__(self, "ffn_expert_size", self.ffn_size // experts)
+        elif self.ffn_expert_size * experts != self.ffn_size:
+            raise ConfigError(
+                f"{self.name}: ffn_size ({self.ffn_size}) must equal ffn_sublayers x "
+                f"ffn_experts_per_sublayer x ffn_expert_size ({experts} x {self.ffn_expert_size})"
+            )
+
+    @property
+    def finedeep(self) -> bool:
+        """Whether the MLP is split into experts (more than one sub-layer or expert)."""
+        return self.ffn_sublayers * self.ffn_experts_per_sublayer > 1
 
     @property
     def q_width(self) -> int:
@@ -72,11 +108,20 @@ class Arch:
         return weights + bias
 
     @property
+    def expert_params(self) -> int:
+        """Parameters of one expert (the whole MLP when dense)."""
+        d, e = self.hidden_size, self.ffn_expert_size
+        bias = ((self.ffn_matrices - 1) * e + d) if self.linear_bias else 0
+        return self.ffn_matrices * d * e + bias
+
+    @property
     def mlp_params(self) -> int:
-        """Parameters of one layer's MLP."""
-        d, f = self.hidden_size, self.ffn_size
-        bias = ((self.ffn_matrices - 1) * f + d) if self.linear_bias else 0
-        return self.ffn_matrices * d * f + bias
+        """Parameters of one layer's MLP: its experts, and for Finedeep the routers and sub-layer norms."""
+        m, k = self.ffn_sublayers, self.ffn_experts_per_sublayer
+        if not self.finedeep:
+            return self.expert_params
+        router = self.hidden_size * k  # one d-vector per expert (output-guided sigmoid gate)
+        return m * (k * self.expert_params + router) + (m - 1) * self.norm_params
 
     @property
     def norm_params(self) -> int:
@@ -141,7 +186,13 @@ _REQUIRED: dict[str, type] = {
     "position_embedding": str,
     "linear_bias": bool,
 }
-_OPTIONAL: dict[str, type] = {"head_dim": int, "embed_proj_dim": int}
+_OPTIONAL: dict[str, type] = {
+    "head_dim": int,
+    "embed_proj_dim": int,
+    "ffn_sublayers": int,
+    "ffn_experts_per_sublayer": int,
+    "ffn_expert_size": int,
+}
 _CHOICES = {"ffn_kind": FFN_KINDS, "norm_kind": NORM_KINDS, "position_embedding": POSITION_KINDS}
 
 
@@ -192,4 +243,7 @@ def parse_arch(raw: dict[str, Any], path: Path) -> Arch:
         values["head_dim"] = raw["hidden_size"] // raw["num_heads"]
     if raw["num_heads"] % raw["num_kv_heads"]:
         raise ConfigError(f"{path}: 'num_heads' must be a multiple of 'num_kv_heads'")
-    return Arch(**values)
+    try:
+        return Arch(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

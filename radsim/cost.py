@@ -14,6 +14,16 @@ layer's KV cache (`kv_policy`) decides which rows each operator processes:
 - ``none``: skipped tokens write no K/V; later tokens attend only to the tokens that visited.
 - ``copy``: skipped tokens' K/V are projected from their current hidden state (CALM-style).
 - ``compute``: attention runs for every token, only the MLP is skipped (DLO's default).
+
+A Finedeep MLP (`Arch.finedeep`) is M sub-layers run one after another, each K small expert MLPs on
+the same input, an output-guided sigmoid router (a rows x d x K GEMM and the sigmoid) and the
+weighted sum of the experts' outputs with the residual; sub-layers after the first normalise their
+input first. Every expert GEMM is padded to the library tile on its own, so small experts waste
+tensor-core work, and `Execution.expert_launch` says how the experts are launched: ``per_expert``
+(the default, as a PyTorch module list runs them: gate/up GEMM, activation and down GEMM per
+expert, then one combination kernel) or ``grouped`` (one grouped GEMM for all gate/up projections
+of a sub-layer, one activation, one grouped down GEMM, as a MoE runtime's grouped-GEMM kernel
+would). Everything sits in the `mlp` operator, so the operator list is the same for every MLP.
 """
 
 from __future__ import annotations
@@ -25,7 +35,9 @@ import numpy as np
 from radsim.arch import Arch
 from radsim.errors import ConfigError
 from radsim.hardware import Hardware
+from radsim.power import op_energy_J
 from radsim.kernels import (
+    ADDITIVE,
     Cost,
     KernelCost,
     allreduce,
@@ -39,6 +51,7 @@ from radsim.kernels import (
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0}
 KV_POLICIES = ("none", "copy", "compute")
+EXPERT_LAUNCHES = ("per_expert", "grouped")
 OPS = (
     "attn_norm",
     "qkv",
@@ -65,8 +78,13 @@ class Execution:
     tp: int = 1
     kv_policy: str = "none"
     routed: bool = False  # a router runs after every visit and visitors are gathered/scattered
+    expert_launch: str = "per_expert"  # Finedeep experts: one launch each, or grouped per sub-layer
 
     def __post_init__(self) -> None:
+        if self.expert_launch not in EXPERT_LAUNCHES:
+            raise ConfigError(
+                f"expert_launch '{self.expert_launch}'; allowed: {', '.join(EXPERT_LAUNCHES)}"
+            )
         if self.dtype not in DTYPE_BYTES:
             raise ConfigError(f"dtype '{self.dtype}' not supported; allowed: {', '.join(DTYPE_BYTES)}")
         if self.kv_policy not in KV_POLICIES:
@@ -228,7 +246,11 @@ def row_ops(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> list[K
         gemm(hw, peak, load.q_rows, d, q_width, wb, ab, res),
         allreduce(hw, load.q_rows, d, ab, tp),
         elementwise(hw, load.mlp_rows, d, NORM_FLOPS_PER_ELEMENT, ab, reads=2.0, resident=res),
-        _mlp(hw, peak, load.mlp_rows, d, ffn, up_width, arch.ffn_kind, wb, ab, res),
+        (
+            _finedeep_mlp(hw, arch, exe, load.mlp_rows, res)
+            if arch.finedeep
+            else _mlp(hw, peak, load.mlp_rows, d, ffn, up_width, arch.ffn_kind, wb, ab, res)
+        ),
         allreduce(hw, load.mlp_rows, d, ab, tp),
         _router(hw, arch, exe, load.visitors),
         _gather_scatter(hw, arch, exe, load.visitors),
@@ -236,10 +258,10 @@ def row_ops(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> list[K
 
 
 def _check_tp(arch: Arch, exe: Execution) -> None:
-    if arch.num_heads % exe.tp or arch.ffn_size % exe.tp:
+    if arch.num_heads % exe.tp or arch.ffn_size % exe.tp or arch.ffn_expert_size % exe.tp:
         raise ConfigError(
-            f"tp={exe.tp} must divide num_heads ({arch.num_heads}) and ffn_size ({arch.ffn_size}) "
-            f"of {arch.name}"
+            f"tp={exe.tp} must divide num_heads ({arch.num_heads}), ffn_size ({arch.ffn_size}) and "
+            f"ffn_expert_size ({arch.ffn_expert_size}) of {arch.name}"
         )
 
 
@@ -252,6 +274,47 @@ def _mlp(hw, peak, rows, d, ffn, up_width, ffn_kind, wb, ab, res=False) -> Kerne
         gemm(hw, peak, rows, d, ffn, wb, ab, res),
     ]
     return sum_kernels(parts)
+
+
+def _finedeep_mlp(hw: Hardware, arch: Arch, exe: Execution, rows, res: bool) -> KernelCost:
+    """Finedeep's MLP: M sub-layers of K experts, each with its router and weighted combination.
+
+    Each expert is split column-wise across the TP group like a dense MLP; the routers (d x K) are
+    replicated and score the local expert outputs (their partial sums are all-reduced with the MLP's).
+    """
+    d, k, m = arch.hidden_size, arch.ffn_experts_per_sublayer, arch.ffn_sublayers
+    e = arch.ffn_expert_size // exe.tp
+    up = e * (2 if arch.ffn_kind == "swiglu" else 1)
+    ab, wb, peak = exe.act_bytes, exe.weight_bytes, exe.gemm_peak_flops(hw)
+    act_reads = 2.0 if arch.ffn_kind == "swiglu" else 1.0
+    kernels = [
+        gemm(hw, peak, rows, up, d, wb, ab, res),
+        elementwise(hw, rows, e, ACT_FLOPS_PER_ELEMENT, ab, reads=act_reads, resident=res),
+        gemm(hw, peak, rows, d, e, wb, ab, res),
+    ]
+    if exe.expert_launch == "per_expert":
+        experts = kernels * k
+    else:  # a grouped GEMM is one launch over K problems, each still padded to the tile on its own
+        experts = [_grouped(hw, kernel, k) for kernel in kernels]
+    router = gemm(hw, peak, rows, k, d, wb, ab, res)
+    gate = elementwise(hw, rows, k, ACT_FLOPS_PER_ELEMENT, ab, reads=1.0, resident=res)
+    # out = x + sum_k g_k y_k: reads the K outputs, the residual and the gates, writes one tensor
+    combine = elementwise(hw, rows, d, 2.0 * k + 1.0, ab, reads=k + 1.0, resident=res)
+    sublayer = sum_kernels([*experts, router, gate, combine])
+    norm = elementwise(hw, rows, d, NORM_FLOPS_PER_ELEMENT, ab, reads=2.0, resident=res)
+    return sum_kernels([sublayer] * m + [norm] * (m - 1))
+
+
+def _grouped(hw: Hardware, kernel: KernelCost, k: int) -> KernelCost:
+    """K copies of one kernel run as one grouped launch: K times the work, one launch overhead."""
+    fields = {f: getattr(kernel, f) * k for f in ADDITIVE}
+    runs = kernel.launches > 0
+    busy = np.maximum(np.maximum(fields["compute_time_s"], fields["memory_time_s"]), fields["link_time_s"])
+    fields["launches"] = kernel.launches
+    fields["time_s"] = np.where(runs, busy + kernel.launches * hw.kernel_launch_overhead_s, 0.0)
+    moved = sum(fields[f] for f in ("weight_bytes", "kv_read_bytes", "kv_write_bytes", "act_bytes"))
+    fields["energy_J"] = op_energy_J(hw, fields["time_s"], fields["flops"], kernel.peak_flops, moved)
+    return KernelCost(**fields, peak_flops=kernel.peak_flops)
 
 
 def _router(hw: Hardware, arch: Arch, exe: Execution, visitors) -> KernelCost:
