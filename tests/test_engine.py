@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from radsim.cost import Execution
 from radsim.engine import SimConfig, Simulation
+from radsim.errors import ConfigError
 from radsim.memory import activation_bytes, kv_entry_bytes, weights_bytes
 from radsim.metrics import SLO, summarize
 from radsim.money import Pricing
@@ -88,22 +89,26 @@ def test_chunked_prefill_respects_the_token_budget(toy_gpu, tiny_arch):
     assert [it.prefill_tokens for it in unchunked.timeline] == [10, 0]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     seed=st.integers(0, 10_000),
     n=st.integers(1, 12),
     max_batch=st.integers(1, 4),
     budget=st.integers(2, 16),
-    kv_tokens=st.integers(16, 64),
+    kv_tokens=st.integers(24, 64),  # the longest request (16 tokens, with reuse) fits alone
     depth=st.sampled_from([1.0, 0.5]),
+    reuse=st.sampled_from([0.0, 0.4]),
+    kv_policy=st.sampled_from(["none", "copy", "compute"]),
     policy=st.sampled_from(["continuous", "static"]),
     execution=st.sampled_from(["layer_major", "step_sync"]),
 )
 def test_invariants_on_random_workloads(
-    toy_gpu, tiny_arch, seed, n, max_batch, budget, kv_tokens, depth, policy, execution
+    toy_gpu, tiny_arch, seed, n, max_batch, budget, kv_tokens, depth, reuse, kv_policy, policy, execution
 ):
+    if kv_policy == "compute" and execution == "step_sync":
+        execution = "layer_major"  # refused up front (test_step_sync_refuses_the_compute_policy)
     rng = np.random.default_rng(seed)
-    exe = Execution("fp16", routed=depth < 1)
+    exe = Execution("fp16", kv_policy=kv_policy, routed=depth < 1 or reuse > 0)
     # memory for the weights, the activations and KV entries of only `kv_tokens` tokens: forces preemption
     fixed = weights_bytes(tiny_arch, exe) + activation_bytes(tiny_arch, exe, budget, max_batch)
     memory = (
@@ -115,7 +120,7 @@ def test_invariants_on_random_workloads(
     ]
     sched = SchedulerConfig(policy, max_batch, budget, True, memory_fraction=memory)
     cfg = SimConfig(toy_gpu, tiny_arch, exe, sched, execution_policy=execution, seed=seed)
-    book = parametric(tiny_arch.num_layers, depth, seed=seed, sequences=4, seq_len=8)
+    book = parametric(tiny_arch.num_layers, depth, reuse, seed=seed, sequences=4, seq_len=8)
 
     def run():
         sim = Simulation(cfg, book, requests)
@@ -161,3 +166,8 @@ def test_preemption_recomputes_and_everything_completes(toy_gpu, tiny_arch):
     assert scheduler.itl_sum == pytest.approx(span, rel=1e-9)
     # a preempted request recomputes its prompt and generated tokens: more prefill than prompts
     assert sum(it.prefill_tokens for it in sim.timeline) > 6 * 6
+
+
+def test_step_sync_refuses_the_compute_policy(toy_gpu, tiny_arch):
+    with pytest.raises(ConfigError, match="layer_major"):
+        SimConfig(toy_gpu, tiny_arch, Execution("fp16", kv_policy="compute"), execution_policy="step_sync")
