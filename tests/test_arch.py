@@ -73,3 +73,59 @@ def test_bad_arch_file_names_file_and_field(tmp_path, edit, message):
     with pytest.raises(ConfigError) as info:
         load_arch(path)
     assert "broken.toml" in str(info.value) and message in str(info.value)
+
+
+def test_finedeep_scratch_params_counted_by_hand():
+    arch = load_arch("finedeep-scratch")
+    assert (arch.ffn_sublayers, arch.ffn_experts_per_sublayer, arch.ffn_expert_size) == (4, 4, 32)
+    d, e = 192, 32
+    experts = 16 * 3 * d * e  # 16 SwiGLU experts of 32: the dense MLP's 3 x 192 x 512 weights
+    routers = 4 * d * 4  # one d-vector per expert
+    norms = 3 * d  # sub-layers 2-4 normalise their input
+    assert arch.mlp_params == experts + routers + norms == 298_560
+    attn = d * (192 + 2 * 64) + 192 * d
+    assert arch.layer_params == attn + arch.mlp_params + 2 * d
+    assert arch.total_params == 8 * arch.layer_params + 8192 * d + d == 4_751_040  # tied head
+
+
+def test_finedeep_8b_matches_dense_parameters_and_dlo_adds_layers():
+    dense = load_arch("llama3.1-8b")
+    finedeep = load_arch("llama3.1-8b-finedeep")
+    assert finedeep.ffn_expert_size * 16 == dense.ffn_size
+    assert finedeep.total_params - dense.total_params == 32 * (4 * 4096 * 4 + 3 * 4096)
+    assert finedeep.total_params == pytest.approx(dense.total_params, rel=5e-4)
+    dlo = load_arch("llama3.1-8b-dlo")
+    assert dlo.num_layers == 40 and dlo.total_params - dense.total_params == 8 * dense.layer_params
+    assert dlo.with_layers(32).total_params == dense.total_params
+    small = load_arch("smollm2-135m-dlo")
+    assert small.total_params - load_arch("smollm2-135m").total_params == 8 * small.layer_params
+
+
+def test_dense_default_is_one_expert():
+    arch = load_arch("llama3.1-8b")
+    assert (arch.ffn_sublayers, arch.ffn_experts_per_sublayer, arch.ffn_expert_size) == (1, 1, 14336)
+    assert not arch.finedeep and arch.mlp_params == 3 * 4096 * 14336
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("ffn_sublayers = 0", "'ffn_sublayers' must be positive"),
+        ("ffn_experts_per_sublayer = 2.0", "'ffn_experts_per_sublayer' must be an integer"),
+        ("ffn_sublayers = 5", "ffn_size (1536) must be a multiple of ffn_sublayers x ffn_experts_per_sublayer (5)"),
+        (
+            "ffn_sublayers = 4\nffn_experts_per_sublayer = 4\nffn_expert_size = 100",
+            "ffn_size (1536) must equal ffn_sublayers x ffn_experts_per_sublayer x ffn_expert_size",
+        ),
+        ("ffn_experts = 4", "unknown key(s) ['ffn_experts']"),
+    ],
+)
+def test_bad_finedeep_keys_name_file_and_field(tmp_path, edit, message):
+    from radsim.arch import ARCH_DIR
+
+    text = (ARCH_DIR / "smollm2-135m.toml").read_text() + edit + "\n"
+    path = tmp_path / "broken.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_arch(path)
+    assert "broken.toml" in str(info.value) and message in str(info.value)

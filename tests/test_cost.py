@@ -182,3 +182,92 @@ def test_allreduce_two_shot_on_scale_up_ring_over_pcie(hw_name, tp, steps):
     assert cost.op("mlp_allreduce") == pytest.approx(
         max(link_s, cost.op("mlp_allreduce", "memory_time_s")) + hw.kernel_launch_overhead_s
     )
+
+
+def _finedeep(arch, m=2, k=2):
+    from dataclasses import replace
+
+    return replace(arch, name="tiny-finedeep", ffn_sublayers=m, ffn_experts_per_sublayer=k, ffn_expert_size=0)
+
+
+@pytest.mark.parametrize("launch", ["per_expert", "grouped"])
+def test_finedeep_mlp_hand_counted(toy_gpu, tiny_arch, launch):
+    # 2 sub-layers of 2 SwiGLU experts of 32 (= 128 / 4) on d = 64; 4 rows (the hand batch)
+    arch = _finedeep(tiny_arch)
+    assert arch.ffn_expert_size == 32
+    cost = layer_cost(toy_gpu, arch, Execution("fp16", expert_launch=launch), _hand_batch())
+    rows, d, e, k, m = 4, 64, 32, 2, 2
+    expert = 2 * rows * (2 * e) * d + 5 * rows * e + 2 * rows * d * e  # gate/up, SiLU x up, down
+    router = 2 * rows * k * d + 5 * rows * k  # (d x K) logits, sigmoid
+    combine = (2 * k + 1) * rows * d  # x + sum_k g_k y_k
+    norm = 5 * rows * d
+    assert cost.op("mlp", "flops") == m * (k * expert + router + combine) + (m - 1) * norm
+    assert cost.op("mlp", "weight_bytes") == m * (k * (2 * e * d + d * e) + d * k) * 2
+    launches = m * (3 * k + 3) + (m - 1) if launch == "per_expert" else m * 6 + (m - 1)
+    assert cost.op("mlp", "launches") == launches
+    # every other operator is the dense layer's
+    dense = layer_cost(toy_gpu, tiny_arch, FP16, _hand_batch())
+    others = [i for i, name in enumerate(OPS) if name != "mlp"]
+    np.testing.assert_array_equal(cost.time_s[others], dense.time_s[others])
+
+
+def test_finedeep_grouped_launch_is_per_expert_less_the_launches(toy_gpu, tiny_arch):
+    arch = _finedeep(tiny_arch)
+    batch = RoutedBatch.of([1.0] * 8, [100.0] * 8)
+    one = layer_cost(toy_gpu, arch, Execution("fp16"), batch)
+    grouped = layer_cost(toy_gpu, arch, Execution("fp16", expert_launch="grouped"), batch)
+    saved = one.op("mlp", "launches") - grouped.op("mlp", "launches")
+    assert saved == 2 * 3 * (2 - 1)  # per sub-layer, K - 1 fewer launches of each expert kernel
+    assert one.op("mlp", "flops") == grouped.op("mlp", "flops")
+    assert one.op("mlp", "time_s") - grouped.op("mlp", "time_s") == pytest.approx(saved * 1e-6)
+    with pytest.raises(ConfigError, match="expert_launch 'fused'; allowed: per_expert, grouped"):
+        Execution("fp16", expert_launch="fused")
+
+
+@pytest.mark.parametrize("rows", [1, 16, 256, 4096])
+def test_small_experts_cost_more_than_one_dense_mlp_of_equal_flops(rows):
+    hw = load_hardware("h100_sxm")
+    dense, finedeep = load_arch("llama3.1-8b"), load_arch("llama3.1-8b-finedeep")
+    batch = RoutedBatch.of([float(rows)], [512.0])
+    costs = {
+        name: layer_cost(hw, arch, Execution("bf16", expert_launch=launch), batch)
+        for name, arch, launch in [
+            ("dense", dense, "per_expert"),
+            ("per_expert", finedeep, "per_expert"),
+            ("grouped", finedeep, "grouped"),
+        ]
+    }
+    mlp = {name: c.op("mlp") for name, c in costs.items()}
+    flops = {name: c.op("mlp", "flops") for name, c in costs.items()}
+    launches = {name: c.op("mlp", "launches") for name, c in costs.items()}
+    assert flops["per_expert"] == pytest.approx(flops["dense"], rel=0.01)  # routers: < 1%
+    assert costs["per_expert"].op("mlp", "weight_bytes") == pytest.approx(
+        costs["dense"].op("mlp", "weight_bytes"), rel=0.001
+    )
+    assert launches["dense"] == 3 < launches["grouped"] == 27 < launches["per_expert"] == 63
+    assert mlp["dense"] < mlp["grouped"] < mlp["per_expert"]
+
+
+def test_small_experts_waste_the_gemm_tile_in_prefill():
+    # finedeep-scratch: experts of 32 units; a gate/up GEMM of 64 columns is padded to 128
+    from dataclasses import replace
+
+    hw = load_hardware("h100_sxm")
+    finedeep = load_arch("finedeep-scratch")
+    dense = replace(finedeep, ffn_sublayers=1, ffn_experts_per_sublayer=1, ffn_expert_size=0)
+    batch = RoutedBatch.of([4096.0], [0.0])
+    f = layer_cost(hw, finedeep, Execution("bf16"), batch)
+    g = layer_cost(hw, dense, Execution("bf16"), batch)
+    # padded FLOPs: 16 x (128 x 192 + 256 x 32) against 1024 x 192 + 256 x 512 columns x depth
+    assert f.op("mlp", "compute_time_s") > 1.5 * g.op("mlp", "compute_time_s")
+
+
+def test_dense_arch_with_explicit_single_expert_prices_as_before(toy_gpu, tiny_arch):
+    from dataclasses import replace
+
+    explicit = replace(tiny_arch, ffn_sublayers=1, ffn_experts_per_sublayer=1, ffn_expert_size=128)
+    for launch in ("per_expert", "grouped"):
+        a = layer_cost(toy_gpu, explicit, Execution("fp16", expert_launch=launch), _hand_batch())
+        b = layer_cost(toy_gpu, tiny_arch, FP16, _hand_batch())
+        np.testing.assert_array_equal(a.time_s, b.time_s)
+        np.testing.assert_array_equal(a.energy_J, b.energy_J)
