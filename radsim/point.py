@@ -90,7 +90,7 @@ def _estimate(point: dict[str, Any], trace_file: str | None) -> dict[str, Any]:
     from radsim.estimate import Workload, estimate
 
     hw, arch = _hardware(point["hw"]), _arch(point["arch"], point["layers"])
-    exe = Execution(point["dtype"], point["tp"], point["kv_policy"] or "none")
+    exe = Execution(point["dtype"], point["tp"], point["kv_policy"] or "none", expert_launch=point["expert_launch"])
     fraction = _depth_fraction(point, arch)
     work = Workload(
         point["batch"],
@@ -102,13 +102,13 @@ def _estimate(point: dict[str, Any], trace_file: str | None) -> dict[str, Any]:
     )
     out = _common(hw, arch, exe)
     result = estimate(hw, arch, exe, work, Pricing(point["electricity_usd_per_kWh"]))
-    skip = {"hw", "arch", "dtype", "tp", "kv_policy", "routed", "layers", *work.__dataclass_fields__}
+    skip = {"hw", "arch", "dtype", "tp", "kv_policy", "routed", "expert_launch", "layers", *work.__dataclass_fields__}
     out.update({k: v for k, v in result.items() if k not in skip})
     k = result["layers_visited_per_token"]
     out["mean_depth_fraction"] = k / arch.num_layers
     out["depth_histogram_json"] = _json({"layers_visited": [k], "token_share": [1.0]})
     rng = np.random.default_rng(point["seed"])
-    exe = Execution(exe.dtype, exe.tp, exe.kv_policy, routed=k < arch.num_layers)
+    exe = Execution(exe.dtype, exe.tp, exe.kv_policy, k < arch.num_layers, exe.expert_launch)
     out["roofline_json"] = _json(
         roofline_layers(hw, arch, exe, point, lambda n: random_layer_visits(rng, n, arch.num_layers, k))
     )
@@ -123,8 +123,27 @@ def _routes(point: dict[str, Any], arch: Arch, trace_file: str | None):
         book, policy, routed = _trace_routes(trace_file or point["trace"], arch.num_layers)
         return book, point["kv_policy"] or policy, routed
     fraction = _depth_fraction(point, arch)
+    if point["route_shape"] == "early_exit":
+        return early_exit_routes(arch.num_layers, fraction, point["seed"]), point["kv_policy"] or "copy", True
     book = parametric(arch.num_layers, fraction, point["reuse_prob"], seed=point["seed"])
     return book, point["kv_policy"] or "none", fraction < 1 or point["reuse_prob"] > 0
+
+
+def early_exit_routes(num_layers: int, fraction: float, seed: int, sequences: int = 64, seq_len: int = 256):
+    """Early-exit routes: each token runs layers 0..k-1 in order and leaves, k ~ Binomial(L, f), k >= 1.
+
+    The depth distribution is that of `radsim.routes.parametric`; only the layers differ: every
+    token of a batch needs a prefix of the stack, so a decode step launches the deepest token's layers.
+    """
+    from radsim.routes import _from_layers
+
+    rng = np.random.default_rng(seed)
+    n = sequences * seq_len
+    depth = np.maximum(rng.binomial(num_layers, fraction, n), 1)
+    token = np.repeat(np.arange(n), depth)
+    layer = np.arange(token.size) - np.repeat(np.cumsum(depth) - depth, depth)
+    name = f"early_exit(depth={fraction:g}, seed={seed})"
+    return _from_layers(token, layer, num_layers, np.arange(0, n, seq_len), name)
 
 
 def _requests(point: dict[str, Any]):
@@ -159,7 +178,7 @@ def _simulate(point: dict[str, Any], trace_file: str | None) -> dict[str, Any]:
 
     hw, arch = _hardware(point["hw"]), _arch(point["arch"], point["layers"])
     book, policy, routed = _routes(point, arch, trace_file)
-    exe = Execution(point["dtype"], point["tp"], policy, routed)
+    exe = Execution(point["dtype"], point["tp"], policy, routed, point["expert_launch"])
     out = _common(hw, arch, exe)
     static = point["arrival"] == "batch"
     budget = point["prefill_chunk"] or point["batch"] * point["prompt_tokens"]

@@ -52,6 +52,9 @@ INPUTS: dict[str, Input] = {
     "trace": Input(str, ""),  # a routing trace (path); "" draws parametric routes
     "reuse_prob": Input(float, 0.0, engines=_SIM, minimum=0.0, maximum=1.0),
     "kv_policy": Input(str, "", ("", "none", "copy", "compute")),  # "": the trace's, else none
+    # parametric routes: each layer at random, or early exit (layers 0..k-1, k ~ Binomial(L, f))
+    "route_shape": Input(str, "random", ("random", "early_exit"), engines=_SIM),
+    "expert_launch": Input(str, "per_expert", ("per_expert", "grouped")),  # Finedeep experts
     "execution": Input(str, "layer_major", ("layer_major", "step_sync")),
     "batch": Input(int, 1, minimum=1),
     "prompt_tokens": Input(int, 512, minimum=1),
@@ -67,7 +70,11 @@ INPUTS: dict[str, Input] = {
     "slo_tpot_s": Input(float, 0.1, engines=_SIM, minimum=0.0),
     "electricity_usd_per_kWh": Input(float, 0.081, minimum=0.0),
     "seed": Input(int, 0, minimum=0),
+    "label": Input(str, ""),  # a name for the plots (e.g. the architecture a grid stands for)
 }
+#: Inputs added after studies were first shipped: they enter a point's id only when not at their
+#: default, so the points of earlier studies keep their ids (and their stored results).
+_LATER_INPUTS = ("route_shape", "expert_launch", "label")
 #: Inputs that may not vary along an axis together (a trace fixes the depth).
 _DEPTH_KEYS = ("depth_fraction", "visited_layers", "trace")
 
@@ -239,6 +246,8 @@ def make_point(values: dict[str, Any], where: str = "<point>") -> dict[str, Any]
         raise ConfigError(f"{where}: give depth_fraction or visited_layers, not both")
     if values.get("depth_fraction", 1.0) <= 0:
         raise ConfigError(f"{where}: 'depth_fraction' must be > 0")
+    if values.get("route_shape", "random") != "random" and (values.get("trace") or values.get("reuse_prob")):
+        raise ConfigError(f"{where}: route_shape shapes parametric routes; leave trace and reuse_prob unset")
     point = {key: _typed(key, values.get(key, spec.default)) for key, spec in INPUTS.items()}
     point["point_id"] = point_id(point)
     point["routes"] = routes_label(point)
@@ -251,7 +260,8 @@ def _typed(key: str, value: Any) -> Any:
 
 def point_id(inputs: dict[str, Any]) -> str:
     """A stable id of a point: the first 16 hex digits of the SHA-256 of its inputs as JSON."""
-    canonical = json.dumps({k: inputs[k] for k in INPUTS}, sort_keys=True, separators=(",", ":"))
+    keys = [k for k in INPUTS if k not in _LATER_INPUTS or inputs[k] != INPUTS[k].default]
+    canonical = json.dumps({k: inputs[k] for k in keys}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -263,6 +273,8 @@ def routes_label(point: dict[str, Any]) -> str:
         return f"{point['visited_layers']} layers"
     if point["depth_fraction"] == 1.0 and point["reuse_prob"] == 0.0:
         return "sequential"
+    if point["route_shape"] == "early_exit":
+        return f"early exit, depth {point['depth_fraction']:g}"
     reuse = f", reuse {point['reuse_prob']:g}" if point["reuse_prob"] else ""
     return f"depth {point['depth_fraction']:g}{reuse}"
 
