@@ -8,9 +8,10 @@ and KV-cache entry sizes.
 The MLP is dense by default. Finedeep (arXiv 2502.12928) splits it into `ffn_sublayers` (M)
 sub-layers of `ffn_experts_per_sublayer` (K) small experts each, every expert an MLP of
 `ffn_expert_size` hidden units of the layer's `ffn_kind`, all of them active; `ffn_size` is then
-the sum of the experts' widths, M x K x `ffn_expert_size`. Each sub-layer has an output-guided
-sigmoid router (one d-vector per expert: d x K weights) and, from the second sub-layer on, its own
-normalisation and residual connection.
+the sum of the experts' widths, M x K x `ffn_expert_size`. Each sub-layer has a sigmoid router
+(d x K weights, scores normalised to sum 1) and, from the second sub-layer on, its own
+normalisation (the first uses the layer's MLP norm); every sub-layer adds its output to the
+residual stream (`radsim/models/finedeep.py`).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class Arch:
         m, k = self.ffn_sublayers, self.ffn_experts_per_sublayer
         if not self.finedeep:
             return self.expert_params
-        router = self.hidden_size * k  # one d-vector per expert (output-guided sigmoid gate)
+        router = self.hidden_size * k  # Linear(d, K), no bias
         return m * (k * self.expert_params + router) + (m - 1) * self.norm_params
 
     @property

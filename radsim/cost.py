@@ -16,14 +16,16 @@ layer's KV cache (`kv_policy`) decides which rows each operator processes:
 - ``compute``: attention runs for every token, only the MLP is skipped (DLO's default).
 
 A Finedeep MLP (`Arch.finedeep`) is M sub-layers run one after another, each K small expert MLPs on
-the same input, an output-guided sigmoid router (a rows x d x K GEMM and the sigmoid) and the
-weighted sum of the experts' outputs with the residual; sub-layers after the first normalise their
-input first. Every expert GEMM is padded to the library tile on its own, so small experts waste
-tensor-core work, and `Execution.expert_launch` says how the experts are launched: ``per_expert``
-(the default, as a PyTorch module list runs them: gate/up GEMM, activation and down GEMM per
-expert, then one combination kernel) or ``grouped`` (one grouped GEMM for all gate/up projections
-of a sub-layer, one activation, one grouped down GEMM, as a MoE runtime's grouped-GEMM kernel
-would). Everything sits in the `mlp` operator, so the operator list is the same for every MLP.
+the same input, a sigmoid router (a rows x d x K GEMM and the normalised sigmoid) and the weighted
+sum of the experts' outputs with the residual; sub-layers after the first normalise their input
+first. Every expert GEMM (gate, up and down separately) is padded to the library tile on its own,
+so small experts waste tensor-core work, and `Execution.expert_launch` says how the experts are
+launched: ``grouped`` (the default: one batched GEMM per projection for all K experts of a
+sub-layer, as `radsim/models/finedeep.py` runs them with `einsum`, and as a MoE runtime's
+grouped-GEMM kernel would) or ``per_expert`` (gate, up, activation and down launched for each
+expert, as a module list of expert MLPs runs them). Either way a sub-layer ends with one
+combination kernel. Everything sits in the `mlp` operator, so the operator list is the same for
+every MLP.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class Execution:
     tp: int = 1
     kv_policy: str = "none"
     routed: bool = False  # a router runs after every visit and visitors are gathered/scattered
-    expert_launch: str = "per_expert"  # Finedeep experts: one launch each, or grouped per sub-layer
+    expert_launch: str = "grouped"  # Finedeep experts: grouped per sub-layer, or one launch each
 
     def __post_init__(self) -> None:
         if self.expert_launch not in EXPERT_LAUNCHES:
@@ -279,16 +281,19 @@ def _mlp(hw, peak, rows, d, ffn, up_width, ffn_kind, wb, ab, res=False) -> Kerne
 def _finedeep_mlp(hw: Hardware, arch: Arch, exe: Execution, rows, res: bool) -> KernelCost:
     """Finedeep's MLP: M sub-layers of K experts, each with its router and weighted combination.
 
-    Each expert is split column-wise across the TP group like a dense MLP; the routers (d x K) are
-    replicated and score the local expert outputs (their partial sums are all-reduced with the MLP's).
+    Each expert is split column-wise across the TP group like a dense MLP; the routers (d x K) read
+    the normalised input and are replicated.
     """
     d, k, m = arch.hidden_size, arch.ffn_experts_per_sublayer, arch.ffn_sublayers
     e = arch.ffn_expert_size // exe.tp
     up = e * (2 if arch.ffn_kind == "swiglu" else 1)
     ab, wb, peak = exe.act_bytes, exe.weight_bytes, exe.gemm_peak_flops(hw)
     act_reads = 2.0 if arch.ffn_kind == "swiglu" else 1.0
+    # gate and up are separate GEMMs of e columns each, as the experts' weights are stored
+    # (radsim/models/finedeep.py): each is padded to the tile on its own
+    ups = [gemm(hw, peak, rows, e, d, wb, ab, res)] * (up // e)
     kernels = [
-        gemm(hw, peak, rows, up, d, wb, ab, res),
+        *ups,
         elementwise(hw, rows, e, ACT_FLOPS_PER_ELEMENT, ab, reads=act_reads, resident=res),
         gemm(hw, peak, rows, d, e, wb, ab, res),
     ]

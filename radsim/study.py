@@ -54,7 +54,7 @@ INPUTS: dict[str, Input] = {
     "kv_policy": Input(str, "", ("", "none", "copy", "compute")),  # "": the trace's, else none
     # parametric routes: each layer at random, or early exit (layers 0..k-1, k ~ Binomial(L, f))
     "route_shape": Input(str, "random", ("random", "early_exit"), engines=_SIM),
-    "expert_launch": Input(str, "per_expert", ("per_expert", "grouped")),  # Finedeep experts
+    "expert_launch": Input(str, "grouped", ("grouped", "per_expert")),  # Finedeep experts
     "execution": Input(str, "layer_major", ("layer_major", "step_sync")),
     "batch": Input(int, 1, minimum=1),
     "prompt_tokens": Input(int, 512, minimum=1),

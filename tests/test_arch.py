@@ -77,22 +77,22 @@ def test_bad_arch_file_names_file_and_field(tmp_path, edit, message):
 
 def test_finedeep_scratch_params_counted_by_hand():
     arch = load_arch("finedeep-scratch")
-    assert (arch.ffn_sublayers, arch.ffn_experts_per_sublayer, arch.ffn_expert_size) == (4, 4, 32)
-    d, e = 192, 32
-    experts = 16 * 3 * d * e  # 16 SwiGLU experts of 32: the dense MLP's 3 x 192 x 512 weights
-    routers = 4 * d * 4  # one d-vector per expert
-    norms = 3 * d  # sub-layers 2-4 normalise their input
-    assert arch.mlp_params == experts + routers + norms == 298_560
+    assert (arch.ffn_sublayers, arch.ffn_experts_per_sublayer, arch.ffn_expert_size) == (2, 4, 64)
+    d, e = 192, 64
+    experts = 8 * 3 * d * e  # 8 SwiGLU experts of 64: the dense MLP's 3 x 192 x 512 weights
+    routers = 2 * d * 4  # Linear(d, K) per sub-layer
+    norms = 1 * d  # the second sub-layer normalises its input
+    assert arch.mlp_params == experts + routers + norms == 296_640
     attn = d * (192 + 2 * 64) + 192 * d
     assert arch.layer_params == attn + arch.mlp_params + 2 * d
-    assert arch.total_params == 8 * arch.layer_params + 8192 * d + d == 4_751_040  # tied head
+    assert arch.total_params == 8 * arch.layer_params + 8192 * d + d == 4_735_680  # tied head
 
 
 def test_finedeep_8b_matches_dense_parameters_and_dlo_adds_layers():
     dense = load_arch("llama3.1-8b")
     finedeep = load_arch("llama3.1-8b-finedeep")
-    assert finedeep.ffn_expert_size * 16 == dense.ffn_size
-    assert finedeep.total_params - dense.total_params == 32 * (4 * 4096 * 4 + 3 * 4096)
+    assert finedeep.ffn_expert_size * 8 == dense.ffn_size
+    assert finedeep.total_params - dense.total_params == 32 * (2 * 4096 * 4 + 4096)
     assert finedeep.total_params == pytest.approx(dense.total_params, rel=5e-4)
     dlo = load_arch("llama3.1-8b-dlo")
     assert dlo.num_layers == 40 and dlo.total_params - dense.total_params == 8 * dense.layer_params
