@@ -39,16 +39,20 @@ def _ok(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["error"] == ""]
 
 
+#: What a study's `label` stands for: when labels vary, they name the series instead of these.
+_LABELLED = {"arch", "layers", "dtype", "tp", "routes", "kv_policy", "route_shape", "expert_launch"}
+
+
 def _varying(table: pd.DataFrame, exclude: set[str] = frozenset()) -> list[str]:
     """Inputs (and the routes label) that take more than one value in `table`."""
     keys = [k for k in (*INPUTS, "routes") if k not in _NOT_SERIES and k not in exclude and k in table]
-    return [k for k in keys if table[k].astype(str).nunique() > 1]
+    keys = [k for k in keys if table[k].astype(str).nunique() > 1]
+    return [k for k in keys if k not in _LABELLED] if "label" in keys else keys
 
 
 def _label(row: pd.Series, keys: list[str]) -> str:
-    parts = [
-        str(row[k]) if k in ("routes", "engine", "execution", "hw", "arch") else f"{k} {row[k]}" for k in keys
-    ]
+    plain = ("routes", "engine", "execution", "hw", "arch", "label")
+    parts = [str(row[k]) if k in plain else f"{k} {row[k]}" for k in keys]
     return ", ".join(parts) or str(row.get("routes", "all points"))
 
 
@@ -130,7 +134,9 @@ def savings_vs_batch(table: pd.DataFrame) -> go.Figure | None:
     """Saving of each routed point over the sequential model (same inputs otherwise) against batch."""
     rows = _static(table)
     match = [
-        k for k in (*INPUTS, "num_layers") if k in rows and k not in {*_ROUTE_KEYS, "kv_policy", "execution"}
+        k
+        for k in (*INPUTS, "num_layers")
+        if k in rows and k not in {*_ROUTE_KEYS, "kv_policy", "execution", "route_shape", "label"}
     ]
     base = rows[(rows["routes"] == "sequential") & (rows["execution"] == "layer_major")]
     routed = rows[rows["routes"] != "sequential"]
@@ -468,6 +474,109 @@ def depth_distribution(table: pd.DataFrame) -> go.Figure | None:
     return _layout(fig, "Depth distribution: layers each token visits", 1)
 
 
+def _labelled(table: pd.DataFrame) -> pd.DataFrame:
+    """Static-batch rows of a study whose grids carry labels (at least two of them)."""
+    rows = _static(table)
+    if "label" not in rows:
+        return rows.iloc[:0]
+    rows = rows[rows["label"].fillna("") != ""]
+    return rows if rows["label"].nunique() > 1 else rows.iloc[:0]
+
+
+def architectures(table: pd.DataFrame) -> go.Figure | None:
+    """Time per output token and cost per labelled grid (architecture), grouped bars per batch size."""
+    rows = _labelled(table)
+    if rows.empty:
+        return None
+    facets = _facets(rows)
+    fig = make_subplots(
+        rows=len(facets),
+        cols=2,
+        subplot_titles=[t for hw, _ in facets for t in (f"time per output token {hw}", f"cost {hw}")],
+    )
+    colors: dict[str, str] = {}
+    palette = _palette()
+    batches = sorted(rows["batch"].unique())
+    for i, (_, facet) in enumerate(facets, start=1):
+        for label in dict.fromkeys(rows["label"]):
+            s = facet[facet["label"] == label].sort_values("batch")
+            color = colors.setdefault(label, next(palette))
+            for col, y in ((1, s["tpot_s"] * 1e3), (2, s["cost_usd_per_Mtok"])):
+                fig.add_trace(
+                    go.Bar(
+                        x=s["batch"].astype(str),
+                        y=y,
+                        name=label,
+                        legendgroup=label,
+                        showlegend=i == 1 and col == 1,
+                        marker={"color": color},
+                        text=_hover(s),
+                        textposition="none",
+                        hovertemplate="%{text}<br>batch %{x}<br>%{y:.4g}<extra></extra>",
+                    ),
+                    row=i,
+                    col=col,
+                )
+        fig.update_yaxes(title_text="time per output token (ms, log)", type="log", row=i, col=1)
+        fig.update_yaxes(title_text="cost (USD per 1M output tokens, log)", type="log", row=i, col=2)
+    order = {"categoryorder": "array", "categoryarray": [str(b) for b in batches]}
+    fig.update_xaxes(**order)
+    fig.update_xaxes(title_text="batch size (sequences)", row=len(facets))
+    fig.update_layout(barmode="group", bargap=0.2, bargroupgap=0.05)
+    return _layout(fig, "Architectures side by side: latency and cost per batch size", len(facets))
+
+
+def architectures_relative(table: pd.DataFrame) -> go.Figure | None:
+    """Each labelled grid's time per output token and cost over the first label's (the baseline)."""
+    rows = _labelled(table)
+    if rows.empty:
+        return None
+    base_label = rows["label"].iloc[0]
+    match = [k for k in ("hw", "batch", "prompt_tokens", "output_tokens", "dtype", "tp") if k in rows]
+    base = rows[rows["label"] == base_label][match + ["tpot_s", "cost_usd_per_Mtok"]].drop_duplicates(match)
+    both = rows[rows["label"] != base_label].merge(base, on=match, suffixes=("", "_base"))
+    if both.empty:
+        return None
+    both["tpot_ratio"] = both["tpot_s"] / both["tpot_s_base"]
+    both["cost_ratio"] = both["cost_usd_per_Mtok"] / both["cost_usd_per_Mtok_base"]
+    facets = _facets(both)
+    fig = make_subplots(
+        rows=len(facets),
+        cols=2,
+        shared_xaxes=True,
+        subplot_titles=[t for hw, _ in facets for t in (f"time per output token {hw}", f"cost {hw}")],
+    )
+    colors: dict[str, str] = {}
+    palette = _palette()
+    next(palette)  # the baseline's colour in `architectures`
+    for i, (_, facet) in enumerate(facets, start=1):
+        for label in dict.fromkeys(both["label"]):
+            s = facet[facet["label"] == label].sort_values("batch")
+            color = colors.setdefault(label, next(palette))
+            for col, y in ((1, s["tpot_ratio"]), (2, s["cost_ratio"])):
+                fig.add_trace(
+                    go.Scatter(
+                        x=s["batch"],
+                        y=y,
+                        mode="lines+markers",
+                        name=label,
+                        legendgroup=label,
+                        showlegend=i == 1 and col == 1,
+                        line={"color": color},
+                        text=_hover(s),
+                        hovertemplate="%{text}<br>batch %{x}<br>%{y:.3g}x the baseline<extra></extra>",
+                    ),
+                    row=i,
+                    col=col,
+                )
+            for col in (1, 2):
+                fig.add_hline(y=1, line={"color": "grey", "width": 1}, row=i, col=col)
+        fig.update_yaxes(title_text=f"over {base_label} (x, log)", type="log", row=i, **_RATIO_TICKS)
+    fig.update_xaxes(type="log", dtick=np.log10(2))
+    fig.update_xaxes(title_text="batch size (sequences)", row=len(facets))
+    return _layout(fig, f"Relative to {base_label} (below 1: faster or cheaper)", len(facets))
+
+
 FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure | None]] = {
     "latency_cost_vs_batch": latency_cost_vs_batch,
     "savings_vs_batch": savings_vs_batch,
@@ -476,6 +585,8 @@ FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure | None]] = {
     "memory_breakdown": memory_breakdown,
     "power_over_time": power_over_time,
     "depth_distribution": depth_distribution,
+    "architectures": architectures,
+    "architectures_relative": architectures_relative,
 }
 
 

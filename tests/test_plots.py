@@ -19,7 +19,11 @@ UNITS = {
     "memory_breakdown": ["GB per device", "(sequences)"],
     "power_over_time": ["(s)", "(W)"],
     "depth_distribution": ["(%)"],
+    "architectures": ["(ms, log)", "(USD per 1M output tokens, log)", "(sequences)"],
+    "architectures_relative": ["(x, log)", "(sequences)"],
 }
+#: Figures drawn only for studies whose grids carry labels (studies/architectures.toml).
+LABELLED = ("architectures", "architectures_relative")
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +37,9 @@ def _axis_titles(fig) -> str:
 
 
 def test_every_figure_has_data_titles_units_and_hover(table):
-    figures = build_figures(table)
-    assert list(figures) == list(FIGURES)
+    labelled = table.assign(label=table["routes"])  # a label per routes, as a study's grids may set
+    figures = {**build_figures(table), **{k: build_figures(labelled)[k] for k in LABELLED}}
+    assert set(figures) == set(FIGURES) and not set(LABELLED) & set(build_figures(table))
     for name, fig in figures.items():
         assert fig.layout.title.text, name
         assert fig.data, name
@@ -62,7 +67,7 @@ def test_figures_from_csv_match_figures_from_parquet(table, tmp_path_factory):
     folder = next(out.glob("plots*/out"))
     from_csv = build_figures(read_results(folder / RESULTS_CSV))
     from_parquet = build_figures(read_results(folder))
-    for name in FIGURES:
+    for name in (n for n in FIGURES if n not in LABELLED):
         assert from_csv[name].to_json() == from_parquet[name].to_json(), name
 
 
@@ -83,3 +88,13 @@ def test_write_html_and_png(table, tmp_path):
     assert (tmp_path / "plotly.min.js").exists()  # the HTML needs no network
     assert 'src="plotly.min.js"' in (tmp_path / "roofline.html").read_text()
     assert (tmp_path / "roofline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_architecture_bars_and_ratios_follow_the_labels(table):
+    labelled = table.assign(label=table["routes"])
+    figures = build_figures(labelled)
+    rows = labelled[(labelled["arrival"] == "batch") & (labelled["error"] == "") & labelled["tpot_s"].notna()]
+    labels = list(dict.fromkeys(rows["label"]))
+    assert [t.name for t in figures["architectures"].data if t.showlegend] == labels
+    ratios = figures["architectures_relative"]
+    assert labels[0] not in {t.name for t in ratios.data} and labels[0] in ratios.layout.title.text
