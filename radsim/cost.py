@@ -22,9 +22,9 @@ first. Every expert GEMM (gate, up and down separately) is padded to the library
 so small experts waste tensor-core work, and `Execution.expert_launch` says how the experts are
 launched: ``grouped`` (the default: one batched GEMM per projection for all K experts of a
 sub-layer, as `radsim/models/finedeep.py` runs them with `einsum`, and as a MoE runtime's
-grouped-GEMM kernel would) or ``per_expert`` (gate, up, activation and down launched for each
-expert, as a module list of expert MLPs runs them). Either way a sub-layer ends with one
-combination kernel. Everything sits in the `mlp` operator, so the operator list is the same for
+grouped-GEMM kernel would; the gates scale the activations and one down GEMM contracts over all
+experts) or ``per_expert`` (gate, up, activation and down launched for each expert, as a module
+list of expert MLPs runs them, then one kernel sums the gated outputs into the residual). Everything sits in the `mlp` operator, so the operator list is the same for
 every MLP.
 """
 
@@ -292,19 +292,22 @@ def _finedeep_mlp(hw: Hardware, arch: Arch, exe: Execution, rows, res: bool) -> 
     # gate and up are separate GEMMs of e columns each, as the experts' weights are stored
     # (radsim/models/finedeep.py): each is padded to the tile on its own
     ups = [gemm(hw, peak, rows, e, d, wb, ab, res)] * (up // e)
-    kernels = [
-        *ups,
-        elementwise(hw, rows, e, ACT_FLOPS_PER_ELEMENT, ab, reads=act_reads, resident=res),
-        gemm(hw, peak, rows, d, e, wb, ab, res),
-    ]
+    act = elementwise(hw, rows, e, ACT_FLOPS_PER_ELEMENT, ab, reads=act_reads, resident=res)
     if exe.expert_launch == "per_expert":
-        experts = kernels * k
-    else:  # a grouped GEMM is one launch over K problems, each still padded to the tile on its own
-        experts = [_grouped(hw, kernel, k) for kernel in kernels]
+        down = gemm(hw, peak, rows, d, e, wb, ab, res)
+        experts = [*ups, act, down] * k
+        # out = x + sum_k g_k y_k: reads the K outputs and the residual, writes one tensor
+        combine = elementwise(hw, rows, d, 2.0 * k + 1.0, ab, reads=k + 1.0, resident=res)
+    else:
+        # one batched launch per projection over the K experts, each padded to the tile on its own;
+        # the gates scale the activations and the down projection contracts over (expert, unit)
+        # at once (einsum "btke,ked->btd"), so only the residual add is left
+        gated = elementwise(hw, rows, e, ACT_FLOPS_PER_ELEMENT + 1.0, ab, reads=act_reads, resident=res)
+        down = gemm(hw, peak, rows, d, k * e, wb, ab, res)
+        experts = [*(_grouped(hw, kernel, k) for kernel in (*ups, gated)), down]
+        combine = elementwise(hw, rows, d, 1.0, ab, reads=2.0, resident=res)
     router = gemm(hw, peak, rows, k, d, wb, ab, res)
     gate = elementwise(hw, rows, k, ACT_FLOPS_PER_ELEMENT, ab, reads=1.0, resident=res)
-    # out = x + sum_k g_k y_k: reads the K outputs, the residual and the gates, writes one tensor
-    combine = elementwise(hw, rows, d, 2.0 * k + 1.0, ab, reads=k + 1.0, resident=res)
     sublayer = sum_kernels([*experts, router, gate, combine])
     norm = elementwise(hw, rows, d, NORM_FLOPS_PER_ELEMENT, ab, reads=2.0, resident=res)
     return sum_kernels([sublayer] * m + [norm] * (m - 1))
