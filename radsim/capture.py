@@ -1,7 +1,10 @@
 """`radsim capture`: run a model over held-out text and record every layer visit as a routing trace.
 
 Models: SmolLM2-135M as the sequential baseline (`--model smollm2`), a distilled radial router over
-it (`--router runs/.../router-tauX.pt`), or a model trained from scratch (`--run runs/NAME`).
+it (`--router runs/.../router-tauX.pt`), or a model trained by `radsim train` (`--run runs/NAME`:
+radial, MoD, dense, Finedeep, DLO). A Finedeep row's `entropy` is its routers' entropy over experts
+(mean over the layer's sub-layers); a DLO row's `prob` is the router's probability of running the
+layer's MLP, and its `kv_action` is KV_COMPUTE where only attention ran.
 Sequences are consecutive windows of the test split (never seen in training), run in batches of
 `--batch`; the trace keeps each sequence's batch id. Perplexity on the captured tokens goes into
 the trace's metadata (`quality`).
@@ -9,6 +12,7 @@ the trace's metadata (`quality`).
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import subprocess
@@ -20,7 +24,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from radsim.models.llama import KV_WRITE, Llama, lm_loss
+from radsim.models.dlo import DLO
+from radsim.models.finedeep import Finedeep, router_entropy
+from radsim.models.llama import KV_COMPUTE, KV_WRITE, Llama, lm_loss
 from radsim.models.mod import MoD
 from radsim.models.radial import Radial
 from radsim.trace import COLUMNS, Trace
@@ -130,6 +136,8 @@ def run_batch(
             )
             steps[flat] += 1
         logits = out.logits
+    elif isinstance(model, Finedeep | DLO):
+        frames, logits = _all_layers(model, x, ids)
     else:
         pos_t, h = model.positions(x), model.embed_tokens(x)
         every = torch.ones_like(x, dtype=torch.bool)
@@ -151,6 +159,26 @@ def run_batch(
             )
         logits = model.lm_head(model.norm(h))
     return pd.concat(frames, ignore_index=True), lm_loss(logits, x, reduction="sum").item()
+
+
+def _all_layers(model: Finedeep | DLO, x: torch.Tensor, ids) -> tuple[list[pd.DataFrame], torch.Tensor]:
+    """Finedeep and DLO rows: every token visits every layer, in order."""
+    out = model(x, record=True)
+    n = x.numel()
+    frames = []
+    for layer, st in enumerate(out.stats):
+        if isinstance(model, Finedeep):
+            prob, entropy = np.ones(n), router_entropy(out.weights[layer]).flatten().numpy()
+            action = np.full(n, KV_WRITE)
+        else:
+            p = out.p_run[layer].flatten().clamp(1e-7, 1 - 1e-7)
+            prob = p.numpy()
+            entropy = (-(p * p.log() + (1 - p) * (1 - p).log())).numpy()
+            action = np.where(out.run[layer].flatten().numpy(), KV_WRITE, KV_COMPUTE)
+        frame = _frame(st.tokens.numpy(), layer, 0, np.full(n, layer), prob, np.zeros(n), entropy, st, *ids)
+        frame["kv_action"] = action
+        frames.append(frame)
+    return frames, out.logits
 
 
 def capture(model: torch.nn.Module, windows: np.ndarray, batch: int, meta: dict) -> Trace:
@@ -190,6 +218,11 @@ def model_meta(name: str, kind: str, model: torch.nn.Module, extra: dict) -> dic
     """The `model` block of a trace's metadata."""
     base = model.cfg if isinstance(model, Llama) else model.cfg.base
     config = asdict(model.cfg) if not isinstance(model, Llama) else asdict(base)
+    if isinstance(model, Finedeep):
+        c = model.cfg
+        shape = {"expert_hidden": c.hidden, "router_shape": [base.hidden_size, c.experts]}
+        config |= shape | {"router": "sigmoid scores normalised to sum 1, one router per sub-layer"}
+    config = json.loads(json.dumps(config))  # tuples as lists, as the trace metadata wants
     return {"name": name, "kind": kind, "num_layers": base.num_layers, "config": config, **extra}
 
 

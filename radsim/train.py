@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from radsim import corpus
+from radsim.models.finedeep import Finedeep, FinedeepConfig
 from radsim.models.llama import Llama, LlamaConfig, lm_loss
 from radsim.models.mod import MoD, MoDConfig
 from radsim.models.radial import EXIT, Radial, RadialConfig
@@ -65,6 +66,11 @@ def build_model(cfg: RunConfig, vocab: int) -> torch.nn.Module:
         )
     if cfg.kind == "mod_scratch":
         return MoD(MoDConfig(base=base, capacity=cfg.mod.capacity, every=cfg.mod.every))
+    if cfg.kind == "finedeep_scratch":
+        f = cfg.finedeep
+        return Finedeep(
+            FinedeepConfig(base=base, sub_layers=f.sub_layers, experts=f.experts, expert_size=f.expert_size)
+        )
     return Llama(base)
 
 
@@ -79,6 +85,9 @@ def step_loss(
         lm = lm_loss(out.logits, x)
         depth = float(sum(v.float().mean() for v in out.visits))
         return lm + out.predictor_loss, {"lm": lm.item(), "depth": depth}
+    if isinstance(model, Finedeep):
+        lm = lm_loss(model(x).logits, x)
+        return lm, {"lm": lm.item(), "depth": float(model.cfg.base.num_layers)}
     lm = lm_loss(model(x), x)
     return lm, {"lm": lm.item(), "depth": float(model.cfg.num_layers)}
 
@@ -117,6 +126,8 @@ def evaluate(model: torch.nn.Module, windows: np.ndarray, batch: int = 8) -> dic
         elif isinstance(model, MoD):
             out = model(x, causal=True)
             logits, d = out.logits, float(sum(v[:, :-1].float().sum() for v in out.visits))
+        elif isinstance(model, Finedeep):
+            logits, d = model(x).logits, float(model.cfg.base.num_layers * x[:, :-1].numel())
         else:
             logits, d = model(x), float(model.cfg.num_layers * x[:, :-1].numel())
         total += lm_loss(logits, x, reduction="sum").item()
@@ -192,9 +203,115 @@ def _atomic(path: Path, write) -> None:
 
 
 def load_run(run_dir: Path) -> tuple[RunConfig, torch.nn.Module, np.ndarray | None]:
-    """A trained scratch model from its run folder."""
+    """A trained scratch (or DLO) model from its run folder."""
     ckpt = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
     cfg = run_config_from_dict(ckpt["run"])
-    model = build_model(cfg, cfg.data.vocab or 49152)
+    model = build_dlo(cfg) if cfg.kind == "dlo_smollm2" else build_model(cfg, cfg.data.vocab or 49152)
     model.load_state_dict(ckpt["state_dict"])
     return cfg, model.eval(), ckpt["vocab_map"]
+
+
+def build_dlo(cfg: RunConfig) -> torch.nn.Module:
+    """SmolLM2-135M expanded with DLO's new layers and routers (untrained)."""
+    from radsim.models import smollm2
+    from radsim.models.dlo import expand
+
+    d = cfg.dlo
+    return expand(smollm2.load_model(), [int(i) for i in d.insert_after], router_bias=d.router_bias)
+
+
+def dlo_loss(model, x: torch.Tensor, cfg: RunConfig) -> tuple[torch.Tensor, dict]:
+    """LM loss + similarity-guided router BCE + squared deviation of the mean skip rate from its target."""
+    d = cfg.dlo
+    out = model(x, train=True, sim_threshold=d.sim_threshold)
+    lm = lm_loss(out.logits, x)
+    p_run = torch.stack(out.p_run)  # (L, B, T)
+    target_run = (~torch.stack(out.skip_target)).float()
+    sim = torch.nn.functional.binary_cross_entropy(p_run, target_run)
+    rate = (1.0 - p_run.mean() - d.skip_target) ** 2
+    hard_skip = 1.0 - torch.stack(out.run).float().mean().item()
+    info = {"lm": lm.item(), "depth": (1.0 - hard_skip) * len(out.run), "skip": hard_skip}
+    info["sim_skip"] = 1.0 - target_run.mean().item()
+    return lm + d.sim_weight * sim + d.rate_weight * rate, info
+
+
+@torch.no_grad()
+def evaluate_dlo(model, windows: np.ndarray, batch: int = 8) -> dict:
+    """Held-out loss and perplexity with hard MLP skips; MLP layers run per token and GEMM FLOPs."""
+    from radsim.models.dlo import DLO, gemm_flops_per_token
+
+    model.eval()
+    total, count, mlp_layers = 0.0, 0, 0.0
+    for i in range(0, len(windows), batch):
+        x = torch.from_numpy(windows[i : i + batch])
+        if isinstance(model, DLO):
+            out = model(x)
+            logits, ran = out.logits, float(sum(r[:, :-1].float().sum() for r in out.run))
+        else:
+            logits, ran = model(x), float(model.cfg.num_layers * x[:, :-1].numel())
+        total += lm_loss(logits, x, reduction="sum").item()
+        count, mlp_layers = count + x[:, 1:].numel(), mlp_layers + ran
+    base = model.cfg.base if isinstance(model, DLO) else model.cfg
+    routers = base.num_layers if isinstance(model, DLO) else 0
+    mean_mlp = mlp_layers / count
+    return {
+        "loss": total / count,
+        "perplexity": math.exp(total / count),
+        "layers": base.num_layers,
+        "mean_mlp_layers": mean_mlp,
+        "skip_rate": 1.0 - mean_mlp / base.num_layers,
+        "gemm_flops_per_token": gemm_flops_per_token(base, mean_mlp, base.num_layers, routers),
+        "params": _params(model),
+    }
+
+
+def train_dlo(cfg: RunConfig, out_dir: Path) -> dict:
+    """Expand SmolLM2-135M, fine-tune the new layers and routers, evaluate against both baselines."""
+    from radsim.models import smollm2
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    d, splits = cfg.dlo, text_splits()
+    train = np.asarray(corpus.load_split(splits, "train"))
+    val = corpus.windows(np.asarray(corpus.load_split(splits, "val")), d.eval_seq_len, d.eval_tokens)
+    metrics = {"smollm2": evaluate_dlo(smollm2.load_model(), val)}
+    print("smollm2", metrics["smollm2"], flush=True)
+    model = build_dlo(cfg)
+    metrics["expanded_untrained"] = evaluate_dlo(model, val)
+    print("expanded, untrained", metrics["expanded_untrained"], flush=True)
+    model.train()
+    new = set(model.cfg.expanded_layers)
+    groups = [{"params": list(model.routers.parameters()), "lr": d.router_lr, "peak": d.router_lr}]
+    groups.append(
+        {"params": [p for i in new for p in model.model.layers[i].parameters()], "peak": cfg.train.lr}
+    )
+    old = [p for i, layer in enumerate(model.model.layers) if i not in new for p in layer.parameters()]
+    old += list(model.model.embed_tokens.parameters()) + list(model.model.norm.parameters())
+    if d.base_lr > 0:
+        groups.append({"params": old, "peak": d.base_lr})
+    else:
+        for p in old:
+            p.requires_grad_(False)
+    opt = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    log, start = [], time.time()
+    batches = corpus.batches(train, cfg.data.seq_len, cfg.data.batch, rng)
+    for step in range(cfg.train.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg) * group["peak"] / cfg.train.lr
+        loss, info = dlo_loss(model, torch.from_numpy(next(batches)), cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+        opt.step()
+        log.append({"step": step, "elapsed_s": time.time() - start, **info})
+        if step % 10 == 0 or step == cfg.train.steps - 1:
+            print(
+                f"step {step:4d}  lm {info['lm']:.3f}  skip {info['skip']:.3f}  "
+                f"sim-skip {info['sim_skip']:.3f}  {time.time() - start:.0f}s",
+                flush=True,
+            )
+    metrics["train_seconds"] = time.time() - start
+    metrics["dlo"] = evaluate_dlo(model, val)
+    metrics["expanded_layers"] = list(model.cfg.expanded_layers)
+    save_run(out_dir, cfg, model, None, metrics, log)
+    return metrics
