@@ -19,7 +19,7 @@ from radsim.arch import Arch
 from radsim.cost import Execution
 from radsim.cost_table import CostTable, IterationCost
 from radsim.errors import ConfigError
-from radsim.executor import POLICIES, decode_load, skipper_load, slot_load, step_load
+from radsim.executor import POLICIES, decode_load, skipper_load, slot_load, step_decode_load, step_load
 from radsim.hardware import Hardware
 from radsim.memory import activation_bytes, kv_entry_bytes, weights_bytes
 from radsim.routes import RouteBook
@@ -221,12 +221,19 @@ class Simulation:
                 load += slot_load(batch.prefill_visits, batch.prefill_new, held, policy, layers)
             total = table.layer_totals(load, tokens=batch.token_count)
         else:
-            held = sched.held_entries(batch.rows)
-            visit_rows, steps = np.nonzero(book.steps[batch.tokens] >= 0)
-            layer = book.steps[batch.tokens[visit_rows], steps].astype(np.int64)
-            slot = book.step_slots[batch.tokens[visit_rows], steps].astype(np.int64)
-            load = step_load(batch.token_rows[visit_rows], steps, layer, slot, held, policy, layers)
-            total = table.layer_totals(load)
+            steps = book.steps.shape[1]
+            decode = batch.decode_book_tokens
+            held = sched.held_entries(batch.decode_rows)
+            load = step_decode_load(book.steps[decode], book.step_slots[decode], held, layers, steps)
+            if batch.prefill_rows.size:
+                tokens = np.concatenate(batch.prefill_parts)
+                visit, step = np.nonzero(book.steps[tokens] >= 0)
+                layer = book.steps[tokens[visit], step].astype(np.int64)
+                slot = book.step_slots[tokens[visit], step].astype(np.int64)
+                request = np.repeat(np.arange(batch.prefill_rows.size), batch.prefill_new)[visit]
+                held = sched.held_entries(batch.prefill_rows)
+                load += step_load(request, step, layer, slot, held, policy, layers, steps)
+            total = table.layer_totals(load, tokens=batch.token_count)
             if policy == "copy":
                 total = total + table.layer_totals(skipper_load(batch.slot_visits, batch.new_tokens, layers))
         return total + table.head_totals(batch.token_count, int(batch.logit_rows))

@@ -111,24 +111,49 @@ def step_load(
     held: np.ndarray,
     kv_policy: str,
     num_layers: int,
+    num_steps: int | None = None,
 ) -> np.ndarray:
     """Step-synchronous load from visit rows (request row, step, layer, slot) of the iteration.
 
-    Groups are (step, layer). Under `copy`/`compute` the K/V work of skippers is charged to the
-    layer-major slot structure instead (it does not depend on steps): callers add `skipper_load`.
+    Groups are (step, layer): column `step * num_layers + layer` of the result, for `num_steps`
+    steps (default: the iteration's); groups nobody visits are zero and cost nothing. Tokens of one
+    request in one group attend as a causal block over the request's held entries. Under
+    `copy`/`compute` the K/V work of skippers is charged to the layer-major slot structure instead
+    (it does not depend on steps): callers add `skipper_load`.
     """
+    steps = num_steps if num_steps is not None else (int(step.max()) + 1 if step.size else 0)
+    width = steps * num_layers
+    load = np.zeros((len(LOAD_ROWS), width))
     if request.size == 0:
-        return np.zeros((len(LOAD_ROWS), 0))
-    group = step.astype(np.int64) * num_layers + layer
+        return load
     rows = held.shape[0]
-    key = group * rows + request
-    uniq, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-    v = counts.astype(np.float64)
-    c = held[uniq % rows, slot[np.unique(inverse, return_index=True)[1]]].astype(np.float64)
-    groups, which = np.unique(uniq // rows, return_inverse=True)
-    per_request = np.stack([v, v, v, v * c + v * (v + 1.0) / 2.0, c + v])
-    load = np.zeros((len(LOAD_ROWS), len(groups)))
-    np.add.at(load.T, which, per_request.T)
+    key = (step.astype(np.int64) * num_layers + layer) * rows + request
+    v = np.bincount(key, minlength=width * rows).astype(np.float64)  # tokens of a request in a group
+    # held entries of the request's slot (tokens of one request and group share it unless their
+    # passes differ; then the mean)
+    c = np.bincount(key, weights=held[request, slot], minlength=width * rows)
+    np.divide(c, v, out=c, where=v > 0)
+    per_request = np.stack([v, v * c + v * (v + 1.0) / 2.0, np.where(v > 0, c + v, 0.0)])
+    summed = per_request.reshape(3, width, rows) @ np.ones(rows)
+    load[:PAIRS] = summed[0]
+    load[PAIRS] = summed[1]
+    load[HELD] = summed[2]
+    return load
+
+
+def step_decode_load(
+    steps: np.ndarray, slots: np.ndarray, held: np.ndarray, num_layers: int, num_steps: int
+) -> np.ndarray:
+    """`step_load` of rows that decode one token each: `steps` (D, S) layer per routing step (-1
+    past the end), `slots` (D, S) its slot, `held` (D, W) entries. One token per request and group,
+    so a visitor reads its held entries and itself: pairs = held = sum of (held + 1)."""
+    row, step = np.nonzero(steps >= 0)
+    width = num_steps * num_layers
+    group = step * num_layers + steps[row, step]
+    load = np.empty((len(LOAD_ROWS), width))
+    load[:PAIRS] = np.bincount(group, minlength=width)
+    load[PAIRS] = np.bincount(group, weights=held[row, slots[row, step]] + 1.0, minlength=width)
+    load[HELD] = load[PAIRS]
     return load
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from radsim.cost import KV_POLICIES, LayerLoad, RoutedBatch
-from radsim.executor import as_layer_load, decode_load, slot_load, step_load
+from radsim.executor import as_layer_load, decode_load, slot_load, step_decode_load, step_load
 
 LAYERS = 4
 
@@ -35,9 +35,24 @@ def test_step_load_groups_by_step_and_layer():
     held = np.zeros((2, LAYERS))
     held[0, 2], held[1, 2] = 10.0, 20.0
     load = as_layer_load(step_load(request, step, layer, layer, held, "none", LAYERS))
-    # three groups: (0, 1), (0, 2), (1, 2): layer 2 launches twice, once per step
-    assert load.visitors.tolist() == [1.0, 1.0, 1.0]
-    assert sorted(load.held.tolist()) == [1.0, 11.0, 21.0]
+    # three groups, columns step * LAYERS + layer: (0, 1), (0, 2), (1, 2): layer 2 launches twice
+    assert load.visitors.tolist() == [0, 1, 1, 0, 0, 0, 1, 0]
+    assert load.held.tolist() == [0, 1, 21, 0, 0, 0, 11, 0]
+
+
+def test_step_decode_closed_form_matches_the_general_load():
+    rng = np.random.default_rng(3)
+    rows, steps = 6, 5
+    layers = rng.integers(0, LAYERS, (rows, steps))
+    layers[rng.random((rows, steps)) < 0.3] = -1
+    layers[:, 0] = np.maximum(layers[:, 0], 0)  # every token visits at least one layer
+    slots = np.where(layers >= 0, layers + LAYERS * (rng.random((rows, steps)) < 0.5), -1)
+    held = rng.integers(0, 30, (rows, 2 * LAYERS)).astype(float)
+    request, step = np.nonzero(layers >= 0)
+    general = step_load(
+        request, step, layers[request, step], slots[request, step], held, "none", LAYERS, steps
+    )
+    np.testing.assert_allclose(step_decode_load(layers, slots, held, LAYERS, steps), general)
 
 
 @pytest.mark.parametrize("policy", KV_POLICIES)
