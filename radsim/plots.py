@@ -29,6 +29,7 @@ _TEMPLATE = "plotly_white"
 _SIZE = {"width": 1100, "height": 620}
 _SYMBOLS = {"prefill": "circle", "decode": "diamond"}
 _PANELS_PER_ROW = 5
+_MAX_LINES = 24  # more lines than this in one panel cannot be told apart
 _RATIO_TICKS = {
     "tickvals": [0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10],
     "ticktext": ["0.05x", "0.1x", "0.2x", "0.5x", "1x", "2x", "5x", "10x"],
@@ -416,6 +417,8 @@ def power_over_time(table: pd.DataFrame) -> go.Figure | None:
     rows = rows[rows["power_timeline_json"].fillna("") != ""]
     if (rows["arrival"] != "batch").any():
         rows = rows[rows["arrival"] != "batch"]
+    elif len(rows) > _MAX_LINES:  # static batches only, too many to tell apart: the largest batch
+        rows = rows[rows["batch"] == rows["batch"].max()]
     if rows.empty:
         return None
     fig = go.Figure()
