@@ -254,3 +254,48 @@ if __name__ == "__main__" and sys.argv[1:] == ["regenerate"]:
     fresh = run_study(load_study(QUICKSTART), ROOT / "results" / "quickstart", process_runner(2))
     _golden(fresh).to_csv(EXPECTED, index=False)
     print(f"wrote {EXPECTED}")
+
+
+ARCHITECTURES = ROOT / "studies" / "architectures.toml"
+
+
+def test_architectures_study_expands_to_every_architecture():
+    points = expand(load_study(ARCHITECTURES))
+    labels = list(dict.fromkeys(p["label"] for p in points))
+    assert len(labels) == 8 and labels[0] == "dense 8B"
+    assert len(points) == len(labels) * 2 * 9  # two GPUs, nine batch sizes
+    by_label = {p["label"]: p for p in points}
+    dlo = next(p for label, p in by_label.items() if label.startswith("DLO"))
+    assert (dlo["arch"], dlo["kv_policy"], dlo["depth_fraction"]) == ("llama3.1-8b-dlo", "compute", 0.8)
+    early = next(p for label, p in by_label.items() if label.startswith("early exit"))
+    assert (early["route_shape"], early["routes"]) == ("early_exit", "early exit, depth 0.75")
+    launches = {p["expert_launch"] for p in points if p["arch"] == "llama3.1-8b-finedeep"}
+    assert launches == {"grouped", "per_expert"}
+
+
+def test_later_inputs_at_their_defaults_keep_point_ids():
+    base = make_point({"engine": "simulate", "hw": "h100_sxm", "arch": "llama3.1-8b"})
+    same = make_point({**{k: base[k] for k in INPUTS}, "label": "", "expert_launch": "grouped"})
+    assert same["point_id"] == base["point_id"]
+    assert make_point({**{k: base[k] for k in INPUTS}, "label": "x"})["point_id"] != base["point_id"]
+
+
+def test_one_small_point_per_architecture_evaluates(monkeypatch):
+    from radsim.point import evaluate
+
+    monkeypatch.chdir(ROOT)
+    seen = {}
+    for p in expand(load_study(ARCHITECTURES)):
+        if p["hw"] == "h100_sxm" and p["batch"] == 4 and p["label"] not in seen:
+            small = make_point({**{k: p[k] for k in INPUTS}, "prompt_tokens": 32, "output_tokens": 8})
+            seen[p["label"]] = evaluate(small)
+    assert all(row["error"] == "" for row in seen.values()), {k: r["error"] for k, r in seen.items()}
+    tpot = {label: row["tpot_s"] for label, row in seen.items()}
+    dense = tpot["dense 8B"]
+    assert tpot["radial, scratch p0.05 (18% depth)"] < dense  # few layers per token
+    finedeep = [v for k, v in tpot.items() if k.startswith("Finedeep")]
+    assert all(v > dense for v in finedeep)  # the same weights in more, smaller launches
+    dlo = next(row for label, row in seen.items() if label.startswith("DLO"))
+    assert dlo["params"] > seen["dense 8B"]["params"] and dlo["kv_policy_used"] == "compute"
+    early = next(row for label, row in seen.items() if label.startswith("early exit"))
+    assert early["kv_policy_used"] == "copy"
