@@ -37,7 +37,6 @@ import numpy as np
 from radsim.arch import Arch
 from radsim.errors import ConfigError
 from radsim.hardware import Hardware
-from radsim.power import op_energy_J
 from radsim.kernels import (
     ADDITIVE,
     Cost,
@@ -50,6 +49,7 @@ from radsim.kernels import (
     stack_ops,
     sum_kernels,
 )
+from radsim.power import op_energy_J
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0}
 KV_POLICIES = ("none", "copy", "compute")
@@ -84,9 +84,7 @@ class Execution:
 
     def __post_init__(self) -> None:
         if self.expert_launch not in EXPERT_LAUNCHES:
-            raise ConfigError(
-                f"expert_launch '{self.expert_launch}'; allowed: {', '.join(EXPERT_LAUNCHES)}"
-            )
+            raise ConfigError(f"expert_launch '{self.expert_launch}'; allowed: {', '.join(EXPERT_LAUNCHES)}")
         if self.dtype not in DTYPE_BYTES:
             raise ConfigError(f"dtype '{self.dtype}' not supported; allowed: {', '.join(DTYPE_BYTES)}")
         if self.kv_policy not in KV_POLICIES:

@@ -90,7 +90,9 @@ def _estimate(point: dict[str, Any], trace_file: str | None) -> dict[str, Any]:
     from radsim.estimate import Workload, estimate
 
     hw, arch = _hardware(point["hw"]), _arch(point["arch"], point["layers"])
-    exe = Execution(point["dtype"], point["tp"], point["kv_policy"] or "none", expert_launch=point["expert_launch"])
+    exe = Execution(
+        point["dtype"], point["tp"], point["kv_policy"] or "none", expert_launch=point["expert_launch"]
+    )
     fraction = _depth_fraction(point, arch)
     work = Workload(
         point["batch"],
@@ -102,7 +104,17 @@ def _estimate(point: dict[str, Any], trace_file: str | None) -> dict[str, Any]:
     )
     out = _common(hw, arch, exe)
     result = estimate(hw, arch, exe, work, Pricing(point["electricity_usd_per_kWh"]))
-    skip = {"hw", "arch", "dtype", "tp", "kv_policy", "routed", "expert_launch", "layers", *work.__dataclass_fields__}
+    skip = {
+        "hw",
+        "arch",
+        "dtype",
+        "tp",
+        "kv_policy",
+        "routed",
+        "expert_launch",
+        "layers",
+        *work.__dataclass_fields__,
+    }
     out.update({k: v for k, v in result.items() if k not in skip})
     k = result["layers_visited_per_token"]
     out["mean_depth_fraction"] = k / arch.num_layers

@@ -112,7 +112,10 @@ def test_dense_default_is_one_expert():
     [
         ("ffn_sublayers = 0", "'ffn_sublayers' must be positive"),
         ("ffn_experts_per_sublayer = 2.0", "'ffn_experts_per_sublayer' must be an integer"),
-        ("ffn_sublayers = 5", "ffn_size (1536) must be a multiple of ffn_sublayers x ffn_experts_per_sublayer (5)"),
+        (
+            "ffn_sublayers = 5",
+            "ffn_size (1536) must be a multiple of ffn_sublayers x ffn_experts_per_sublayer (5)",
+        ),
         (
             "ffn_sublayers = 4\nffn_experts_per_sublayer = 4\nffn_expert_size = 100",
             "ffn_size (1536) must equal ffn_sublayers x ffn_experts_per_sublayer x ffn_expert_size",
