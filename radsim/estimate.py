@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from radsim.arch import Arch
-from radsim.cost import Execution
+from radsim.cost import Execution, RoutedBatch, layer_cost
 from radsim.errors import ConfigError
 from radsim.hardware import Hardware
 from radsim.memory import (
@@ -28,7 +28,7 @@ from radsim.memory import (
 from radsim.money import Pricing
 from radsim.power import average_power_W
 from radsim.routing import layers_for_fraction, random_layer_visits
-from radsim.step import StepCost, step_cost
+from radsim.step import StepCost, head_cost, step_cost
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,7 @@ def estimate(
     prefill, decode = _Totals(), _Totals()
     for step in _prefill_steps(hw, arch, exe, work, k, rng, held):
         prefill.add(step)
-    for step in _decode_steps(hw, arch, exe, work, k, rng, held):
-        decode.add(step)
+    _decode(hw, arch, exe, work, k, rng, held, decode)
     return _metrics(hw, arch, exe, work, k, memory, prefill, decode, pricing)
 
 
@@ -122,24 +121,48 @@ def _prefill_steps(hw, arch, exe, work, k, rng, held):
         positions = np.arange(start, min(start + chunk, total))
         seq = positions // work.prompt_tokens
         visits_mask = random_layer_visits(rng, positions.size, arch.num_layers, k)
-        seqs, local = np.unique(seq, return_inverse=True)
-        new = np.bincount(local, minlength=seqs.size).astype(np.float64)
-        visits = np.zeros((arch.num_layers, seqs.size))
-        np.add.at(visits.T, local, visits_mask)
+        seqs, first, counts = np.unique(seq, return_index=True, return_counts=True)
+        new = counts.astype(np.float64)
+        # positions are in sequence order, so each sequence's visits are one contiguous sum
+        visits = np.add.reduceat(visits_mask, first, axis=0, dtype=np.float64).T
         finishing = int(((positions + 1) % work.prompt_tokens == 0).sum())
         step = step_cost(hw, arch, exe, new, held[:, seqs], visits, finishing)
         held[:, seqs] += visits if exe.kv_policy == "none" else new[None, :]
         yield step
 
 
-def _decode_steps(hw, arch, exe, work, k, rng, held):
-    """Yield the cost of each decode step; `held` (KV entries per layer and sequence) is updated."""
-    new = np.ones(work.batch)
-    for _ in range(work.output_tokens - 1):
-        visits = random_layer_visits(rng, work.batch, arch.num_layers, k).T.astype(np.float64)
-        step = step_cost(hw, arch, exe, new, held, visits, work.batch)
-        held += visits if exe.kv_policy == "none" else 1.0
-        yield step
+DECODE_BLOCK_ELEMENTS = 1 << 21  # (steps x layers x sequences) costed in one call
+
+
+def _decode(hw, arch, exe, work, k, rng, held, totals: _Totals) -> None:
+    """Add every decode step's cost to `totals`; `held` (KV entries per layer and sequence) is updated.
+
+    Steps are costed in blocks with a leading step axis (the cost model is vectorised), which gives
+    the same numbers as one call per step: each step's visits are drawn in order from `rng`.
+    """
+    layers, batch = arch.num_layers, work.batch
+    steps_left = work.output_tokens - 1
+    block = max(1, DECODE_BLOCK_ELEMENTS // (layers * batch))
+    new = np.ones(batch)
+    head = head_cost(hw, arch, exe, float(batch), float(batch))
+    while steps_left:
+        steps = min(block, steps_left)
+        mask = random_layer_visits(rng, steps * batch, layers, k)  # one step's draw after another
+        visits = mask.reshape(steps, batch, layers).transpose(0, 2, 1).astype(np.float64)
+        added = visits if exe.kv_policy == "none" else np.ones_like(visits)
+        context = held[None] + np.cumsum(added, axis=0) - added  # entries before each step
+        cost = layer_cost(hw, arch, exe, RoutedBatch.of(new, context, visits))
+        totals.time_s += float(cost.time_s.sum() + steps * head.time_s.sum())
+        totals.energy_J += float(cost.energy_J.sum() + steps * head.energy_J.sum())
+        totals.flops += float(cost.flops.sum() + steps * head.flops.sum())
+        totals.bytes += float(cost.bytes.sum() + steps * head.bytes.sum())
+        totals.bound_time_s += float(
+            cost.time_s[cost.compute_time_s > cost.memory_time_s].sum()
+            + steps * head.time_s[head.compute_time_s > head.memory_time_s].sum()
+        )
+        totals.steps += steps
+        held += added.sum(axis=0)
+        steps_left -= steps
 
 
 def _metrics(hw, arch, exe, work, k, memory, prefill, decode, pricing) -> dict:
