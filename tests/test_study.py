@@ -266,7 +266,7 @@ def test_architectures_study_expands_to_every_architecture():
     assert len(points) == len(labels) * 2 * 9  # two GPUs, nine batch sizes
     by_label = {p["label"]: p for p in points}
     dlo = next(p for label, p in by_label.items() if label.startswith("DLO"))
-    assert (dlo["arch"], dlo["kv_policy"], dlo["depth_fraction"]) == ("llama3.1-8b-dlo", "compute", 0.8)
+    assert (dlo["arch"], dlo["kv_policy"], dlo["depth_fraction"]) == ("llama3.1-8b-dlo", "compute", 0.75)
     early = next(p for label, p in by_label.items() if label.startswith("early exit"))
     assert (early["route_shape"], early["routes"]) == ("early_exit", "early exit, depth 0.75")
     launches = {p["expert_launch"] for p in points if p["arch"] == "llama3.1-8b-finedeep"}
