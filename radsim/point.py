@@ -24,7 +24,7 @@ from radsim.cost import Execution
 from radsim.errors import ConfigError
 from radsim.hardware import Hardware, load_hardware
 from radsim.money import Pricing
-from radsim.routing import random_layer_visits
+from radsim.routing import layers_for_fraction, random_layer_visits
 from radsim.step import step_cost
 
 POWER_BINS = 60
@@ -90,10 +90,10 @@ def _estimate(point: dict[str, Any], trace_file: str | None) -> dict[str, Any]:
     from radsim.estimate import Workload, estimate
 
     hw, arch = _hardware(point["hw"]), _arch(point["arch"], point["layers"])
-    exe = Execution(
-        point["dtype"], point["tp"], point["kv_policy"] or "none", expert_launch=point["expert_launch"]
-    )
     fraction = _depth_fraction(point, arch)
+    # routed as `estimate` would set it, so that it keeps this Execution (and its expert_launch)
+    routed = layers_for_fraction(arch.num_layers, fraction) < arch.num_layers
+    exe = Execution(point["dtype"], point["tp"], point["kv_policy"] or "none", routed, point["expert_launch"])
     work = Workload(
         point["batch"],
         point["prompt_tokens"],

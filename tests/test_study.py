@@ -299,3 +299,15 @@ def test_one_small_point_per_architecture_evaluates(monkeypatch):
     assert dlo["params"] > seen["dense 8B"]["params"] and dlo["kv_policy_used"] == "compute"
     early = next(row for label, row in seen.items() if label.startswith("early exit"))
     assert early["kv_policy_used"] == "copy"
+
+
+def test_expert_launch_reaches_the_estimate_engine_at_any_depth():
+    from radsim.point import evaluate
+
+    def tpot(launch: str, depth: float) -> float:
+        values = dict(engine="estimate", hw="h100_sxm", arch="llama3.1-8b-finedeep", batch=4)
+        values.update(prompt_tokens=32, output_tokens=4, expert_launch=launch, depth_fraction=depth)
+        return evaluate(make_point(values))["tpot_s"]
+
+    for depth in (1.0, 0.5):
+        assert tpot("per_expert", depth) > tpot("grouped", depth)
