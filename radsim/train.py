@@ -1,10 +1,13 @@
-"""`radsim train CONFIG`: train a radial, Mixture-of-Depths or dense model from scratch on real text.
+"""`radsim train CONFIG`: train a radial, MoD, Finedeep or dense model from scratch on real text, or DLO.
 
 Layers and routers learn together. The LM loss trains the layers and, through the straight-through
 scaling of each visit's output by p / stop_grad(p), the router; a REINFORCE term with a per-token
 reward -(loss + compute_penalty x depth) and a batch-mean baseline teaches the router when skipping,
 exiting or reusing pays. MoD trains its top-k routers through the same scaling (sigmoid weight)
-and its causal predictors with a binary cross-entropy. Outputs go to runs/<name>/: the checkpoint
+and its causal predictors with a binary cross-entropy; Finedeep trains on the LM loss alone. DLO
+(`train_dlo`) expands SmolLM2-135M and fine-tunes its new layers and MLP routers (straight-through
+hard gates, similarity-guided router targets, a skip-rate term), evaluating SmolLM2 and the
+untrained expansion on the same validation windows first. Outputs go to runs/<name>/: the checkpoint
 (`model.pt`), `metrics.json` and `log.csv`, each written atomically.
 """
 
@@ -221,15 +224,24 @@ def build_dlo(cfg: RunConfig) -> torch.nn.Module:
 
 
 def dlo_loss(model, x: torch.Tensor, cfg: RunConfig) -> tuple[torch.Tensor, dict]:
-    """LM loss + similarity-guided router BCE + squared deviation of the mean skip rate from its target."""
+    """LM loss + similarity-guided router BCE + squared deviation of the mean skip rate from its target.
+
+    The router BCE pulls p_run towards 0 where cos(layer input, full layer output) > sim_threshold
+    and towards 1 elsewhere (DLO's similarity guide); the rate term holds the share of skipped
+    (token, layer) MLPs near skip_target.
+    """
     d = cfg.dlo
     out = model(x, train=True, sim_threshold=d.sim_threshold)
     lm = lm_loss(out.logits, x)
     p_run = torch.stack(out.p_run)  # (L, B, T)
     target_run = (~torch.stack(out.skip_target)).float()
     sim = torch.nn.functional.binary_cross_entropy(p_run, target_run)
-    rate = (1.0 - p_run.mean() - d.skip_target) ** 2
-    hard_skip = 1.0 - torch.stack(out.run).float().mean().item()
+    # the hard skip rate in the forward pass, the soft one's gradient (a soft rate could sit at the
+    # target while no MLP is skipped)
+    hard = 1.0 - torch.stack(out.run).float().mean()
+    skip = hard + (1.0 - p_run.mean()) - (1.0 - p_run.mean()).detach()
+    rate = (skip - d.skip_target) ** 2
+    hard_skip = hard.item()
     info = {"lm": lm.item(), "depth": (1.0 - hard_skip) * len(out.run), "skip": hard_skip}
     info["sim_skip"] = 1.0 - target_run.mean().item()
     return lm + d.sim_weight * sim + d.rate_weight * rate, info
