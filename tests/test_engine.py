@@ -171,3 +171,23 @@ def test_preemption_recomputes_and_everything_completes(toy_gpu, tiny_arch):
 def test_step_sync_refuses_the_compute_policy(toy_gpu, tiny_arch):
     with pytest.raises(ConfigError, match="layer_major"):
         SimConfig(toy_gpu, tiny_arch, Execution("fp16", kv_policy="compute"), execution_policy="step_sync")
+
+
+def test_replicas_take_the_shortest_queue(toy_gpu, tiny_arch):
+    alone = _run(toy_gpu, tiny_arch, [Request(0, 0.0, 4, 3)])
+    requests = [Request(0, 0.0, 4, 3), Request(1, 0.0, 4, 3), Request(2, 1.0, 4, 3)]
+    cfg = SimConfig(toy_gpu, tiny_arch, EXE, SchedulerConfig(), replicas=2)
+    sim = Simulation(cfg, sequential(tiny_arch.num_layers), requests)
+    sim.run()
+    served = [sorted(f.request.id for f in r.scheduler.done) for r in sim.replicas]
+    assert served == [[0, 2], [1]]  # the third arrival finds both idle and takes the first
+    one = [it.start_at for it in alone.timeline]
+    for replica in (0, 1):  # each replica runs the lone request's timeline from t = 0
+        starts = [it.start_at for it in sim.timeline if it.replica == replica][: len(one)]
+        assert starts == pytest.approx(one, rel=1e-12)
+    metrics = summarize(sim, SLO(), Pricing())
+    assert metrics["completed"] == 3
+    busy = sum(it.time_s for it in sim.timeline)
+    idle = 2 * metrics["makespan_s"] - busy
+    integrated = sum(it.energy_J for it in sim.timeline) + idle * toy_gpu.idle_power_W
+    assert metrics["energy_J"] == pytest.approx(integrated, rel=1e-9)
