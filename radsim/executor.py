@@ -45,6 +45,8 @@ def slot_load(
 ) -> np.ndarray:
     """Layer-major load: `visits` (R, W) per request and slot, `new` (R,) tokens, `held` (R, W) entries."""
     v = visits if visits.dtype == np.float64 else visits.astype(np.float64)
+    if v.shape[0] == 1:
+        return _one_row(v[0], float(new[0]), held[0], kv_policy, num_layers)
     if kv_policy == "none":
         return _aggregate(v, v, v, held)
     # skippers write K/V only in the first pass (copy/compute); later passes behave as `none`
@@ -85,6 +87,20 @@ def decode_load(
         assert held is not None
         later = visits[:, num_layers:]
         load[PAIRS:, num_layers:] = np.einsum("rw,rw->w", later, held[:, num_layers:] + 1.0)
+    return load
+
+
+def _one_row(v: np.ndarray, new: float, c: np.ndarray, kv_policy: str, num_layers: int) -> np.ndarray:
+    """`slot_load` of one request: `v` (W,) visits, `new` tokens, `c` (W,) held entries."""
+    load = np.empty((len(LOAD_ROWS), v.size))
+    load[VISITORS] = v
+    load[KV] = v
+    if kv_policy != "none":
+        load[KV, :num_layers] = new
+    q = load[KV] if kv_policy == "compute" else v
+    load[Q] = q
+    load[PAIRS] = q * (c + (load[KV] + 1.0) * 0.5)
+    load[HELD] = (q > 0) * (c + load[KV])
     return load
 
 

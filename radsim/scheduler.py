@@ -101,6 +101,7 @@ class Batch:
     new_entries: float  # KV entries the iteration adds
     logit_rows: int  # tokens whose logits are sampled (decodes and completed prefills)
     prefill_tokens: int  # prompt (or recomputed) tokens in the iteration
+    completing: list[int]  # prefilling rows whose prefill this iteration completes
 
     @property
     def decode_tokens(self) -> int:
@@ -404,12 +405,12 @@ class Scheduler:
             entries = self._entries(chunk_visits, sizes)
             new_entries += float(np.add.reduce(entries, axis=None))
             context, target = self.context, self.target
-            completing = sum(1 for r, n in chunks.items() if context[r] + n == target[r])
+            completing = [r for r, n in chunks.items() if context[r] + n == target[r]]
             prefill_tokens = sum(chunks.values())
         else:
             rows, sizes, parts = _EMPTY_ROWS, _EMPTY_ROWS, []
             chunk_visits = entries = np.zeros((0, visits.shape[1]))
-            completing = prefill_tokens = 0
+            completing, prefill_tokens = [], 0
         return Batch(
             decode,
             tokens,
@@ -422,8 +423,9 @@ class Scheduler:
             chunk_visits,
             entries,
             new_entries,
-            int(decode.size) + completing,
+            int(decode.size) + len(completing),
             prefill_tokens,
+            completing,
         )
 
     def _chunk_visits(self, tokens: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -477,14 +479,19 @@ class Scheduler:
             self._itl_count += decode.size
         done = decode[context >= self.end_context[decode]]
         rows = batch.prefill_rows
-        if rows.size:
-            self.held[rows] += batch.prefill_entries  # first-pass columns unused under copy/compute
+        finished = done.tolist()
+        if rows.size == 1:  # the common case: one prompt joins (first-pass columns unused under copy/compute)
+            row = int(rows[0])
+            self.held[row] += batch.prefill_entries[0]
+            self.context[row] += int(batch.prefill_new[0])
+        elif rows.size:
+            self.held[rows] += batch.prefill_entries
             self.context[rows] += batch.prefill_new
-            first = rows[self.context[rows] == self.target[rows]]
-            if first.size:
-                self._first_tokens(first, now)
-                done = np.concatenate([done, first[self.context[first] >= self.end_context[first]]])
-        for row in done.tolist():
+        for row in batch.completing:
+            self._first_token(row, now)
+            if self.context[row] >= self.end_context[row]:
+                finished.append(row)
+        for row in finished:
             request = self.request[row]
             assert request is not None
             self.done.append(
@@ -492,18 +499,17 @@ class Scheduler:
             )
             self._free(row)
 
-    def _first_tokens(self, rows: np.ndarray, now: float) -> None:
-        """Rows whose prefill completed emit a token: their first, or after a recompute the next one."""
-        resumed = self.generated[rows] > 0
-        gaps = now - self.last_token_at[rows[resumed]]
-        if gaps.size:
-            self._gaps.append(gaps)
-            self._gap_count += gaps.size
+    def _first_token(self, row: int, now: float) -> None:
+        """A row whose prefill completed emits a token: its first, or after a recompute the next one."""
+        if self.generated[row] > 0:
+            self._gaps.append(np.array([now - self.last_token_at[row]]))
+            self._gap_count += 1
             if self._gap_count > 1 << 16:
                 self._flush_gaps()
-        self.first_token_at[rows[~resumed]] = now
-        self.last_token_at[rows] = now
-        self.phase[rows] = DECODING
+        else:
+            self.first_token_at[row] = now
+        self.last_token_at[row] = now
+        self.phase[row] = DECODING
 
     def _flush_gaps(self) -> None:
         if not self._gaps:

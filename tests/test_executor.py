@@ -81,3 +81,18 @@ def test_loads_of_disjoint_rows_add():
         visits[2:], new[2:], held[2:], "copy", LAYERS
     )
     np.testing.assert_allclose(whole, parts)
+
+
+@pytest.mark.parametrize("policy", KV_POLICIES)
+def test_one_request_matches_the_general_aggregation(policy):
+    from radsim.executor import _aggregate
+
+    rng = np.random.default_rng(4)
+    visits = rng.integers(0, 4, (1, 2 * LAYERS)).astype(float)
+    new = np.array([int(visits.max()) + 2])
+    held = rng.integers(0, 30, visits.shape).astype(float)
+    kv = visits.copy()
+    if policy != "none":
+        kv[:, :LAYERS] = new[0]
+    q = kv if policy == "compute" else visits
+    np.testing.assert_allclose(slot_load(visits, new, held, policy, LAYERS), _aggregate(q, kv, visits, held))
