@@ -224,12 +224,13 @@ class Simulation:
             steps = book.steps.shape[1]
             decode = batch.decode_book_tokens
             held = sched.held_entries(batch.decode_rows)
-            load = step_decode_load(book.steps[decode], book.step_slots[decode], held, layers, steps)
+            columns = sched.column_of  # the scheduler keeps only the slots routes visit
+            load = step_decode_load(book.steps[decode], columns[book.step_slots[decode]], held, layers, steps)
             if batch.prefill_rows.size:
                 tokens = np.concatenate(batch.prefill_parts)
                 visit, step = np.nonzero(book.steps[tokens] >= 0)
                 layer = book.steps[tokens[visit], step].astype(np.int64)
-                slot = book.step_slots[tokens[visit], step].astype(np.int64)
+                slot = columns[book.step_slots[tokens[visit], step]]
                 request = np.repeat(np.arange(batch.prefill_rows.size), batch.prefill_new)[visit]
                 held = sched.held_entries(batch.prefill_rows)
                 load += step_load(request, step, layer, slot, held, policy, layers, steps)

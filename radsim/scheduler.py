@@ -153,17 +153,27 @@ class Scheduler:
         self.cfg, self.book, self.kv_policy = cfg, book, kv_policy
         self.capacity_entries = kv_capacity_bytes / entry_bytes
         self.entry_bytes = entry_bytes
-        n, w = cfg.max_batch, book.slots.shape[1]
-        self.num_layers = book.num_layers
+        n = cfg.max_batch
+        self.num_layers = layers = book.num_layers
         # under copy/compute every token holds a first-pass entry in every layer, so those slots'
         # entries equal the row's context and are not stored (`context` stands for them)
         self.shared_first_pass = kv_policy != "none"
-        entries = book.slots.astype(np.float64)
+        # Columns: the slots some route of the book visits (under copy/compute every first-pass slot,
+        # first); a slot nobody visits launches nothing, so it is left out of every per-row array.
+        used = book.slots.any(axis=0)
         if self.shared_first_pass:
-            entries[:, : book.num_layers] = 1.0
-        self.token_entries = entries  # (tokens, W) KV entries a token adds per slot
-        self._slots_f64 = book.slots.astype(np.float64)
-        self._book_cum = book.cum_slots
+            used[:layers] = True
+        self.columns = np.flatnonzero(used)
+        self.column_of = np.full(book.slots.shape[1], -1, dtype=np.int64)
+        self.column_of[self.columns] = np.arange(self.columns.size)
+        w = self.columns.size
+        slots = np.ascontiguousarray(book.slots[:, self.columns])  # rows contiguous: taken by token
+        entries = slots.astype(np.float64, order="C")
+        if self.shared_first_pass:
+            entries[:, :layers] = 1.0
+        self.token_entries = entries  # (tokens, W) KV entries a token adds per column
+        self._slots_f64 = slots.astype(np.float64, order="C")
+        self._book_cum = np.ascontiguousarray(book.cum_slots[:, self.columns])
         self._entries_per_token = entries.sum(axis=1).astype(np.int64)  # integer sums are fast
         self.held = np.zeros((n, w))  # KV entries per row and slot (see shared_first_pass)
         self.context = np.zeros(n, dtype=np.int64)  # tokens of each row in the KV cache
@@ -252,6 +262,8 @@ class Scheduler:
         """
         if cum is None:
             cum = self.entries_cumsum(tokens)
+        if prompt_visits is not None:
+            prompt_visits = prompt_visits[self.columns]
         need = cum[request.prompt_tokens + request.output_tokens - 2]
         if need > self.capacity_entries:
             raise ConfigError(
