@@ -4,7 +4,7 @@ Models: SmolLM2-135M as the sequential baseline (`--model smollm2`), a distilled
 it (`--router runs/.../router-tauX.pt`), or a model trained by `radsim train` (`--run runs/NAME`:
 radial, MoD, dense, Finedeep, DLO). A Finedeep row's `entropy` is its routers' entropy over experts
 (mean over the layer's sub-layers); a DLO row's `prob` is the router's probability of running the
-layer's MLP, and its `kv_action` is KV_COMPUTE where only attention ran.
+layer's MLP (its `entropy` is 0), and its `kv_action` is KV_COMPUTE where only attention ran.
 Sequences are consecutive windows of the test split (never seen in training), run in batches of
 `--batch`; the trace keeps each sequence's batch id. Perplexity on the captured tokens goes into
 the trace's metadata (`quality`).
@@ -171,9 +171,8 @@ def _all_layers(model: Finedeep | DLO, x: torch.Tensor, ids) -> tuple[list[pd.Da
             prob, entropy = np.ones(n), router_entropy(out.weights[layer]).flatten().numpy()
             action = np.full(n, KV_WRITE)
         else:
-            p = out.p_run[layer].flatten().clamp(1e-7, 1 - 1e-7)
-            prob = p.numpy()
-            entropy = (-(p * p.log() + (1 - p) * (1 - p).log())).numpy()
+            # entropy 0: a binary router's entropy is a function of prob, and the file stays small
+            prob, entropy = out.p_run[layer].flatten().numpy(), np.zeros(n)
             action = np.where(out.run[layer].flatten().numpy(), KV_WRITE, KV_COMPUTE)
         frame = _frame(st.tokens.numpy(), layer, 0, np.full(n, layer), prob, np.zeros(n), entropy, st, *ids)
         frame["kv_action"] = action
