@@ -9,7 +9,9 @@ previous one) and its layer at each routing step.
 Layer-count mapping (a trace of Lt layers onto an architecture of La layers): trace layer l covers
 target layers [floor(l La / Lt), floor((l+1) La / Lt)), at least the first of them; a visit to l
 becomes visits to that whole block, in order, and consecutive visits to the same target layer merge.
-The depth fraction is kept, and so is the order of the route.
+The depth fraction is kept, and so is the order of the route. Rows of a trace where only
+attention ran (`kv_action` KV_COMPUTE, DLO's skipped MLPs) are not visits: the book holds the layers
+whose MLP ran, and the simulator's `compute` KV policy runs attention everywhere.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from functools import cached_property
 import numpy as np
 
 from radsim.errors import ConfigError
-from radsim.trace import Trace, read_trace
+from radsim.trace import KV_COMPUTE, Trace, read_trace
 
 
 @dataclass(frozen=True)
@@ -118,16 +120,33 @@ class RouteBook:
 
 
 def _from_layers(
-    token: np.ndarray, layer: np.ndarray, num_layers: int, seq_starts: np.ndarray, source: str
+    token: np.ndarray,
+    layer: np.ndarray,
+    num_layers: int,
+    seq_starts: np.ndarray,
+    source: str,
+    n_tokens: int | None = None,
 ) -> RouteBook:
-    """Build a book from visit rows sorted by token then step: token index and layer per visit."""
+    """Build a book from visit rows sorted by token then step: token index and layer per visit.
+
+    `n_tokens` (default: the last visiting token + 1) counts tokens with no visit too."""
+    n_tokens = int(token.max()) + 1 if n_tokens is None else n_tokens
+    if token.size == 0:
+        empty = np.full((n_tokens, 1), -1)
+        return RouteBook(
+            np.zeros((n_tokens, num_layers), dtype=np.uint8),
+            empty.astype(np.int16),
+            empty.astype(np.int32),
+            seq_starts,
+            num_layers,
+            source,
+        )
     start = np.r_[True, token[1:] != token[:-1]]
     new_pass = np.r_[False, layer[1:] <= layer[:-1]] & ~start
     group = np.cumsum(start) - 1
     pass_index = np.cumsum(new_pass) - np.maximum.accumulate(np.where(start, np.cumsum(new_pass), 0))
     first = np.flatnonzero(start)
     step = np.arange(len(token)) - first[group]
-    n_tokens = int(token.max()) + 1
     passes = int(pass_index.max()) + 1
     slots = np.zeros((n_tokens, passes * num_layers), dtype=np.uint8)
     np.add.at(slots, (token, pass_index * num_layers + layer), 1)
@@ -160,8 +179,11 @@ def from_trace(trace: Trace, num_layers: int, source: str = "trace") -> RouteBoo
     seq_of_token = np.zeros(token.max() + 1, dtype=np.int64)
     seq_of_token[token] = v["seq"].to_numpy()
     seq_starts = np.flatnonzero(np.r_[True, seq_of_token[1:] != seq_of_token[:-1]])
-    token, layer = map_layers(token, v["layer"].to_numpy(np.int64), trace.num_layers, num_layers)
-    return _from_layers(token, layer, num_layers, seq_starts, source)
+    # An attention-only row (KV_COMPUTE: the token skipped the layer's MLP, as DLO does) is not a
+    # visit here: under the compute KV policy attention runs for every token in every layer anyway.
+    ran = v["kv_action"].to_numpy() != KV_COMPUTE
+    token, layer = map_layers(token[ran], v["layer"].to_numpy(np.int64)[ran], trace.num_layers, num_layers)
+    return _from_layers(token, layer, num_layers, seq_starts, source, len(seq_of_token))
 
 
 def load_routes(path: str, num_layers: int) -> RouteBook:

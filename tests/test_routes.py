@@ -7,7 +7,7 @@ import pytest
 
 from radsim.errors import ConfigError
 from radsim.routes import from_trace, map_layers, parametric, sequential
-from radsim.trace import Trace, visits_from_routes
+from radsim.trace import KV_COMPUTE, Trace, visits_from_routes
 
 META = {
     "schema_version": 1,
@@ -74,3 +74,15 @@ def test_prefix_visits_equal_direct_sums():
     np.testing.assert_array_equal(tokens, same)  # the prefixes do not change the draw
     for i, (a, p) in enumerate(zip(offsets, prefixes, strict=True)):
         np.testing.assert_array_equal(visits[i], book.slots[tokens[a : a + p]].sum(axis=0))
+
+
+def test_attention_only_rows_are_not_visits():
+    # three tokens of one sequence over 4 layers; 1 = MLP skipped (attention only, as DLO records)
+    routes = [[0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3]]
+    visits = visits_from_routes(routes, [0, 0, 0], [0, 1, 2])
+    skipped = np.array([0, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1], dtype=bool)
+    visits.loc[skipped, "kv_action"] = KV_COMPUTE
+    book = from_trace(Trace(visits, {**META, "kv_policy": "compute"}), 4)
+    assert book.slots.tolist() == [[1, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0]]
+    assert book.depth.tolist() == [3, 4, 0]  # the third token ran no MLP and keeps its position
+    assert book.steps[2].tolist() == [-1] * book.steps.shape[1]

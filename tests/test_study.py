@@ -262,11 +262,17 @@ ARCHITECTURES = ROOT / "studies" / "architectures.toml"
 def test_architectures_study_expands_to_every_architecture():
     points = expand(load_study(ARCHITECTURES))
     labels = list(dict.fromkeys(p["label"] for p in points))
-    assert len(labels) == 8 and labels[0] == "dense 8B"
+    assert len(labels) == 9 and labels[0] == "dense 8B"
     assert len(points) == len(labels) * 2 * 9  # two GPUs, nine batch sizes
     by_label = {p["label"]: p for p in points}
-    dlo = next(p for label, p in by_label.items() if label.startswith("DLO"))
+    dlo = next(p for label, p in by_label.items() if label.startswith("DLO") and "parametric" in label)
     assert (dlo["arch"], dlo["kv_policy"], dlo["depth_fraction"]) == ("llama3.1-8b-dlo", "compute", 0.75)
+    traced = next(p for label, p in by_label.items() if label.startswith("DLO") and "routes" in label)
+    assert (traced["arch"], traced["kv_policy"], traced["trace"]) == (
+        "llama3.1-8b-dlo",
+        "compute",
+        "traces/dlo-smollm2.parquet",
+    )
     early = next(p for label, p in by_label.items() if label.startswith("early exit"))
     assert (early["route_shape"], early["routes"]) == ("early_exit", "early exit, depth 0.75")
     launches = {p["expert_launch"] for p in points if p["arch"] == "llama3.1-8b-finedeep"}
