@@ -1,14 +1,16 @@
 """Simulator speed: wall-clock seconds per simulated hour at saturation, and start-up time.
 
-Run: python benchmarks/bench_simulate.py [--trace traces/NAME.parquet] [--hours 1.0]
+Run: python benchmarks/bench_simulate.py [--trace traces/NAME.parquet] [--hours 1.0] [--rate 40]
 Llama-3.1-8B on one H100, continuous batching (max batch 256, 8192-token budget), Poisson arrivals
-above the replica's capacity (saturation), lognormal prompts (mean 512) and outputs (mean 256).
+at the replica's capacity or above (saturation: busy fraction 1), lognormal prompts (mean 512) and
+outputs (mean 256); routes drawn from a radial trace (default: the distilled SmolLM2 router's).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from radsim.arch import load_arch
 from radsim.cost import Execution
@@ -21,10 +23,17 @@ from radsim.scheduler import SchedulerConfig
 from radsim.trace import read_trace
 from radsim.workload import LengthDist, WorkloadConfig, generate
 
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TRACE = "traces/smollm2-135m-radial-distill-tau0.27.parquet"  # the distilled SmolLM2 radial router
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--trace", help="radial trace to draw routes from (default: parametric, depth 0.6)")
+    parser.add_argument(
+        "--trace",
+        default=DEFAULT_TRACE,
+        help=f"radial trace to draw routes from (default {DEFAULT_TRACE}; '' for parametric routes, depth 0.6)",
+    )
     parser.add_argument("--hours", type=float, default=1.0, help="simulated hours of arrivals")
     parser.add_argument("--rate", type=float, default=40.0, help="requests per second (above capacity)")
     parser.add_argument("--execution", default="layer_major", choices=("layer_major", "step_sync"))
@@ -32,8 +41,9 @@ def main() -> None:
     start = time.perf_counter()
     hw, arch = load_hardware("h100_sxm"), load_arch("llama3.1-8b")
     if args.trace:
-        policy = read_trace(args.trace).meta["kv_policy"]
-        book = load_routes(args.trace, arch.num_layers)
+        path = args.trace if Path(args.trace).exists() else str(ROOT / args.trace)
+        policy = read_trace(path).meta["kv_policy"]
+        book = load_routes(path, arch.num_layers)
     else:
         policy, book = "none", parametric(arch.num_layers, 0.6)
     cfg = SimConfig(
