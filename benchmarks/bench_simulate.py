@@ -18,7 +18,7 @@ from radsim.engine import SimConfig, Simulation
 from radsim.hardware import load_hardware
 from radsim.metrics import SLO, summarize
 from radsim.money import Pricing
-from radsim.routes import load_routes, parametric
+from radsim.routes import from_trace, parametric
 from radsim.scheduler import SchedulerConfig
 from radsim.trace import read_trace
 from radsim.workload import LengthDist, WorkloadConfig, generate
@@ -42,8 +42,9 @@ def main() -> None:
     hw, arch = load_hardware("h100_sxm"), load_arch("llama3.1-8b")
     if args.trace:
         path = args.trace if Path(args.trace).exists() else str(ROOT / args.trace)
-        policy = read_trace(path).meta["kv_policy"]
-        book = load_routes(path, arch.num_layers)
+        trace = read_trace(path)
+        policy = trace.meta["kv_policy"]
+        book = from_trace(trace, arch.num_layers, source=path)
     else:
         policy, book = "none", parametric(arch.num_layers, 0.6)
     cfg = SimConfig(

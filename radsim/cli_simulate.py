@@ -66,16 +66,17 @@ def run_simulate(args: argparse.Namespace) -> None:
     from radsim.hardware import load_hardware
     from radsim.metrics import SLO, summarize, timeline_table
     from radsim.money import Pricing
-    from radsim.routes import load_routes, parametric
+    from radsim.routes import from_trace, parametric
     from radsim.scheduler import SchedulerConfig
     from radsim.trace import read_trace
     from radsim.workload import LengthDist, WorkloadConfig, generate
 
     hw, arch = load_hardware(args.hw), load_arch(args.arch)
     if args.trace:
-        meta = read_trace(args.trace).meta
+        trace = read_trace(args.trace)  # read once: the meta and the routes
+        meta = trace.meta
         policy = args.kv_policy or meta["kv_policy"]
-        book = load_routes(args.trace, arch.num_layers)
+        book = from_trace(trace, arch.num_layers, source=str(args.trace))
         routed = meta["model"]["kind"] != "sequential"  # a sequential model has no router to run
     else:
         policy = args.kv_policy or "none"

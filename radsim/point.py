@@ -58,11 +58,16 @@ def _arch(name: str, layers: int) -> Arch:
 
 @lru_cache(maxsize=16)
 def _trace_routes(path: str, num_layers: int):
-    from radsim.routes import load_routes
+    from radsim.routes import from_trace
     from radsim.trace import read_trace
 
-    meta = read_trace(path).meta
-    return load_routes(path, num_layers), meta["kv_policy"], meta["model"]["kind"] != "sequential"
+    trace = read_trace(path)  # read once: the meta and the routes
+    meta = trace.meta
+    return (
+        from_trace(trace, num_layers, source=path),
+        meta["kv_policy"],
+        meta["model"]["kind"] != "sequential",
+    )
 
 
 def _depth_fraction(point: dict[str, Any], arch: Arch) -> float:
