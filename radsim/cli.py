@@ -15,7 +15,7 @@ from radsim.cli_measure import add_measure_commands
 from radsim.cli_models import add_model_commands
 from radsim.cli_simulate import add_simulate_command
 from radsim.cli_study import add_study_commands
-from radsim.cost import DTYPE_BYTES, KV_POLICIES, Execution
+from radsim.cost import DTYPE_BYTES, EXPERT_LAUNCHES, KV_POLICIES, Execution
 from radsim.errors import ConfigError
 from radsim.estimate import Workload, estimate
 from radsim.hardware import list_hardware, load_hardware
@@ -74,6 +74,12 @@ def _estimate_parser(sub) -> None:
         type=float,
         default=1.0,
         help="fraction of layers each token visits (random per token)",
+    )
+    est.add_argument(
+        "--expert-launch",
+        default="grouped",
+        choices=EXPERT_LAUNCHES,
+        help="Finedeep experts: one grouped launch per projection, or one launch per expert",
     )
     est.add_argument(
         "--kv-policy",
@@ -137,7 +143,7 @@ def _estimate(args: argparse.Namespace) -> None:
     if args.electricity_usd_per_kwh < 0:
         raise ConfigError("--electricity-usd-per-kwh must be >= 0")
     hw, arch = load_hardware(args.hw), load_arch(args.arch)
-    exe = Execution(dtype=args.dtype, tp=args.tp, kv_policy=args.kv_policy)
+    exe = Execution(dtype=args.dtype, tp=args.tp, kv_policy=args.kv_policy, expert_launch=args.expert_launch)
     hw.peak_flops(args.dtype)
     work = Workload(
         batch=args.batch,

@@ -31,6 +31,12 @@ def add_simulate_command(sub) -> None:
         "--kv-policy", choices=("none", "copy", "compute"), help="default: the trace's, else none"
     )
     routes.add_argument("--execution", default="layer_major", choices=("layer_major", "step_sync"))
+    routes.add_argument(
+        "--expert-launch",
+        default="grouped",
+        choices=("grouped", "per_expert"),
+        help="Finedeep experts: one grouped launch per projection, or one launch per expert",
+    )
     work = sim.add_argument_group("workload")
     work.add_argument("--arrival", default="poisson", choices=("poisson", "gamma", "replay"))
     work.add_argument("--rate", type=float, default=1.0, help="requests per second")
@@ -82,7 +88,9 @@ def run_simulate(args: argparse.Namespace) -> None:
         policy = args.kv_policy or "none"
         book = parametric(arch.num_layers, args.depth_fraction, args.reuse_prob, seed=args.seed)
         routed = args.depth_fraction < 1 or args.reuse_prob > 0
-    exe = Execution(dtype=args.dtype, tp=args.tp, kv_policy=policy, routed=routed)
+    exe = Execution(
+        dtype=args.dtype, tp=args.tp, kv_policy=policy, routed=routed, expert_launch=args.expert_launch
+    )
     hw.peak_flops(args.dtype)
     scheduler = SchedulerConfig(
         args.batching, args.max_batch, args.max_tokens, not args.no_chunked_prefill, args.memory_fraction

@@ -10,7 +10,7 @@ after each visit and visitors are gathered and scattered (`routing.random_layer_
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def estimate(
     pricing = pricing or Pricing()
     k = layers_for_fraction(arch.num_layers, work.depth_fraction)
     if exe.routed != (k < arch.num_layers):
-        exe = Execution(exe.dtype, exe.tp, exe.kv_policy, routed=k < arch.num_layers)
+        exe = replace(exe, routed=k < arch.num_layers)  # keeps every other setting
     length = work.prompt_tokens + work.output_tokens
     if length > arch.max_position_embeddings:
         raise ConfigError(

@@ -135,3 +135,12 @@ def test_prefill_chunking_changes_steps_not_work(h100, llama):
     assert chunked["dram_bytes_per_device"] > whole["dram_bytes_per_device"]
     assert chunked["ttft_s"] > whole["ttft_s"]
     assert chunked["activation_bytes"] < whole["activation_bytes"]
+
+
+def test_expert_launch_survives_routing_and_per_expert_costs_more():
+    hw, arch = load_hardware("h100_sxm"), load_arch("llama3.1-8b-finedeep")
+    work = Workload(1, 64, 8, depth_fraction=0.5)
+    grouped = estimate(hw, arch, Execution("bf16", expert_launch="grouped"), work)
+    each = estimate(hw, arch, Execution("bf16", expert_launch="per_expert"), work)
+    assert each["expert_launch"] == "per_expert"  # the routed execution keeps the setting
+    assert each["tpot_s"] > grouped["tpot_s"]
