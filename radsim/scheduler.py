@@ -171,7 +171,6 @@ class Scheduler:
         entries = slots.astype(np.float64, order="C")
         if self.shared_first_pass:
             entries[:, :layers] = 1.0
-        self.token_entries = entries  # (tokens, W) KV entries a token adds per column
         self._slots_f64 = slots.astype(np.float64, order="C")
         self._book_cum = np.ascontiguousarray(book.cum_slots[:, self.columns])
         self._entries_per_token = entries.sum(axis=1).astype(np.int64)  # integer sums are fast
@@ -197,10 +196,8 @@ class Scheduler:
         self.prompt_visits: list[np.ndarray | None] = [None] * n  # (W,) slot visits of each row's prompt
         self.done: list[Finished] = []
         self.entries_used = 0.0
-        self._gaps: list[np.ndarray] = []  # inter-token gaps not yet in the histogram
-        self._gap_count = 0
-        self._itl_histogram = np.zeros(len(ITL_BINS) + 1, dtype=np.int64)
-        self._itl_sum, self._itl_count = 0.0, 0
+        self.itl_histogram = np.zeros(len(ITL_BINS) + 1, dtype=np.int64)  # gaps per ITL_BINS bin
+        self.itl_sum, self.itl_count = 0.0, 0  # seconds, gaps
 
     # -- books ---------------------------------------------------------------------------------
     @property
@@ -217,24 +214,6 @@ class Scheduler:
     def kv_bytes(self) -> float:
         """KV-cache bytes held now."""
         return self.entries_used * self.entry_bytes
-
-    @property
-    def itl_histogram(self) -> np.ndarray:
-        """Counts of inter-token gaps per `ITL_BINS` bin."""
-        self._flush_gaps()
-        return self._itl_histogram
-
-    @property
-    def itl_sum(self) -> float:
-        """Sum of inter-token gaps, seconds."""
-        self._flush_gaps()
-        return self._itl_sum
-
-    @property
-    def itl_count(self) -> int:
-        """Number of inter-token gaps."""
-        self._flush_gaps()
-        return self._itl_count
 
     def held_entries(self, rows: np.ndarray) -> np.ndarray:
         """(R, W) KV entries each row holds per slot."""
@@ -485,10 +464,7 @@ class Scheduler:
         context = batch.decode_context + 1
         self.context[decode] = context
         if decode.size:  # every decoding row emitted at the plan: its gap is this iteration
-            gap = now - self._planned_at
-            self._itl_histogram[bisect.bisect_left(_ITL_EDGES, gap)] += decode.size  # = np.searchsorted
-            self._itl_sum += gap * decode.size
-            self._itl_count += decode.size
+            self._book_gaps(now - self._planned_at, int(decode.size))
         done = decode[context >= self.end_context[decode]]
         rows = batch.prefill_rows
         finished = done.tolist()
@@ -514,25 +490,17 @@ class Scheduler:
     def _first_token(self, row: int, now: float) -> None:
         """A row whose prefill completed emits a token: its first, or after a recompute the next one."""
         if self.generated[row] > 0:
-            self._gaps.append(np.array([now - self.last_token_at[row]]))
-            self._gap_count += 1
-            if self._gap_count > 1 << 16:
-                self._flush_gaps()
+            self._book_gaps(now - float(self.last_token_at[row]), 1)
         else:
             self.first_token_at[row] = now
         self.last_token_at[row] = now
         self.phase[row] = DECODING
 
-    def _flush_gaps(self) -> None:
-        if not self._gaps:
-            return
-        gaps = np.concatenate(self._gaps)
-        self._gaps, self._gap_count = [], 0
-        self._itl_histogram += np.bincount(
-            np.searchsorted(ITL_BINS, gaps), minlength=self._itl_histogram.size
-        )
-        self._itl_sum += float(gaps.sum())
-        self._itl_count += int(gaps.size)
+    def _book_gaps(self, gap: float, count: int) -> None:
+        """`count` inter-token gaps of `gap` seconds into the histogram and the sums."""
+        self.itl_histogram[bisect.bisect_left(_ITL_EDGES, gap)] += count  # = np.searchsorted(ITL_BINS)
+        self.itl_sum += gap * count
+        self.itl_count += count
 
 
 _EMPTY_ROWS = np.zeros(0, dtype=np.int64)
