@@ -1,11 +1,14 @@
-"""The serving simulator: simpy processes for arrivals and for each replica's iteration loop.
+"""The serving simulator: a simpy process for each replica's iteration loop (and, with several
+replicas, one for arrivals).
 
 Each replica runs iterations back to back while it has work: the scheduler (`radsim.scheduler`)
 picks the iteration's tokens, the executor turns their routes into layer loads, the tabulated cost
 model prices them, and the replica holds the device for that long (`env.timeout`). Between
-iterations an idle replica waits for an arrival and draws idle power. Requests go to the replica
-with the fewest requests in the system. Everything that is not a timing decision is a plain function
-in the scheduler, the executor or the metrics module.
+iterations an idle replica waits for an arrival and draws idle power. A single replica takes the
+requests that have arrived into its queue before it plans each iteration; with several, an arrival
+process sends each request to the replica with the fewest requests in the system. Routes are drawn
+for blocks of requests at once. Everything that is not a timing decision is a plain function in
+the scheduler, the executor or the metrics module.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import simpy
 
 from radsim.arch import Arch
 from radsim.cost import Execution
-from radsim.cost_table import CostTable, IterationCost
+from radsim.cost_table import CostTable
 from radsim.errors import ConfigError
 from radsim.executor import POLICIES, decode_load, skipper_load, slot_load, step_decode_load, step_load
 from radsim.hardware import Hardware
@@ -206,12 +209,9 @@ class Simulation:
             replica.last_end_at = self.env.now
             sched.finish(batch, self.env.now)
 
-    def iteration_cost(self, batch: Batch, sched: Scheduler) -> IterationCost:
-        """Price one iteration: layer launches under the execution policy, then embedding and head."""
-        return IterationCost(*self.iteration_totals(batch, sched).tolist())
-
     def iteration_totals(self, batch: Batch, sched: Scheduler) -> np.ndarray:
-        """`iteration_cost` as an array of `radsim.cost_table.FIELDS`."""
+        """Price one iteration, as an array of `radsim.cost_table.FIELDS`: layer launches under the
+        execution policy, then embedding and head."""
         cfg, book, table = self.cfg, self.routes, self.table
         layers, policy = cfg.arch.num_layers, cfg.exe.kv_policy
         if cfg.execution_policy == "layer_major":

@@ -84,8 +84,8 @@ class Queued(NamedTuple):
 class Batch:
     """What one iteration processes: decoding rows (one token each) and prefill chunks.
 
-    Decoding rows come first in every flat view (`rows`, `tokens`, `slot_visits`); the two parts
-    are kept apart because a decode row's load has a closed form that prefill chunks lack.
+    Decoding rows come first in the flat views (`new_tokens`, `slot_visits`); the two parts are kept
+    apart because a decode row's load has a closed form that prefill chunks lack.
     """
 
     decode_rows: np.ndarray  # (D,) scheduler rows that decode one token
@@ -114,11 +114,6 @@ class Batch:
         return self.prefill_tokens + self.decode_tokens
 
     @cached_property
-    def rows(self) -> np.ndarray:
-        """(R,) scheduler rows, decoding rows first."""
-        return np.concatenate([self.decode_rows, self.prefill_rows])
-
-    @cached_property
     def new_tokens(self) -> np.ndarray:
         """(R,) tokens each row brings."""
         return np.concatenate([np.ones(self.decode_rows.size, dtype=np.int64), self.prefill_new])
@@ -127,16 +122,6 @@ class Batch:
     def slot_visits(self) -> np.ndarray:
         """(R, W) visits per row and slot."""
         return np.concatenate([self.decode_visits, self.prefill_visits])
-
-    @cached_property
-    def tokens(self) -> np.ndarray:
-        """(T,) route-book token of every new token (built only when step-synchronous costing asks)."""
-        return np.concatenate([self.decode_book_tokens, *self.prefill_parts])
-
-    @cached_property
-    def token_rows(self) -> np.ndarray:
-        """(T,) index into `rows` of each new token."""
-        return np.repeat(np.arange(self.rows.size), self.new_tokens)
 
 
 class Scheduler:
