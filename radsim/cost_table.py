@@ -9,14 +9,13 @@ instead of a full cost-model evaluation. Larger row counts fall back to the cost
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 from radsim.arch import Arch
 from radsim.cost import Execution, LayerLoad, load_cost, row_ops
-from radsim.executor import KV, VISITORS, as_layer_load
+from radsim.executor import KV, VISITORS, as_layer_load, ones
 from radsim.hardware import Hardware
 from radsim.kernels import Cost, KernelCost, sum_kernels
 from radsim.step import head_cost
@@ -41,13 +40,6 @@ def _columns(kernel: KernelCost | Cost) -> np.ndarray:
     """(..., 4) array of FIELDS."""
     moved = kernel.weight_bytes + kernel.kv_read_bytes + kernel.kv_write_bytes + kernel.act_bytes
     return np.stack([kernel.time_s, kernel.energy_J, kernel.flops, moved], axis=-1)
-
-
-@functools.cache
-def _ones(n: int) -> np.ndarray:
-    ones = np.ones(n)
-    ones.flags.writeable = False
-    return ones
 
 
 class CostTable:
@@ -129,7 +121,7 @@ class CostTable:
             fields += self._by_skippers.take(kv - v, axis=1)
         elif self.exe.kv_policy == "compute":
             fields += self._by_kv_rows.take(load[KV].astype(np.int64), axis=1)
-        return fields @ _ones(fields.shape[1])  # a product sums rows faster than sum(axis=1)
+        return fields @ ones(fields.shape[1])
 
     def _attention(self, load: np.ndarray) -> np.ndarray:
         """Closed form of `radsim.cost.attention` per group: (4, groups) of FIELDS."""

@@ -29,10 +29,11 @@ Q, KV, VISITORS, PAIRS, HELD = range(len(LOAD_ROWS))
 
 
 @functools.cache
-def _ones(n: int) -> np.ndarray:
-    ones = np.ones(n)
-    ones.flags.writeable = False
-    return ones
+def ones(n: int) -> np.ndarray:
+    """A read-only vector of n ones: `x @ ones(n)` sums rows faster than `x.sum(axis=-1)`."""
+    vector = np.ones(n)
+    vector.flags.writeable = False
+    return vector
 
 
 def as_layer_load(load: np.ndarray) -> LayerLoad:
@@ -70,9 +71,9 @@ def decode_load(
     if kv_policy == "none":
         assert held is not None
         load = np.empty((len(LOAD_ROWS), width))
-        ones = _ones(rows)
-        load[:PAIRS] = ones @ visits  # a product sums rows faster than sum(axis=0)
-        load[PAIRS:] = ones @ (visits * (held + 1.0))
+        one = ones(rows)
+        load[:PAIRS] = one @ visits  # a product sums rows faster than sum(axis=0)
+        load[PAIRS:] = one @ (visits * (held + 1.0))
         return load
     weights = np.empty((len(LOAD_ROWS), rows))
     weights[:PAIRS] = 1.0
@@ -110,12 +111,12 @@ def _aggregate(q: np.ndarray, kv: np.ndarray, v: np.ndarray, c: np.ndarray) -> n
     pairs = sum q c + q (kv + 1) / 2 and held = sum over rows with queries of c + kv.
     """
     load = np.empty((len(LOAD_ROWS), q.shape[1]))
-    ones = _ones(q.shape[0])  # products sum rows faster than sum(axis=0)
-    load[Q] = ones @ q
-    load[KV] = load[Q] if kv is q else ones @ kv
-    load[VISITORS] = load[Q] if v is q else ones @ v
-    load[PAIRS] = ones @ (q * (c + (kv + 1.0) * 0.5))
-    load[HELD] = ones @ ((q > 0) * (c + kv))
+    one = ones(q.shape[0])  # products sum rows faster than sum(axis=0)
+    load[Q] = one @ q
+    load[KV] = load[Q] if kv is q else one @ kv
+    load[VISITORS] = load[Q] if v is q else one @ v
+    load[PAIRS] = one @ (q * (c + (kv + 1.0) * 0.5))
+    load[HELD] = one @ ((q > 0) * (c + kv))
     return load
 
 
@@ -150,7 +151,7 @@ def step_load(
     c = np.bincount(key, weights=held[request, slot], minlength=width * rows)
     np.divide(c, v, out=c, where=v > 0)
     per_request = np.stack([v, v * c + v * (v + 1.0) / 2.0, np.where(v > 0, c + v, 0.0)])
-    summed = per_request.reshape(3, width, rows) @ np.ones(rows)
+    summed = per_request.reshape(3, width, rows) @ ones(rows)
     load[:PAIRS] = summed[0]
     load[PAIRS] = summed[1]
     load[HELD] = summed[2]
