@@ -85,18 +85,23 @@ def _static(table: pd.DataFrame) -> pd.DataFrame:
     return ok[(ok["arrival"] == "batch") & ok["tpot_s"].notna()]
 
 
+def _time_cost_grid(facets, cost: str = "cost", shared_xaxes: bool = True) -> go.Figure:
+    """Two columns (time per output token, cost) and a row per device."""
+    return make_subplots(
+        rows=len(facets),
+        cols=2,
+        shared_xaxes=shared_xaxes,
+        subplot_titles=[t for hw, _ in facets for t in (f"time per output token {hw}", f"{cost} {hw}")],
+    )
+
+
 def latency_cost_vs_batch(table: pd.DataFrame) -> go.Figure | None:
     """Time per output token and cost per million output tokens against batch size, per routes."""
     rows = _static(table)
     if rows.empty:
         return None
     facets = _facets(rows)
-    fig = make_subplots(
-        rows=len(facets),
-        cols=2,
-        shared_xaxes=True,
-        subplot_titles=[t for hw, _ in facets for t in (f"time per output token {hw}", f"cost {hw}")],
-    )
+    fig = _time_cost_grid(facets)
     colors = _palette()
     seen: dict[str, str] = {}
     for i, (_, facet) in enumerate(facets, start=1):
@@ -150,14 +155,7 @@ def savings_vs_batch(table: pd.DataFrame) -> go.Figure | None:
     both["tpot_ratio"] = both["tpot_s_sequential"] / both["tpot_s"]
     both["cost_ratio"] = both["cost_usd_per_Mtok_sequential"] / both["cost_usd_per_Mtok"]
     facets = _facets(both)
-    fig = make_subplots(
-        rows=len(facets),
-        cols=2,
-        shared_xaxes=True,
-        subplot_titles=[
-            t for hw, _ in facets for t in (f"time per output token {hw}", f"cost per token {hw}")
-        ],
-    )
+    fig = _time_cost_grid(facets, cost="cost per token")
     colors, seen = _palette(), {}
     for i, (_, facet) in enumerate(facets, start=1):
         for label, s in _series(facet, {"batch", "hw"}):
@@ -492,11 +490,7 @@ def architectures(table: pd.DataFrame) -> go.Figure | None:
     if rows.empty:
         return None
     facets = _facets(rows)
-    fig = make_subplots(
-        rows=len(facets),
-        cols=2,
-        subplot_titles=[t for hw, _ in facets for t in (f"time per output token {hw}", f"cost {hw}")],
-    )
+    fig = _time_cost_grid(facets, shared_xaxes=False)
     colors: dict[str, str] = {}
     palette = _palette()
     batches = sorted(rows["batch"].unique())
@@ -543,12 +537,7 @@ def architectures_relative(table: pd.DataFrame) -> go.Figure | None:
     both["tpot_ratio"] = both["tpot_s"] / both["tpot_s_base"]
     both["cost_ratio"] = both["cost_usd_per_Mtok"] / both["cost_usd_per_Mtok_base"]
     facets = _facets(both)
-    fig = make_subplots(
-        rows=len(facets),
-        cols=2,
-        shared_xaxes=True,
-        subplot_titles=[t for hw, _ in facets for t in (f"time per output token {hw}", f"cost {hw}")],
-    )
+    fig = _time_cost_grid(facets)
     colors: dict[str, str] = {}
     palette = _palette()
     next(palette)  # the baseline's colour in `architectures`
