@@ -8,11 +8,11 @@ import timeit
 
 import numpy as np
 
-from radsim.arch import load_arch
-from radsim.cost import Execution, RoutedBatch, layer_cost
-from radsim.estimate import Workload, estimate
-from radsim.hardware import load_hardware
-from radsim.step import step_cost
+from radsim.cost.estimate import Workload, estimate
+from radsim.cost.iteration import step_cost
+from radsim.cost.layer import Execution, RoutedBatch, layer_cost
+from radsim.spec.arch import load_arch
+from radsim.spec.hardware import load_hardware
 
 
 def _per_call_us(fn, seconds: float = 1.0) -> float:

@@ -12,16 +12,17 @@ import argparse
 import time
 from pathlib import Path
 
-from radsim.arch import load_arch
-from radsim.cost import Execution
-from radsim.engine import SimConfig, Simulation
-from radsim.hardware import load_hardware
-from radsim.metrics import SLO, summarize
-from radsim.money import Pricing
-from radsim.routes import from_trace, parametric
-from radsim.scheduler import SchedulerConfig
-from radsim.trace import read_trace
-from radsim.workload import LengthDist, WorkloadConfig, generate
+from radsim.cost.layer import Execution
+from radsim.cost.money import Pricing
+from radsim.routes.book import from_trace
+from radsim.routes.synthetic import parametric
+from radsim.routes.trace import read_trace
+from radsim.sim.engine import SimConfig, Simulation
+from radsim.sim.metrics import SLO, summarize
+from radsim.sim.scheduler import SchedulerConfig
+from radsim.sim.workload import LengthDist, WorkloadConfig, generate
+from radsim.spec.arch import load_arch
+from radsim.spec.hardware import load_hardware
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TRACE = "traces/smollm2-135m-radial-distill-tau0.27.parquet"  # the distilled SmolLM2 radial router

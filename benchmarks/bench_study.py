@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from radsim.study import parse_study
-from radsim.sweep import dask_runner, process_runner, run_study, serial_runner
+from radsim.study.load import parse_study
+from radsim.study.sweep import dask_runner, process_runner, run_study, serial_runner
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXED = {"hw": "h100_sxm", "arch": "llama3.1-8b", "dtype": "bf16", "prompt_tokens": 512, "output_tokens": 128}

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import argparse
 
-from radsim.arch import load_arch
-from radsim.cost import Execution
-from radsim.engine import SimConfig, Simulation
-from radsim.hardware import load_hardware
-from radsim.metrics import SLO, summarize
-from radsim.money import Pricing
-from radsim.routes import load_routes, sequential
-from radsim.scheduler import SchedulerConfig
-from radsim.trace import read_trace
-from radsim.workload import Request
+from radsim.cost.layer import Execution
+from radsim.cost.money import Pricing
+from radsim.routes.book import load_routes, sequential
+from radsim.routes.trace import read_trace
+from radsim.sim.engine import SimConfig, Simulation
+from radsim.sim.metrics import SLO, summarize
+from radsim.sim.scheduler import SchedulerConfig
+from radsim.sim.workload import Request
+from radsim.spec.arch import load_arch
+from radsim.spec.hardware import load_hardware
 
 
 def tpot(hw, arch, exe, book, batch: int, policy: str) -> float:

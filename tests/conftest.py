@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from radsim.arch import Arch
-from radsim.hardware import Hardware, load_hardware
+from radsim.spec.arch import Arch
+from radsim.spec.hardware import Hardware, load_hardware
 
 DATA = Path(__file__).parent / "data"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from radsim.study import load_study
-from radsim.sweep import run_study
+from radsim.study.load import load_study
+from radsim.study.sweep import run_study
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = """

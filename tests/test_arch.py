@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from radsim.arch import list_archs, load_arch
 from radsim.errors import ConfigError
+from radsim.spec.arch import list_archs, load_arch
 
 # Parameter counts reported by the model cards / papers.
 PUBLISHED_PARAMS = {
@@ -65,7 +65,7 @@ def test_unknown_arch_lists_valid():
     ],
 )
 def test_bad_arch_file_names_file_and_field(tmp_path, edit, message):
-    from radsim.arch import ARCH_DIR
+    from radsim.spec.arch import ARCH_DIR
 
     text = (ARCH_DIR / "smollm2-135m.toml").read_text().replace(*edit)
     path = tmp_path / "broken.toml"
@@ -124,7 +124,7 @@ def test_dense_default_is_one_expert():
     ],
 )
 def test_bad_finedeep_keys_name_file_and_field(tmp_path, edit, message):
-    from radsim.arch import ARCH_DIR
+    from radsim.spec.arch import ARCH_DIR
 
     text = (ARCH_DIR / "smollm2-135m.toml").read_text() + edit + "\n"
     path = tmp_path / "broken.toml"

@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from radsim.calibrate import fit_gemm, fit_streamed_half_rows, write_toml
-from radsim.hardware import load_hardware, parse_hardware
-from radsim.kernels import elementwise, gemm, gemm_efficiency
+from radsim.cost.kernels import elementwise, gemm, gemm_efficiency
+from radsim.measure.calibrate import fit_gemm, fit_streamed_half_rows, write_toml
+from radsim.spec.hardware import load_hardware, parse_hardware
 
 
 def _gemm_results(e: float, h: float, peak: float) -> list[dict]:

@@ -7,13 +7,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from radsim.capture import capture, model_meta, round_floats, run_meta  # noqa: E402
 from radsim.models.llama import Llama, LlamaConfig  # noqa: E402
 from radsim.models.mod import MoD, MoDConfig  # noqa: E402
 from radsim.models.radial import Radial, RadialConfig  # noqa: E402
-from radsim.profile import contributions, medians  # noqa: E402
-from radsim.trace import read_trace, write_trace  # noqa: E402
-from radsim.trace_stats import trace_stats  # noqa: E402
+from radsim.routes.stats import trace_stats  # noqa: E402
+from radsim.routes.trace import read_trace, write_trace  # noqa: E402
+from radsim.train.capture import capture, model_meta, round_floats, run_meta  # noqa: E402
+from radsim.train.profile import contributions, medians  # noqa: E402
 
 TINY = LlamaConfig(
     vocab_size=50, hidden_size=32, num_layers=4, num_heads=4, num_kv_heads=2, ffn_size=48, max_positions=32
@@ -58,7 +58,7 @@ def test_capture_round_trips_and_matches_the_model(tmp_path, kind):
 def test_round_floats_keeps_three_digits():
     import pandas as pd
 
-    from radsim.trace import COLUMNS
+    from radsim.routes.trace import COLUMNS
 
     values = np.array([0.123456, 1.0, 0.0, np.nan, 37.5], dtype=np.float32)
     frame = pd.DataFrame({c: np.zeros(5, dtype=t) for c, t in COLUMNS.items()})

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from radsim.cli import main
+from radsim.cli.main import main
 
 ESTIMATE_KEYS = {
     "ttft_s",
@@ -98,7 +98,7 @@ def test_console_script_runs():
         [
             sys.executable,
             "-m",
-            "radsim.cli",
+            "radsim.cli.main",
             "estimate",
             "--hw",
             "l40s",
@@ -132,7 +132,7 @@ SIM_KEYS = {
 
 
 def test_simulate_json_parametric_and_trace(capsys, tmp_path):
-    from radsim.trace import Trace, visits_from_routes, write_trace
+    from radsim.routes.trace import Trace, visits_from_routes, write_trace
 
     args = [
         "simulate",

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radsim.arch import load_arch
-from radsim.cost import KV_POLICIES, OPS, Execution, RoutedBatch, layer_cost
+from radsim.cost.iteration import step_cost
+from radsim.cost.layer import KV_POLICIES, OPS, Execution, RoutedBatch, layer_cost
 from radsim.errors import ConfigError
-from radsim.hardware import load_hardware
-from radsim.step import step_cost
+from radsim.spec.arch import load_arch
+from radsim.spec.hardware import load_hardware
 
 FP16 = Execution(dtype="fp16")
 

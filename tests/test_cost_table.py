@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radsim.arch import load_arch
-from radsim.cost import KV_POLICIES, Execution, LayerLoad, RoutedBatch, load_cost
-from radsim.cost_table import CostTable
-from radsim.hardware import load_hardware
-from radsim.step import head_cost
+from radsim.cost.iteration import head_cost
+from radsim.cost.layer import KV_POLICIES, Execution, LayerLoad, RoutedBatch, load_cost
+from radsim.cost.table import CostTable
+from radsim.spec.arch import load_arch
+from radsim.spec.hardware import load_hardware
 
 HW, ARCH = load_hardware("h100_sxm"), load_arch("llama3.1-8b")
 TABLES = {

@@ -7,10 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from radsim.capture import capture, model_meta, run_meta  # noqa: E402
 from radsim.models.dlo import DLOConfig, expand, expanded_indices, gemm_flops_per_token  # noqa: E402
 from radsim.models.llama import KV_COMPUTE, KV_WRITE, Llama, LlamaConfig  # noqa: E402
-from radsim.trace import read_trace, write_trace  # noqa: E402
+from radsim.routes.trace import read_trace, write_trace  # noqa: E402
+from radsim.train.capture import capture, model_meta, run_meta  # noqa: E402
 
 TINY = LlamaConfig(
     vocab_size=61, hidden_size=32, num_layers=4, num_heads=4, num_kv_heads=2, ffn_size=48, max_positions=32

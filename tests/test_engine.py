@@ -7,16 +7,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from radsim.cost import Execution
-from radsim.engine import SimConfig, Simulation
+from radsim.cost.iteration import step_cost
+from radsim.cost.layer import Execution
+from radsim.cost.memory import activation_bytes, kv_entry_bytes, weights_bytes
+from radsim.cost.money import Pricing
 from radsim.errors import ConfigError
-from radsim.memory import activation_bytes, kv_entry_bytes, weights_bytes
-from radsim.metrics import SLO, summarize
-from radsim.money import Pricing
-from radsim.routes import parametric, sequential
-from radsim.scheduler import SchedulerConfig
-from radsim.step import step_cost
-from radsim.workload import Request
+from radsim.routes.synthetic import parametric, sequential
+from radsim.sim.engine import SimConfig, Simulation
+from radsim.sim.metrics import SLO, summarize
+from radsim.sim.scheduler import SchedulerConfig
+from radsim.sim.workload import Request
 
 EXE = Execution("fp16")
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from radsim.arch import load_arch
-from radsim.cost import Execution
+from radsim.cost.estimate import Workload, estimate
+from radsim.cost.layer import Execution
+from radsim.cost.memory import kv_entry_bytes, weights_bytes
 from radsim.errors import ConfigError
-from radsim.estimate import Workload, estimate
-from radsim.hardware import load_hardware
-from radsim.memory import kv_entry_bytes, weights_bytes
+from radsim.spec.arch import load_arch
+from radsim.spec.hardware import load_hardware
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_fp8_needs_a_device_with_fp8(llama):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"batch": 0}, "--batch"), ({"depth": 0.0}, "depth-fraction"), ({"depth": 1.2}, "depth-fraction")],
+    [({"batch": 0}, "--batch"), ({"depth": 0.0}, "depth_fraction"), ({"depth": 1.2}, "depth_fraction")],
 )
 def test_bad_workload(h100, llama, kwargs, message):
     with pytest.raises(ConfigError, match=message):

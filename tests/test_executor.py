@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radsim.cost import KV_POLICIES, LayerLoad, RoutedBatch
-from radsim.executor import as_layer_load, decode_load, slot_load, step_decode_load, step_load
+from radsim.cost.layer import KV_POLICIES, LayerLoad, RoutedBatch
+from radsim.cost.loads import as_layer_load, decode_load, slot_load, step_decode_load, step_load
 
 LAYERS = 4
 
@@ -85,7 +85,7 @@ def test_loads_of_disjoint_rows_add():
 
 @pytest.mark.parametrize("policy", KV_POLICIES)
 def test_one_request_matches_the_general_aggregation(policy):
-    from radsim.executor import _aggregate
+    from radsim.cost.loads import _aggregate
 
     rng = np.random.default_rng(4)
     visits = rng.integers(0, 4, (1, 2 * LAYERS)).astype(float)

@@ -67,8 +67,8 @@ def test_bad_split_is_rejected():
 def test_capture_round_trips(tmp_path):
     import numpy as np
 
-    from radsim.capture import capture, model_meta, run_meta
-    from radsim.trace import read_trace, write_trace
+    from radsim.routes.trace import read_trace, write_trace
+    from radsim.train.capture import capture, model_meta, run_meta
 
     windows = np.random.default_rng(0).integers(0, TINY.vocab_size, size=(5, 12)).astype(np.int64)
     model = _model()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from radsim.errors import ConfigError
-from radsim.hardware import PEAK_KEYS, Hardware, hw_dir, list_hardware, load_hardware
+from radsim.spec.hardware import PEAK_KEYS, Hardware, hw_dir, list_hardware, load_hardware
 
 REQUIRED_DEVICES = {"h100_sxm", "h200_sxm", "a100_sxm_80gb", "l40s", "mi300x"}
 TOY = Path(__file__).parent / "data" / "toy_gpu.toml"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radsim.kernels import allreduce, ceil_to, elementwise, gemm, idle, sum_kernels
+from radsim.cost.kernels import allreduce, ceil_to, elementwise, gemm, idle, sum_kernels
 
 
 def test_tile_padding_makes_small_gemms_cost_a_full_tile(toy_gpu):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from radsim.measure import (
+from radsim.measure.harness import (
     Config,
     build_weights,
     grid,
@@ -17,14 +17,15 @@ from radsim.measure import (
     read_csv,
     run_step,
 )
-from radsim.replay import SPECS, StepRoutes, slot_batches, step_routes
-from radsim.timing import CpuDevice
+from radsim.measure.specs import SPECS, step_routes
+from radsim.measure.timing import CpuDevice
+from radsim.routes.replay import StepRoutes, slot_batches
 
 
 def test_sequential_prefill_matches_the_reference_model():
     # The fused, KV-cached harness computes the same logits as radsim.models.llama.Llama.forward.
+    from radsim.measure.specs import spec_arch
     from radsim.models.llama import Llama, LlamaConfig
-    from radsim.replay import spec_arch
 
     spec = SPECS["tiny-seq"]
     routes = step_routes(spec, "prefill", 2, 12)
@@ -102,6 +103,6 @@ def test_measure_core_imports_without_pandas():
 
     code = (
         "import sys; sys.modules['pandas'] = None; sys.modules['simpy'] = None; sys.modules['plotly'] = None;"
-        "sys.modules['scipy'] = None; import radsim.measure, radsim.timing"
+        "sys.modules['scipy'] = None; import radsim.measure.harness, radsim.measure.timing"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from radsim.arch import load_arch
-from radsim.cost import Execution
+from radsim.cost.layer import Execution
+from radsim.cost.memory import MemoryUse, activation_bytes, check_fits, kv_entry_bytes, weights_bytes
 from radsim.errors import ConfigError
-from radsim.memory import MemoryUse, activation_bytes, check_fits, kv_entry_bytes, weights_bytes
+from radsim.spec.arch import load_arch
 
 
 def test_weights_and_kv_entries():

@@ -187,7 +187,7 @@ def test_early_exit_threshold_extremes():
 
 
 def test_config_from_a_registered_arch():
-    from radsim.arch import load_arch
+    from radsim.spec.arch import load_arch
 
     cfg = LlamaConfig.from_arch(load_arch("llama3.1-8b"), rope_theta=500000.0, norm_eps=1e-5)
     assert (cfg.hidden_size, cfg.num_layers, cfg.num_kv_heads, cfg.ffn_size) == (4096, 32, 8, 14336)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from radsim.cost.money import Pricing
 from radsim.errors import ConfigError
-from radsim.money import Pricing
 
 
 def test_rental_plus_electricity(toy_gpu):

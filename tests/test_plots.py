@@ -7,8 +7,8 @@ import shutil
 import pytest
 from study_tables import tiny_table
 
-from radsim.plots import FIGURES, build_figures, write_figures
-from radsim.sweep import RESULTS_CSV, read_results
+from radsim.study.plots import FIGURES, build_figures, write_figures
+from radsim.study.sweep import RESULTS_CSV, read_results
 
 #: Each figure's axis titles must name these units.
 UNITS = {

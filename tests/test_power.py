@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radsim.power import average_power_W, idle_energy_J, op_energy_J
+from radsim.cost.power import average_power_W, idle_energy_J, op_energy_J
 
 
 def test_idle_plus_activity(toy_gpu):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from radsim.cli import main
+from radsim.cli.main import main
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -27,7 +27,9 @@ def _run(capsys, command: str) -> str:
 
 
 def test_readme_commands_are_the_shipped_defaults():
-    main_command = re.search(r"```bash\n(.*pip install -e \. && radsim study run (studies/\S+\.toml) --plot)\n```", README)
+    main_command = re.search(
+        r"```bash\n(.*pip install -e \. && radsim study run (studies/\S+\.toml) --plot)\n```", README
+    )
     assert main_command, "README lost its main command"
     assert (Path(__file__).resolve().parent.parent / main_command.group(2)).is_file()
     test_command = re.search(r"```bash\n(pip install torch==2\.13\.0 && .*pytest)\n```", README)

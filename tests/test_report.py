@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from study_tables import tiny_table
 
-from radsim.cli import main
-from radsim.plots import FIGURES
-from radsim.report import write_report
+from radsim.cli.main import main
+from radsim.study.plots import FIGURES
+from radsim.study.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from radsim.errors import ConfigError
-from radsim.routes import from_trace, map_layers, parametric, sequential
-from radsim.trace import KV_COMPUTE, Trace, visits_from_routes
+from radsim.routes.book import from_trace, map_layers
+from radsim.routes.synthetic import parametric, sequential
+from radsim.routes.trace import KV_COMPUTE, Trace, visits_from_routes
 
 META = {
     "schema_version": 1,
@@ -62,7 +63,7 @@ def test_parametric_depth_and_reuse():
     assert (book.depth >= 1).all()
     seq = sequential(6)
     assert (seq.slots == 1).all() and seq.steps[0].tolist() == [0, 1, 2, 3, 4, 5]
-    with pytest.raises(ConfigError, match="depth fraction"):
+    with pytest.raises(ConfigError, match="depth_fraction"):
         parametric(8, 0.0)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from radsim.errors import ConfigError
-from radsim.runconfig import load_run_config, run_config_from_dict
+from radsim.train.config import load_run_config, run_config_from_dict
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.toml"))
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from radsim.routes import parametric
-from radsim.scheduler import Scheduler, SchedulerConfig
+from radsim.routes.synthetic import parametric
+from radsim.sim.scheduler import Scheduler, SchedulerConfig
 
 
 def test_chunk_visits_equal_direct_sums():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radsim.cost import Execution
-from radsim.step import HEAD_OPS, head_cost, step_cost
+from radsim.cost.iteration import HEAD_OPS, head_cost, step_cost
+from radsim.cost.layer import Execution
 
 
 def test_step_totals_are_layers_plus_head(toy_gpu, tiny_arch):

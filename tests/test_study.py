@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from study_tables import ROOT, tiny_table, write_tiny
 
-from radsim.cli import main
+from radsim.cli.main import main
 from radsim.errors import ConfigError
-from radsim.study import INPUTS, expand, load_study, make_point, parse_study, point_id
-from radsim.sweep import (
+from radsim.study.load import INPUTS, expand, load_study, make_point, parse_study, point_id
+from radsim.study.sweep import (
     RESULTS_CSV,
     RESULTS_PARQUET,
     process_runner,
@@ -199,7 +199,7 @@ def test_local_processes_and_dask_give_identical_tables(tmp_path):
         tmp_path / "dask.toml",
     )  # fmt: skip
     local = run_study(study, tmp_path / "local", process_runner(2), stream=None)
-    from radsim.sweep import dask_runner
+    from radsim.study.sweep import dask_runner
 
     with (
         distributed.LocalCluster(
@@ -287,7 +287,7 @@ def test_later_inputs_at_their_defaults_keep_point_ids():
 
 
 def test_one_small_point_per_architecture_evaluates(monkeypatch):
-    from radsim.point import evaluate
+    from radsim.study.point import evaluate
 
     monkeypatch.chdir(ROOT)
     seen = {}
@@ -308,7 +308,7 @@ def test_one_small_point_per_architecture_evaluates(monkeypatch):
 
 
 def test_expert_launch_reaches_the_estimate_engine_at_any_depth():
-    from radsim.point import evaluate
+    from radsim.study.point import evaluate
 
     def tpot(launch: str, depth: float) -> float:
         values = dict(engine="estimate", hw="h100_sxm", arch="llama3.1-8b-finedeep", batch=4)

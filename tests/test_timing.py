@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from radsim.timing import CpuDevice, CudaTimer, PowerSampler, get_device, peak_of_deltas
+from radsim.measure.timing import CpuDevice, CudaTimer, PowerSampler, get_device, peak_of_deltas
 
 
 def test_cpu_timer_intervals_are_nonnegative_and_one_fewer_than_marks():

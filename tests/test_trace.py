@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from radsim.errors import ConfigError
-from radsim.trace import (
+from radsim.routes.trace import (
     COLUMNS,
     KV_COMPUTE,
     KV_COPY,

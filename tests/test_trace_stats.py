@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from radsim.cli.trace import add_trace_commands
 from radsim.errors import ConfigError
-from radsim.trace import Trace, visits_from_routes, write_trace
-from radsim.trace_stats import add_trace_commands, format_stats, trace_stats
+from radsim.routes.stats import format_stats, trace_stats
+from radsim.routes.trace import Trace, visits_from_routes, write_trace
 
 META = {
     "schema_version": 1,

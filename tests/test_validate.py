@@ -7,15 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from radsim.cli import main
-from radsim.hardware import load_hardware
-from radsim.measure import read_csv
-from radsim.validate import error_table, group_configs, predict_config, split_configs, summary
+from radsim.cli.main import main
+from radsim.measure.harness import read_csv
+from radsim.measure.validate import error_table, group_configs, predict_config, split_configs, summary
+from radsim.spec.hardware import load_hardware
 
 
 def _fake_rows(models=("m",), batches=(1, 4, 16), tokens=(32, 64, 128)) -> dict:
-    return {f"{m}/{b}/{t}": [dict(model=m, phase="decode", batch=str(b), tokens=str(t))]
-            for m in models for b in batches for t in tokens}
+    return {
+        f"{m}/{b}/{t}": [dict(model=m, phase="decode", batch=str(b), tokens=str(t))]
+        for m in models
+        for b in batches
+        for t in tokens
+    }
 
 
 def test_split_is_a_checkerboard_that_covers_every_batch_and_length():
@@ -30,9 +34,21 @@ def test_split_is_a_checkerboard_that_covers_every_batch_and_length():
 
 def _slot(batch: int, new: int, held: int, vis: int, layer: int = 0) -> dict:
     ints = lambda x: " ".join([str(x)] * batch)  # noqa: E731
-    return dict(config_id="c", model="tiny-seq", kind="sequential", phase="decode", batch=str(batch),
-                tokens=str(held), dtype="fp32", scope="slot", layer=str(layer), kv_policy="none",
-                new_tokens=ints(new), context_tokens=ints(held), visiting_tokens=ints(vis))
+    return dict(
+        config_id="c",
+        model="tiny-seq",
+        kind="sequential",
+        phase="decode",
+        batch=str(batch),
+        tokens=str(held),
+        dtype="fp32",
+        scope="slot",
+        layer=str(layer),
+        kv_policy="none",
+        new_tokens=ints(new),
+        context_tokens=ints(held),
+        visiting_tokens=ints(vis),
+    )
 
 
 def test_prediction_counts_every_slot_and_the_kv_cache():
@@ -47,9 +63,30 @@ def test_prediction_counts_every_slot_and_the_kv_cache():
 
 def _whole_loop(out: Path) -> dict:
     """measure -> calibrate (quick benchmarks) -> validate a tiny model; the overall error row."""
-    assert main(["measure", "--models", "tiny-seq,tiny-radial", "--batch", "1,4", "--prompt", "16,48",
-                 "--context", "16,48", "--warmup", "2", "--repeats", "5", "--min-time", "0.05",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "measure",
+                "--models",
+                "tiny-seq,tiny-radial",
+                "--batch",
+                "1,4",
+                "--prompt",
+                "16,48",
+                "--context",
+                "16,48",
+                "--warmup",
+                "2",
+                "--repeats",
+                "5",
+                "--min-time",
+                "0.05",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = out / "measurements.csv"
     rows = read_csv(table)
     configs = group_configs(rows)
@@ -64,7 +101,8 @@ def _whole_loop(out: Path) -> dict:
     result = error_table(hw, rows, recorded)
     held_out = [r for r in result if r["split"] == "validate"]
     assert len(held_out) == 8 and {r["config_id"] for r in held_out}.isdisjoint(
-        cid for cid, s in recorded.items() if s == "calibrate")
+        cid for cid, s in recorded.items() if s == "calibrate"
+    )
     assert (out / "validation.csv").exists() and (out / "predicted_vs_measured.html").exists()
     return next(r for r in summary(result) if r["phase"] == "all")
 

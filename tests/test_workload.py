@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from radsim.errors import ConfigError
-from radsim.workload import LengthDist, WorkloadConfig, generate, read_replay
+from radsim.sim.workload import LengthDist, WorkloadConfig, generate, read_replay
 
 
 def test_poisson_rate_and_determinism():

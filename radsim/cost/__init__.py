@@ -1,0 +1,1 @@
+"""What a routed batch costs: kernels (`kernels`), one layer launch (`layer`), a whole iteration (`iteration`), the load matrices of execution policies (`loads`), power, memory and money, the tabulated cost the simulator charges (`table`) and the static-batch estimate (`estimate`)."""

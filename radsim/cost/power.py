@@ -1,0 +1,36 @@
+"""Power model: idle power plus activity-dependent power, capped at the board limit.
+
+While an operator runs for `t` seconds, a device draws its idle power plus a compute term that
+reaches the board's headroom (max - idle) when the matrix units run at their achievable peak,
+plus the energy of moving every byte between DRAM and the compute units. The sum is capped at the
+board power limit, which the device's power management enforces:
+
+    E = min(P_idle t + (P_max - P_idle) FLOPs / (peak x gemm_efficiency) + e_byte x bytes, P_max t)
+
+Achievable peak is the power-limited one (see `gemm_efficiency`), so dense GEMMs run at the cap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from radsim.spec.hardware import Hardware
+
+
+def op_energy_J(hw: Hardware, time_s, flops, peak_flops, bytes_moved) -> np.ndarray:
+    """Energy of operators given their time, FLOPs on units of `peak_flops`, and bytes moved."""
+    time_s = np.asarray(time_s, dtype=np.float64)
+    headroom = hw.max_power_W - hw.idle_power_W
+    compute = headroom * np.asarray(flops) / (np.asarray(peak_flops) * hw.gemm_efficiency)
+    memory = hw.memory_energy_J_per_byte * np.asarray(bytes_moved)
+    return np.minimum(hw.idle_power_W * time_s + compute + memory, hw.max_power_W * time_s)
+
+
+def idle_energy_J(hw: Hardware, time_s) -> np.ndarray:
+    """Energy of a device that sits idle for `time_s`."""
+    return hw.idle_power_W * np.asarray(time_s, dtype=np.float64)
+
+
+def average_power_W(energy_J: float, time_s: float) -> float:
+    """Mean power over an interval; zero for an empty interval."""
+    return energy_J / time_s if time_s > 0 else 0.0

@@ -1,0 +1,145 @@
+"""Tabulated cost model for the simulator: the same numbers as `radsim.cost.layer`, looked up in O(1).
+
+Every operator but attention depends on one row count of a `LayerLoad` (`radsim.cost.layer.row_ops`), and
+each kernel's energy is priced at its launch, so time, energy, FLOPs and bytes add up operator by
+operator. They are tabulated once for 0..`max_rows` rows; attention is evaluated in closed form on
+the aggregated load. A simulator iteration then costs a few numpy calls over its layer groups
+instead of a full cost-model evaluation. Larger row counts fall back to the cost model itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from radsim.cost.iteration import head_cost
+from radsim.cost.kernels import Cost, KernelCost, sum_kernels
+from radsim.cost.layer import Execution, LayerLoad, load_cost, row_ops
+from radsim.cost.loads import KV, VISITORS, as_layer_load, ones
+from radsim.spec.arch import Arch
+from radsim.spec.hardware import Hardware
+
+FIELDS = ("time_s", "energy_J", "flops", "bytes")
+
+
+@dataclass(frozen=True)
+class IterationCost:
+    """Time, energy, FLOPs and DRAM bytes of part of an iteration, on one device."""
+
+    time_s: float = 0.0
+    energy_J: float = 0.0
+    flops: float = 0.0
+    bytes: float = 0.0
+
+    def __add__(self, other: IterationCost) -> IterationCost:
+        return IterationCost(*(getattr(self, f) + getattr(other, f) for f in FIELDS))
+
+
+def _columns(kernel: KernelCost | Cost) -> np.ndarray:
+    """(..., 4) array of FIELDS."""
+    moved = kernel.weight_bytes + kernel.kv_read_bytes + kernel.kv_write_bytes + kernel.act_bytes
+    return np.stack([kernel.time_s, kernel.energy_J, kernel.flops, moved], axis=-1)
+
+
+class CostTable:
+    """Per-row-count costs of one (hardware, architecture, execution) triple."""
+
+    def __init__(self, hw: Hardware, arch: Arch, exe: Execution, max_rows: int = 16384) -> None:
+        self.hw, self.arch, self.exe, self.max_rows = hw, arch, exe, max_rows
+        rows = np.arange(max_rows + 1, dtype=np.float64)
+        zero = np.zeros_like(rows)
+        a = row_ops(hw, arch, exe, LayerLoad(rows, rows, rows, rows, zero, zero))  # no skippers
+        b = row_ops(hw, arch, exe, LayerLoad(zero, rows, zero, zero, zero, zero))  # skippers only
+        # row_ops order: attn_norm, qkv, o_proj, attn_allreduce, mlp_norm, mlp, mlp_allreduce, router, gather
+        self._kv = _columns(a[0])  # the norm before attention runs for every K/V row
+        self._q = _columns(sum_kernels(a[1:4]))
+        self._skip = _columns(b[1])  # K/V projection of skippers (copy and compute policies)
+        self._mlp = _columns(sum_kernels(a[4:7]))
+        self._visitors = _columns(sum_kernels(a[7:9]))
+        # Under each KV policy the load's row counts coincide (LayerLoad.from_batch), so tables merge:
+        # none: every row count is the visitors'; copy: Q, MLP and router rows are the visitors';
+        # compute: Q and K/V rows are all new tokens, MLP and router rows the visitors'.
+        # Stored transposed, (4, rows), so a lookup yields FIELDS x launch groups.
+        by_visitors = self._q + self._mlp + self._visitors + (self._kv if exe.kv_policy == "none" else 0)
+        if exe.kv_policy == "compute":
+            by_visitors = self._mlp + self._visitors
+            self._by_kv_rows = np.ascontiguousarray((self._kv + self._q).T)
+        elif exe.kv_policy == "copy":
+            self._by_kv_rows = np.ascontiguousarray(self._kv.T)
+            self._by_skippers = np.ascontiguousarray(self._skip.T)
+        self._by_visitors = np.ascontiguousarray(by_visitors.T)
+        self._embed = _columns(head_cost(hw, arch, exe, rows, zero))[0]
+        self._logits = _columns(head_cost(hw, arch, exe, zero, rows))[1:].sum(axis=0)
+        heads = arch.num_heads / exe.tp
+        entry = 2.0 * np.ceil(arch.num_kv_heads / exe.tp) * arch.head_dim * exe.kv_bytes
+        peak = exe.attention_peak_flops(hw)
+        # coefficients of radsim.cost.layer.attention, for its closed form in _attention
+        self._flops_per_pair = 4.0 * heads * arch.head_dim
+        self._s_per_pair = self._flops_per_pair / (peak * hw.gemm_efficiency) + heads / hw.exp_ops_per_s
+        self._bytes_per = (entry, 2.0 * entry, 2.0 * heads * arch.head_dim * exe.act_bytes)  # held, kv, q
+        self._s_per_byte = 1.0 / (hw.memory_bandwidth_Bps * hw.memory_efficiency)
+        self._j_per_flop = (hw.max_power_W - hw.idle_power_W) / (peak * hw.gemm_efficiency)
+        # a load matrix's rows (q_rows, kv_rows, visitors, pairs, held) -> compute time, memory time,
+        # FLOPs, bytes moved, and the energy of FLOPs and bytes (the idle share follows the time)
+        held_b, kv_b, q_b = self._bytes_per
+        e_byte, s_byte = hw.memory_energy_J_per_byte, self._s_per_byte
+        self._linear = np.array(
+            [
+                [0.0, 0.0, 0.0, self._s_per_pair, 0.0],
+                [q_b * s_byte, kv_b * s_byte, 0.0, 0.0, held_b * s_byte],
+                [0.0, 0.0, 0.0, self._flops_per_pair, 0.0],
+                [q_b, kv_b, 0.0, 0.0, held_b],
+                [q_b * e_byte, kv_b * e_byte, 0.0, self._j_per_flop * self._flops_per_pair, held_b * e_byte],
+            ]
+        )
+        # two launches (the attention kernel for queries, RoPE/KV write for K/V rows) where rows run
+        self._launch_s = np.full(2, hw.kernel_launch_overhead_s)
+
+    def layers(self, load: LayerLoad, tokens: int | None = None) -> IterationCost:
+        """Summed cost of the layer launches described by `load` (arrays over launch groups).
+
+        The load's row counts must relate as `LayerLoad.from_batch` makes them for the KV policy.
+        `tokens`, the iteration's new tokens, bounds every row count when given.
+        """
+        matrix = np.stack([load.q_rows, load.kv_rows, load.visitors, load.pairs, load.held]).astype(
+            np.float64
+        )
+        return IterationCost(*self.layer_totals(matrix, tokens).tolist())
+
+    def layer_totals(self, load: np.ndarray, tokens: int | None = None) -> np.ndarray:
+        """Summed [time, energy, flops, bytes] of the launches of a load matrix (`radsim.cost.loads`)."""
+        biggest = tokens if tokens is not None else load[: VISITORS + 1].max(initial=0)
+        if biggest > self.max_rows:
+            return _columns(load_cost(self.hw, self.arch, self.exe, as_layer_load(load))).sum(axis=(0, 1))
+        v = load[VISITORS].astype(np.int64)
+        fields = self._by_visitors.take(v, axis=1)  # (4, groups)
+        fields += self._attention(load)
+        if self.exe.kv_policy == "copy":
+            kv = load[KV].astype(np.int64)
+            fields += self._by_kv_rows.take(kv, axis=1)
+            fields += self._by_skippers.take(kv - v, axis=1)
+        elif self.exe.kv_policy == "compute":
+            fields += self._by_kv_rows.take(load[KV].astype(np.int64), axis=1)
+        return fields @ ones(fields.shape[1])
+
+    def _attention(self, load: np.ndarray) -> np.ndarray:
+        """Closed form of `radsim.cost.layer.attention` per group: (4, groups) of FIELDS."""
+        hw = self.hw
+        out = self._linear @ load  # compute time, memory time, flops, bytes, work energy
+        time = out[0]
+        np.maximum(time, out[1], out=time)
+        time += self._launch_s @ np.minimum(load[:VISITORS], 1.0)  # zero where nothing runs
+        np.minimum(hw.idle_power_W * time + out[4], hw.max_power_W * time, out=out[1])
+        return out[:4]
+
+    def head(self, new_tokens: int, logit_rows: int) -> IterationCost:
+        """Embedding for the new tokens; final norm, LM head and sampling for `logit_rows`."""
+        return IterationCost(*self.head_totals(new_tokens, logit_rows).tolist())
+
+    def head_totals(self, new_tokens: int, logit_rows: int) -> np.ndarray:
+        """`head` as an array of FIELDS."""
+        if max(new_tokens, logit_rows) > self.max_rows:
+            cost = head_cost(self.hw, self.arch, self.exe, float(new_tokens), float(logit_rows))
+            return _columns(cost).sum(axis=0)
+        return self._embed[new_tokens] + self._logits[logit_rows]

@@ -1,0 +1,1 @@
+"""Measurement against real timings: the timing harness (`harness`, torch and numpy only), timers and devices (`timing`), the models measured (`specs`), calibration (`calibrate`) and validation (`validate`)."""

@@ -1,0 +1,1 @@
+"""Which layers each token visits: the routing-trace schema and its I/O (`trace`), route books the simulator draws from (`book`), synthetic route generators (`synthetic`), the routes of one measured step (`replay`) and trace statistics (`stats`)."""

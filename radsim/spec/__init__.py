@@ -1,0 +1,1 @@
+"""What is modelled: devices (`hardware`, one TOML per device in `hw_models/`) and transformer architectures (`arch`, one TOML per architecture in `archs/`), each loaded into a frozen SI dataclass."""

@@ -1,0 +1,662 @@
+"""Plots of a study, built from its result table alone (plotly), written as HTML and PNG.
+
+Each figure function takes the table (`radsim.study.sweep.read_results`) and returns a plotly figure, or
+None when the table holds nothing it can draw (a study without simulations has no power over time).
+Units are converted for display here: seconds to milliseconds, bytes to GB, FLOP/s to TFLOP/s.
+Lines are grouped by the inputs that vary in the table, so a legend names only what differs, and
+every marker's hover text lists the point's inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.subplots import make_subplots
+
+from radsim.study.load import INPUTS
+
+#: Inputs that make up the routes label (shown once, as `routes`).
+_ROUTE_KEYS = ("depth_fraction", "visited_layers", "trace", "reuse_prob")
+_NOT_SERIES = {"point_id", "study", "seed", *_ROUTE_KEYS}
+_TEMPLATE = "plotly_white"
+_SIZE = {"width": 1100, "height": 620}
+_SYMBOLS = {"prefill": "circle", "decode": "diamond"}
+_PANELS_PER_ROW = 5
+_MAX_LINES = 24  # more lines than this in one panel cannot be told apart
+_RATIO_TICKS = {
+    "tickvals": [0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10],
+    "ticktext": ["0.05x", "0.1x", "0.2x", "0.5x", "1x", "2x", "5x", "10x"],
+}
+
+
+def _ok(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["error"] == ""]
+
+
+#: What a study's `label` stands for: when labels vary, they name the series instead of these.
+_LABELLED = {"arch", "layers", "dtype", "tp", "routes", "kv_policy", "route_shape", "expert_launch"}
+
+
+def _varying(table: pd.DataFrame, exclude: set[str] = frozenset()) -> list[str]:
+    """Inputs (and the routes label) that take more than one value in `table`."""
+    keys = [k for k in (*INPUTS, "routes") if k not in _NOT_SERIES and k not in exclude and k in table]
+    keys = [k for k in keys if table[k].astype(str).nunique() > 1]
+    return [k for k in keys if k not in _LABELLED] if "label" in keys else keys
+
+
+def _label(row: pd.Series, keys: list[str]) -> str:
+    plain = ("routes", "engine", "execution", "hw", "arch", "label")
+    parts = [str(row[k]) if k in plain else f"{k} {row[k]}" for k in keys]
+    return ", ".join(parts) or str(row.get("routes", "all points"))
+
+
+def _hover(table: pd.DataFrame) -> pd.Series:
+    """Hover text per row: every input that varies in the table, plus the device and model."""
+    keys = ["hw", "arch", *[k for k in _varying(table) if k not in ("hw", "arch")]]
+    return table.apply(
+        lambda r: "<br>".join(f"{k} = {r[k]}" for k in keys) + f"<br>point {r['point_id']}", axis=1
+    )
+
+
+def _series(table: pd.DataFrame, exclude: set[str]):
+    """(label, rows) per combination of the varying inputs other than `exclude`."""
+    keys = _varying(table, exclude)
+    labels = table.apply(lambda r: _label(r, keys), axis=1) if len(table) else pd.Series(dtype=str)
+    for label in dict.fromkeys(labels):
+        yield label, table[labels == label]
+
+
+def _facets(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """One facet per device when the table compares devices."""
+    if table["hw"].nunique() <= 1:
+        return [("", table)]
+    return [(hw, table[table["hw"] == hw]) for hw in dict.fromkeys(table["hw"])]
+
+
+def _static(table: pd.DataFrame) -> pd.DataFrame:
+    ok = _ok(table)
+    return ok[(ok["arrival"] == "batch") & ok["tpot_s"].notna()]
+
+
+def _time_cost_grid(facets, cost: str = "cost", shared_xaxes: bool = True) -> go.Figure:
+    """Two columns (time per output token, cost) and a row per device."""
+    return make_subplots(
+        rows=len(facets),
+        cols=2,
+        shared_xaxes=shared_xaxes,
+        subplot_titles=[t for hw, _ in facets for t in (f"time per output token {hw}", f"{cost} {hw}")],
+    )
+
+
+def latency_cost_vs_batch(table: pd.DataFrame) -> go.Figure | None:
+    """Time per output token and cost per million output tokens against batch size, per routes."""
+    rows = _static(table)
+    if rows.empty:
+        return None
+    facets = _facets(rows)
+    fig = _time_cost_grid(facets)
+    colors = _palette()
+    seen: dict[str, str] = {}
+    for i, (_, facet) in enumerate(facets, start=1):
+        for label, s in _series(facet, {"batch", "hw"}):
+            s = s.sort_values("batch")
+            color = seen.setdefault(label, next(colors))
+            for col, y in ((1, s["tpot_s"] * 1e3), (2, s["cost_usd_per_Mtok"])):
+                fig.add_trace(
+                    go.Scatter(
+                        x=s["batch"],
+                        y=y,
+                        mode="lines+markers",
+                        name=label,
+                        legendgroup=label,
+                        showlegend=i == 1 and col == 1 and label not in fig_names(fig),
+                        line={"color": color},
+                        text=_hover(s),
+                        hovertemplate="%{text}<br>batch %{x}<br>%{y:.4g}<extra></extra>",
+                    ),
+                    row=i,
+                    col=col,
+                )
+        fig.update_yaxes(title_text="time per output token (ms)", row=i, col=1)
+        fig.update_yaxes(title_text="cost (USD per 1M output tokens)", type="log", dtick="D2", row=i, col=2)
+    fig.update_xaxes(type="log", dtick=np.log10(2))
+    fig.update_xaxes(title_text="batch size (sequences)", row=len(facets))
+    return _layout(fig, "Latency and cost against batch size, per dynamic depth", len(facets))
+
+
+def fig_names(fig: go.Figure) -> set[str]:
+    """Names of the traces already shown in the legend."""
+    return {t.name for t in fig.data if t.showlegend is not False}
+
+
+def savings_vs_batch(table: pd.DataFrame) -> go.Figure | None:
+    """Saving of each routed point over the sequential model (same inputs otherwise) against batch."""
+    rows = _static(table)
+    match = [
+        k
+        for k in (*INPUTS, "num_layers")
+        if k in rows and k not in {*_ROUTE_KEYS, "kv_policy", "execution", "route_shape", "label"}
+    ]
+    base = rows[(rows["routes"] == "sequential") & (rows["execution"] == "layer_major")]
+    routed = rows[rows["routes"] != "sequential"]
+    if base.empty or routed.empty:
+        return None
+    keyed = base[match + ["tpot_s", "cost_usd_per_Mtok"]].drop_duplicates(match)
+    both = routed.merge(keyed, on=match, suffixes=("", "_sequential"))
+    if both.empty:
+        return None
+    both["tpot_ratio"] = both["tpot_s_sequential"] / both["tpot_s"]
+    both["cost_ratio"] = both["cost_usd_per_Mtok_sequential"] / both["cost_usd_per_Mtok"]
+    facets = _facets(both)
+    fig = _time_cost_grid(facets, cost="cost per token")
+    colors, seen = _palette(), {}
+    for i, (_, facet) in enumerate(facets, start=1):
+        for label, s in _series(facet, {"batch", "hw"}):
+            s = s.sort_values("batch")
+            color = seen.setdefault(label, next(colors))
+            for col, y in ((1, s["tpot_ratio"]), (2, s["cost_ratio"])):
+                fig.add_trace(
+                    go.Scatter(
+                        x=s["batch"],
+                        y=y,
+                        mode="lines+markers",
+                        name=label,
+                        legendgroup=label,
+                        showlegend=col == 1 and label not in fig_names(fig),
+                        line={"color": color},
+                        text=_hover(s),
+                        customdata=(1 - 1 / y) * 100,
+                        hovertemplate="%{text}<br>batch %{x}<br>%{y:.3g}x, saving %{customdata:.1f}%<extra></extra>",
+                    ),
+                    row=i,
+                    col=col,
+                )
+            for col in (1, 2):
+                fig.add_hline(y=1, line={"color": "grey", "width": 1}, row=i, col=col)
+        fig.update_yaxes(title_text="sequential / dynamic depth (x, log)", type="log", row=i, **_RATIO_TICKS)
+    fig.update_xaxes(type="log", dtick=np.log10(2))
+    fig.update_xaxes(title_text="batch size (sequences)", row=len(facets))
+    return _layout(
+        fig, "Saving of dynamic depth over the sequential model (above 1: cheaper or faster)", len(facets)
+    )
+
+
+def pareto_front(table: pd.DataFrame) -> go.Figure | None:
+    """Every point's time per output token against its cost; the points no other point beats on both."""
+    rows = _ok(table)
+    rows = rows[rows["tpot_s"].notna() & rows["cost_usd_per_Mtok"].notna()]
+    if rows.empty:
+        return None
+    fig = go.Figure()
+    colors = _palette()
+    shown = {"hw", "arch", "layers", "dtype", "tp", "routes", "execution"}
+    for label, s in _series(rows, set(INPUTS) - shown):
+        fig.add_trace(
+            go.Scatter(
+                x=s["tpot_s"] * 1e3,
+                y=s["cost_usd_per_Mtok"],
+                mode="markers",
+                name=label,
+                marker={"color": next(colors), "size": 8, "opacity": 0.75},
+                text=_hover(s),
+                hovertemplate="%{text}<br>%{x:.3g} ms, $%{y:.3g} per 1M tokens<extra></extra>",
+            )
+        )
+    front = _front(rows["tpot_s"].to_numpy(), rows["cost_usd_per_Mtok"].to_numpy())
+    f = rows.iloc[front].sort_values("tpot_s")
+    fig.add_trace(
+        go.Scatter(
+            x=f["tpot_s"] * 1e3,
+            y=f["cost_usd_per_Mtok"],
+            mode="lines+markers",
+            name="Pareto front",
+            line={"color": "black", "shape": "hv", "width": 2},
+            marker={"symbol": "circle-open", "size": 14},
+            text=_hover(f),
+            hovertemplate="%{text}<extra>Pareto front</extra>",
+        )
+    )
+    fig.update_xaxes(type="log", dtick="D2", title_text="time per output token (ms)")
+    fig.update_yaxes(type="log", dtick="D2", title_text="cost (USD per 1M output tokens)")
+    return _layout(fig, "Latency against cost: every point and the Pareto front", 1)
+
+
+def _front(latency: np.ndarray, cost: np.ndarray) -> list[int]:
+    """Indices of the points that no other point beats on both latency and cost."""
+    order = np.lexsort((cost, latency))
+    front, best = [], np.inf
+    for i in order:
+        if cost[i] < best:
+            front.append(int(i))
+            best = cost[i]
+    return front
+
+
+def roofline(table: pd.DataFrame) -> go.Figure | None:
+    """Each layer's operating point (prefill chunk and decode step) under the device's roofline."""
+    rows = _ok(table)
+    rows = rows[rows["roofline_json"].fillna("") != ""] if "roofline_json" in rows else rows.iloc[:0]
+    if rows.empty:
+        return None
+    facets = _facets(rows)
+    fig = make_subplots(
+        rows=1, cols=len(facets), subplot_titles=[hw for hw, _ in facets] if len(facets) > 1 else None
+    )
+    hover = _hover(rows)
+    for c, (_, facet) in enumerate(facets, start=1):
+        points = _roofline_points(facet, hover)
+        for phase, p in points.groupby("phase", sort=False):
+            fig.add_trace(
+                go.Scatter(
+                    x=p["intensity"],
+                    y=p["flops_per_s"] / 1e12,
+                    mode="markers",
+                    name=phase,
+                    legendgroup=phase,
+                    showlegend=c == 1,
+                    text=p["text"],
+                    marker={
+                        "symbol": _SYMBOLS[phase],
+                        "size": 7,
+                        "opacity": 0.7,
+                        "color": np.log2(p["batch"]),
+                        "colorscale": "Viridis",
+                        "cmin": 0,
+                        "cmax": np.log2(rows["batch"].max()) or 1,
+                        "colorbar": {
+                            "title": "batch",
+                            "tickvals": list(range(0, 9)),
+                            "ticktext": [str(2**i) for i in range(9)],
+                        },
+                    },
+                    hovertemplate="%{text}<br>%{x:.3g} FLOP/byte, %{y:.3g} TFLOP/s<extra>%{fullData.name}</extra>",
+                ),
+                row=1,
+                col=c,
+            )
+        first = facet.iloc[0]
+        ai = np.logspace(
+            np.log10(max(points["intensity"].min() / 2, 0.1)), np.log10(points["intensity"].max() * 4), 200
+        )
+        for name, peak, bw, dash in (
+            ("peak", first["peak_flops"], first["memory_bandwidth_Bps"], "solid"),
+            ("achievable", first["achievable_flops"], first["achievable_Bps"], "dash"),
+        ):
+            fig.add_trace(
+                go.Scatter(
+                    x=ai,
+                    y=np.minimum(peak, ai * bw) / 1e12,
+                    mode="lines",
+                    name=f"roof ({name})",
+                    legendgroup=name,
+                    showlegend=c == 1,
+                    line={"color": "grey", "dash": dash},
+                    hovertemplate=f"{name}: %{{y:.3g}} TFLOP/s at %{{x:.3g}} FLOP/byte<extra></extra>",
+                ),
+                row=1,
+                col=c,
+            )
+    wide = len(facets) > 2
+    fig.update_xaxes(
+        type="log", title_text="FLOP per DRAM byte" if wide else "arithmetic intensity (FLOP per DRAM byte)"
+    )
+    fig.update_yaxes(type="log")
+    fig.update_yaxes(title_text="achieved throughput (TFLOP/s)", col=1)
+    return _layout(fig, "Roofline: each layer's operating point in a prefill chunk and a decode step", 1)
+
+
+def _roofline_points(rows: pd.DataFrame, hover: pd.Series) -> pd.DataFrame:
+    parts = []
+    for idx, row in rows.iterrows():
+        data = json.loads(row["roofline_json"])
+        for phase in ("prefill", "decode"):
+            d = {k: np.asarray(v, dtype=np.float64) for k, v in data[phase].items()}
+            text = [f"{hover[idx]}<br>{phase}, layer {int(layer)}" for layer in d["layer"]]
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "phase": phase,
+                        "intensity": d["flops"] / d["bytes"],
+                        "flops_per_s": d["flops"] / d["time_s"],
+                        "batch": row["batch"],
+                        "text": text,
+                    }
+                )
+            )
+    return pd.concat(parts, ignore_index=True)
+
+
+def memory_breakdown(table: pd.DataFrame) -> go.Figure | None:
+    """Weights, KV cache and activations per device for each static batch, against the capacity."""
+    rows = _ok(table)
+    rows = rows[rows["arrival"] == "batch"] if (rows["arrival"] == "batch").any() else rows
+    if rows.empty or "weights_bytes" not in rows:
+        return None
+    keys = _varying(rows, {"batch", "engine", "execution", "kv_policy"}) or ["routes"]
+    rows = rows.drop_duplicates([*keys, "batch"])
+    groups = list(_series(rows, {"batch", "engine", "execution", "kv_policy"}))
+    cols = min(len(groups), _PANELS_PER_ROW)
+    nrows = -(-len(groups) // cols)
+    fig = make_subplots(
+        rows=nrows,
+        cols=cols,
+        shared_yaxes=True,
+        horizontal_spacing=0.01,
+        vertical_spacing=0.12,
+        subplot_titles=[_wrap(label) for label, _ in groups],
+    )
+    parts = (
+        ("weights_bytes", "weights", "#4c72b0"),
+        ("kv_cache_bytes", "KV cache", "#dd8452"),
+        ("activation_bytes", "activations", "#55a868"),
+    )
+    for n, (_, g) in enumerate(groups):
+        r, c = n // cols + 1, n % cols + 1
+        g = g.sort_values("batch")
+        hover = _hover(g)
+        for column, name, color in parts:
+            fig.add_trace(
+                go.Bar(
+                    x=[str(b) for b in g["batch"]],
+                    y=g[column] / 1e9,
+                    name=name,
+                    legendgroup=name,
+                    showlegend=n == 0,
+                    marker={"color": color},
+                    text=hover,
+                    textposition="none",
+                    hovertemplate="%{text}<br>" + name + " %{y:.3g} GB<extra></extra>",
+                ),
+                row=r,
+                col=c,
+            )
+        capacity = g["memory_capacity_bytes"].iloc[0] / 1e9
+        fig.add_hline(
+            y=capacity,
+            line={"color": "firebrick", "dash": "dash"},
+            row=r,
+            col=c,
+            annotation_text=f"{capacity:.0f} GB",
+            annotation_position="top left",
+            annotation_font={"color": "firebrick", "size": 10},
+        )
+    fig.update_layout(barmode="stack")
+    fig.update_yaxes(title_text="GB per device", col=1)
+    fig.update_xaxes(tickangle=-90, tickfont={"size": 10}, type="category")
+    fig.update_xaxes(title_text="batch size (sequences)", row=nrows)
+    fig.update_annotations(font_size=11)
+    title = "Memory per device (GB): weights, KV cache (peak) and activations, against the device's memory"
+    return _layout(fig, title, nrows)
+
+
+def _wrap(text: str, width: int = 22) -> str:
+    """Break a long panel title on spaces and hyphens so that neighbouring titles do not overlap."""
+    lines, line = [], ""
+    for word in text.replace("-", "- ").split(" "):
+        if line and len(line) + len(word) > width:
+            lines.append(line.rstrip())
+            line = ""
+        line += word + ("" if word.endswith("-") else " ")
+    return "<br>".join([*lines, line.rstrip()])
+
+
+def power_over_time(table: pd.DataFrame) -> go.Figure | None:
+    """Power of all devices against time for the simulated points (serving runs if the study has any)."""
+    rows = _ok(table)
+    if "power_timeline_json" not in rows:
+        return None
+    rows = rows[rows["power_timeline_json"].fillna("") != ""]
+    if (rows["arrival"] != "batch").any():
+        rows = rows[rows["arrival"] != "batch"]
+    elif len(rows) > _MAX_LINES:  # static batches only, too many to tell apart: the largest batch
+        rows = rows[rows["batch"] == rows["batch"].max()]
+    if rows.empty:
+        return None
+    fig = go.Figure()
+    colors = _palette()
+    hover = _hover(rows)
+    for (idx, row), label in zip(rows.iterrows(), _labels(rows, set()), strict=True):
+        data = json.loads(row["power_timeline_json"])
+        fig.add_trace(
+            go.Scatter(
+                x=data["t_s"],
+                y=data["power_W"],
+                mode="lines",
+                name=label,
+                line={"color": next(colors), "shape": "hv"},
+                text=[hover[idx]] * len(data["t_s"]),
+                hovertemplate="%{text}<br>%{x:.3g} s: %{y:.0f} W<extra></extra>",
+            )
+        )
+    fig.update_xaxes(title_text="time since the first arrival (s)")
+    fig.update_yaxes(title_text="power, all devices (W)", rangemode="tozero")
+    return _layout(fig, "Power over time (simulated serving)", 1)
+
+
+def _labels(rows: pd.DataFrame, exclude: set[str]) -> list[str]:
+    keys = _varying(rows, exclude)
+    return [_label(r, keys) for _, r in rows.iterrows()]
+
+
+def depth_distribution(table: pd.DataFrame) -> go.Figure | None:
+    """Share of tokens by the number of layers they visit, per routes (trace or parametric depth)."""
+    rows = _ok(table)
+    if "depth_histogram_json" not in rows:
+        return None
+    rows = rows[rows["depth_histogram_json"].fillna("") != ""].drop_duplicates(
+        ["routes", "num_layers", "depth_histogram_json"]
+    )
+    if rows.empty:
+        return None
+    fig = go.Figure()
+    colors = _palette()
+    for _, row in rows.iterrows():
+        data = json.loads(row["depth_histogram_json"])
+        name = f"{row['routes']} ({row['engine']}, {int(row['num_layers'])} layers)"
+        fig.add_trace(
+            go.Bar(
+                x=data["layers_visited"],
+                y=np.asarray(data["token_share"]) * 100,
+                name=name,
+                marker={"color": next(colors)},
+                hovertemplate=f"{name}<br>%{{x}} layers: %{{y:.2f}}% of tokens<extra></extra>",
+            )
+        )
+    fig.update_layout(barmode="group", bargap=0.15)
+    fig.update_xaxes(title_text="layers visited per token", dtick=2)
+    fig.update_yaxes(title_text="share of tokens (%)")
+    return _layout(fig, "Depth distribution: layers each token visits", 1)
+
+
+def _labelled(table: pd.DataFrame) -> pd.DataFrame:
+    """Static-batch rows of a study whose grids carry labels (at least two of them)."""
+    rows = _static(table)
+    if "label" not in rows:
+        return rows.iloc[:0]
+    rows = rows[rows["label"].fillna("") != ""]
+    return rows if rows["label"].nunique() > 1 else rows.iloc[:0]
+
+
+def architectures(table: pd.DataFrame) -> go.Figure | None:
+    """Time per output token and cost per labelled grid (architecture), grouped bars per batch size."""
+    rows = _labelled(table)
+    if rows.empty:
+        return None
+    facets = _facets(rows)
+    fig = _time_cost_grid(facets, shared_xaxes=False)
+    colors: dict[str, str] = {}
+    palette = _palette()
+    batches = sorted(rows["batch"].unique())
+    for i, (_, facet) in enumerate(facets, start=1):
+        for label in dict.fromkeys(rows["label"]):
+            s = facet[facet["label"] == label].sort_values("batch")
+            color = colors.setdefault(label, next(palette))
+            for col, y in ((1, s["tpot_s"] * 1e3), (2, s["cost_usd_per_Mtok"])):
+                fig.add_trace(
+                    go.Bar(
+                        x=s["batch"].astype(str),
+                        y=y,
+                        name=label,
+                        legendgroup=label,
+                        showlegend=i == 1 and col == 1,
+                        marker={"color": color},
+                        text=_hover(s),
+                        textposition="none",
+                        hovertemplate="%{text}<br>batch %{x}<br>%{y:.4g}<extra></extra>",
+                    ),
+                    row=i,
+                    col=col,
+                )
+        fig.update_yaxes(title_text="time per output token (ms, log)", type="log", row=i, col=1)
+        fig.update_yaxes(title_text="cost (USD per 1M output tokens, log)", type="log", row=i, col=2)
+    order = {"categoryorder": "array", "categoryarray": [str(b) for b in batches]}
+    fig.update_xaxes(**order)
+    fig.update_xaxes(title_text="batch size (sequences)", row=len(facets))
+    fig.update_layout(barmode="group", bargap=0.2, bargroupgap=0.05)
+    return _layout(fig, "Architectures side by side: latency and cost per batch size", len(facets))
+
+
+def architectures_relative(table: pd.DataFrame) -> go.Figure | None:
+    """Each labelled grid's time per output token and cost over the first label's (the baseline)."""
+    rows = _labelled(table)
+    if rows.empty:
+        return None
+    base_label = rows["label"].iloc[0]
+    match = [k for k in ("hw", "batch", "prompt_tokens", "output_tokens", "dtype", "tp") if k in rows]
+    base = rows[rows["label"] == base_label][match + ["tpot_s", "cost_usd_per_Mtok"]].drop_duplicates(match)
+    both = rows[rows["label"] != base_label].merge(base, on=match, suffixes=("", "_base"))
+    if both.empty:
+        return None
+    both["tpot_ratio"] = both["tpot_s"] / both["tpot_s_base"]
+    both["cost_ratio"] = both["cost_usd_per_Mtok"] / both["cost_usd_per_Mtok_base"]
+    facets = _facets(both)
+    fig = _time_cost_grid(facets)
+    colors: dict[str, str] = {}
+    palette = _palette()
+    next(palette)  # the baseline's colour in `architectures`
+    for i, (_, facet) in enumerate(facets, start=1):
+        for label in dict.fromkeys(both["label"]):
+            s = facet[facet["label"] == label].sort_values("batch")
+            color = colors.setdefault(label, next(palette))
+            for col, y in ((1, s["tpot_ratio"]), (2, s["cost_ratio"])):
+                fig.add_trace(
+                    go.Scatter(
+                        x=s["batch"],
+                        y=y,
+                        mode="lines+markers",
+                        name=label,
+                        legendgroup=label,
+                        showlegend=i == 1 and col == 1,
+                        line={"color": color},
+                        text=_hover(s),
+                        hovertemplate="%{text}<br>batch %{x}<br>%{y:.3g}x the baseline<extra></extra>",
+                    ),
+                    row=i,
+                    col=col,
+                )
+            for col in (1, 2):
+                fig.add_hline(y=1, line={"color": "grey", "width": 1}, row=i, col=col)
+        fig.update_yaxes(title_text=f"over {base_label} (x, log)", type="log", row=i, **_RATIO_TICKS)
+    fig.update_xaxes(type="log", dtick=np.log10(2))
+    fig.update_xaxes(title_text="batch size (sequences)", row=len(facets))
+    return _layout(fig, f"Relative to {base_label} (below 1: faster or cheaper)", len(facets))
+
+
+FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure | None]] = {
+    "latency_cost_vs_batch": latency_cost_vs_batch,
+    "savings_vs_batch": savings_vs_batch,
+    "pareto_front": pareto_front,
+    "roofline": roofline,
+    "memory_breakdown": memory_breakdown,
+    "power_over_time": power_over_time,
+    "depth_distribution": depth_distribution,
+    "architectures": architectures,
+    "architectures_relative": architectures_relative,
+}
+
+
+def build_figures(table: pd.DataFrame) -> dict[str, go.Figure]:
+    """Every figure the table has data for, by name."""
+    figures = {name: make(table) for name, make in FIGURES.items()}
+    return {name: fig for name, fig in figures.items() if fig is not None}
+
+
+def write_figures(
+    figures: dict[str, go.Figure], out: Path, formats: tuple[str, ...] = ("html", "png")
+) -> list[Path]:
+    """Write NAME.html (plotly.js beside it, no network needed) and NAME.png (kaleido) for each figure."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if "html" in formats:
+        for name, fig in figures.items():
+            path = out / f"{name}.html"
+            tmp = out / f".{name}.{os.getpid()}.html"
+            fig.write_html(tmp, include_plotlyjs="directory", full_html=True, div_id=name)  # stable ids
+            os.replace(tmp, path)
+            written.append(path)
+    if "png" in formats and figures:
+        paths = [out / f"{name}.png" for name in figures]
+        tmps = [out / f".{name}.{os.getpid()}.png" for name in figures]
+        figs = list(figures.values())
+        pio.write_images(
+            figs, tmps, width=[f.layout.width for f in figs], height=[f.layout.height for f in figs]
+        )
+        for tmp, path in zip(tmps, paths, strict=True):
+            os.replace(tmp, path)
+        written += paths
+    return written
+
+
+def _layout(fig: go.Figure, title: str, facet_rows: int) -> go.Figure:
+    names = [t.name for t in fig.data if t.showlegend is not False]
+    wide = max((len(n) for n in names), default=0) > 45  # long names get a row each
+    entries = len(dict.fromkeys(names))
+    legend_px = 22 * (entries if wide else (entries + 1) // 2) + 30
+    plot_px = max(_SIZE["height"] - 160, 300 * facet_rows)
+    fig.update_layout(
+        template=_TEMPLATE,
+        title={"text": title, "x": 0.01},
+        width=_SIZE["width"],
+        height=plot_px + legend_px + 160,
+        hoverlabel={"align": "left"},
+        legend={
+            "orientation": "h",
+            "x": 0,
+            "y": -75 / plot_px,
+            "yanchor": "top",
+            "entrywidth": 1.0 if wide else 0.5,
+            "entrywidthmode": "fraction",
+        },
+        margin={"l": 80, "r": 30, "t": 100, "b": legend_px + 70},
+    )
+    return fig
+
+
+def _palette():
+    colors = [
+        "#1f77b4",
+        "#d62728",
+        "#2ca02c",
+        "#ff7f0e",
+        "#9467bd",
+        "#8c564b",
+        "#e377c2",
+        "#17becf",
+        "#bcbd22",
+        "#7f7f7f",
+        "#393b79",
+        "#637939",
+        "#8c6d31",
+        "#843c39",
+        "#7b4173",
+        "#3182bd",
+    ]
+    while True:
+        yield from colors

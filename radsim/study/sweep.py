@@ -1,0 +1,220 @@
+"""Running a study: evaluate its points in parallel, resume, show progress, write the table atomically.
+
+Points run in local processes by default (`concurrent.futures`), or on a Dask cluster (a
+`dask.distributed.Client`). Whatever runs them, each point is evaluated alone from its own inputs and
+seed, and the table lists the points in the order the study expands them, so every runner gives
+the same table. The table (`results.parquet` and `results.csv` in the output folder) is rewritten
+through a temporary file and `os.replace` as points finish (at most once a second), so an interrupted
+run leaves a whole table behind; the next run keeps its rows and evaluates only the missing points.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, TextIO
+
+import pandas as pd
+
+from radsim.errors import ConfigError
+from radsim.study.load import INPUTS, Study, expand, resolve_trace
+from radsim.study.point import evaluate
+
+RESULTS_PARQUET = "results.parquet"
+RESULTS_CSV = "results.csv"
+CHECKPOINT_INTERVAL_S = 1.0
+
+#: A runner takes the points to evaluate and the resolved trace files, and yields rows as they finish.
+Runner = Callable[[list[dict[str, Any]], dict[str, str]], Iterator[dict[str, Any]]]
+
+
+def serial_runner(points: list[dict[str, Any]], traces: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """Evaluate the points one after another in this process."""
+    for point in points:
+        yield evaluate(point, traces.get(point["trace"]))
+
+
+def process_runner(workers: int) -> Runner:
+    """Evaluate the points in `workers` local processes."""
+
+    def run(points: list[dict[str, Any]], traces: dict[str, str]) -> Iterator[dict[str, Any]]:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(evaluate, p, traces.get(p["trace"])): p for p in points}
+            try:
+                for future in as_completed(futures):
+                    yield _result(future, futures[future])
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    return run
+
+
+def dask_runner(client: Any) -> Runner:
+    """Evaluate the points as tasks on the Dask cluster behind `client` (a distributed.Client)."""
+
+    def run(points: list[dict[str, Any]], traces: dict[str, str]) -> Iterator[dict[str, Any]]:
+        from distributed import as_completed as dask_completed
+
+        files = [traces.get(p["trace"]) for p in points]
+        futures = client.map(evaluate, points, files, pure=False)
+        by_key = {f.key: p for f, p in zip(futures, points, strict=True)}
+        try:
+            for future in dask_completed(futures):
+                yield _result(future, by_key[future.key])
+        finally:
+            client.cancel(futures)
+
+    return run
+
+
+def _result(future: Any, point: dict[str, Any]) -> dict[str, Any]:
+    """A finished task's row; a task that died (worker lost, pickling) becomes a failed row."""
+    try:
+        return future.result()
+    except Exception as exc:
+        return {**point, "error": f"{type(exc).__name__}: {exc} (in the runner)"}
+
+
+class Progress:
+    """A progress bar on stderr: redrawn in place on a terminal, a line per tenth otherwise."""
+
+    def __init__(self, total: int, done: int, stream: TextIO | None = sys.stderr, width: int = 30) -> None:
+        self.total, self.done, self.failed, self.stream, self.width = total, done, 0, stream, width
+        self.started_at, self.start_done, self._last_tenth = time.perf_counter(), done, -1
+        self.tty = bool(stream is not None and stream.isatty())
+
+    def update(self, row: dict[str, Any]) -> None:
+        """Count one finished point."""
+        self.done += 1
+        self.failed += bool(row.get("error"))
+        tenth = 10 * self.done // max(self.total, 1)
+        if self.tty or tenth != self._last_tenth:
+            self._last_tenth = tenth
+            self._draw("\r" if self.tty else "", "" if self.tty else "\n")
+
+    def close(self) -> None:
+        """Finish the bar's line."""
+        if self.tty:
+            self._draw("\r", "\n")
+
+    def _draw(self, head: str, tail: str) -> None:
+        if self.stream is None:
+            return
+        elapsed = time.perf_counter() - self.started_at
+        rate = (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        filled = self.width * self.done // max(self.total, 1)
+        bar = "#" * filled + "." * (self.width - filled)
+        failed = f", {self.failed} failed" if self.failed else ""
+        self.stream.write(
+            f"{head}[{bar}] {self.done}/{self.total} points{failed}, {rate:.1f} points/s, eta {eta:.0f} s{tail}"
+        )
+        self.stream.flush()
+
+
+def run_study(
+    study: Study,
+    out_dir: str | Path,
+    runner: Runner = serial_runner,
+    stream: TextIO | None = sys.stderr,
+    retry_failed: bool = False,
+) -> pd.DataFrame:
+    """Evaluate the study's missing points with `runner`, write and return the whole table."""
+    out = Path(out_dir)
+    points = expand(study)
+    order = {p["point_id"]: i for i, p in enumerate(points)}
+    traces = {p["trace"]: str(resolve_trace(p["trace"], study.path)) for p in points if p["trace"]}
+    rows = _finished_rows(out, study.name, order, retry_failed)
+    todo = [p for p in points if p["point_id"] not in rows]
+    progress = Progress(len(points), len(rows), stream)
+    last_write = time.perf_counter()
+    try:
+        for row in runner(todo, traces):
+            rows[row["point_id"]] = {"study": study.name, **row}
+            progress.update(row)
+            if time.perf_counter() - last_write >= CHECKPOINT_INTERVAL_S:
+                write_table(results_table(rows.values(), order), out, csv=False)
+                last_write = time.perf_counter()
+    finally:
+        progress.close()
+        table = results_table(rows.values(), order)
+        write_table(table, out)
+    return table
+
+
+def _finished_rows(
+    out: Path, name: str, order: dict[str, int], retry_failed: bool
+) -> dict[str, dict[str, Any]]:
+    """Rows of an earlier run of this study that are still points of it (and succeeded, if retrying)."""
+    path = out / RESULTS_PARQUET
+    if not path.exists():
+        return {}
+    try:
+        old = pd.read_parquet(path)
+    except Exception as exc:
+        raise ConfigError(
+            f"{path}: cannot read earlier results ({exc}); remove the file to start over"
+        ) from exc
+    studies = set(old["study"]) if "study" in old else set()
+    if studies - {name}:
+        raise ConfigError(
+            f"{path} holds results of study {sorted(studies)}, not '{name}'; choose another --out folder"
+        )
+    keep = old["point_id"].isin(order)
+    if retry_failed:
+        keep &= old["error"].fillna("") == ""
+    return {r["point_id"]: r for r in old[keep].to_dict("records")}
+
+
+def results_table(rows: Iterable[dict[str, Any]], order: dict[str, int]) -> pd.DataFrame:
+    """Rows in study order; columns: id, study, inputs, routes label, metrics, then the error."""
+    ordered = sorted(rows, key=lambda r: order[r["point_id"]])
+    first = ["point_id", "study", *INPUTS, "routes"]
+    metrics: list[str] = []
+    for row in ordered:
+        metrics += [k for k in row if k not in first and k != "error" and k not in metrics]
+    table = pd.DataFrame.from_records(ordered, columns=[*first, *metrics, "error"])
+    table["error"] = table["error"].fillna("")
+    return table
+
+
+def write_table(table: pd.DataFrame, out: Path, csv: bool = True) -> None:
+    """Write the table as Parquet (and CSV) through temporary files and an atomic rename."""
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic(out / RESULTS_PARQUET, lambda tmp: table.to_parquet(tmp, index=False))
+    if csv:
+        _atomic(out / RESULTS_CSV, lambda tmp: table.to_csv(tmp, index=False))
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """A result table from its Parquet or CSV file, or from the folder that holds it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_PARQUET
+    if not path.exists():
+        raise ConfigError(f"{path}: no result table (run `radsim study run STUDY --out DIR` first)")
+    table = (
+        pd.read_csv(path, keep_default_na=False, na_values=[""])
+        if path.suffix == ".csv"
+        else pd.read_parquet(path)
+    )
+    missing = {"point_id", "engine", "error"} - set(table.columns)
+    if missing:
+        raise ConfigError(f"{path}: not a study result table (missing columns {sorted(missing)})")
+    for key in ["error", "routes", *(k for k, spec in INPUTS.items() if spec.kind is str)]:
+        if key in table:  # CSV reads an empty string as missing
+            table[key] = table[key].astype(object).fillna("").astype(str)
+    return table

@@ -1,0 +1,1 @@
+"""Training the project's models and capturing their routes: run configs (`config`), the corpus (`corpus`), training (`loop`), router distillation (`distill`), trace capture (`capture`) and residual profiling (`profile`)."""

@@ -1,0 +1,329 @@
+"""`radsim train CONFIG`: train a radial, MoD, Finedeep or dense model from scratch on real text, or DLO.
+
+Layers and routers learn together. The LM loss trains the layers and, through the straight-through
+scaling of each visit's output by p / stop_grad(p), the router; a REINFORCE term with a per-token
+reward -(loss + compute_penalty x depth) and a batch-mean baseline teaches the router when skipping,
+exiting or reusing pays. MoD trains its top-k routers through the same scaling (sigmoid weight)
+and its causal predictors with a binary cross-entropy; Finedeep trains on the LM loss alone. DLO
+(`train_dlo`) expands SmolLM2-135M and fine-tunes its new layers and MLP routers (straight-through
+hard gates, similarity-guided router targets, a skip-rate term), evaluating SmolLM2 and the
+untrained expansion on the same validation windows first. Outputs go to runs/<name>/: the checkpoint
+(`model.pt`), `metrics.json` and `log.csv`, each written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from radsim.models.finedeep import Finedeep, FinedeepConfig
+from radsim.models.llama import Llama, LlamaConfig, lm_loss
+from radsim.models.mod import MoD, MoDConfig
+from radsim.models.radial import EXIT, Radial, RadialConfig
+from radsim.train import corpus
+from radsim.train.config import RunConfig, run_config_from_dict
+
+UNKNOWN = "<unk>"
+
+
+def text_splits() -> dict[str, Path]:
+    """Cached token ids (SmolLM2 tokenizer) of the train/val/test text."""
+    from radsim.models import smollm2
+
+    tok = smollm2.load_tokenizer()
+    return corpus.build_splits(lambda s: tok(s).input_ids, tok.eos_token_id, smollm2.cache_dir() / "corpus")
+
+
+def vocab_map(train: np.ndarray, size: int, full: int = 49152) -> np.ndarray:
+    """Map SmolLM2 ids to the `size`-1 most frequent training tokens, the rest to <unk> (size-1)."""
+    counts = np.bincount(np.asarray(train), minlength=full)
+    top = np.argsort(-counts, kind="stable")[: size - 1]
+    mapping = np.full(full, size - 1, dtype=np.int64)
+    mapping[top] = np.arange(size - 1)
+    return mapping
+
+
+def build_model(cfg: RunConfig, vocab: int) -> torch.nn.Module:
+    """The model a scratch run trains."""
+    m = cfg.model
+    base = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=m.hidden_size,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads,
+        ffn_size=m.ffn_size,
+        max_positions=cfg.data.seq_len,
+        rope_theta=10000.0,
+    )
+    if cfg.kind == "radial_scratch":
+        r = cfg.radial
+        return Radial(
+            RadialConfig(base=base, max_steps=r.max_steps, max_passes=r.max_passes, kv_policy=r.kv_policy)
+        )
+    if cfg.kind == "mod_scratch":
+        return MoD(MoDConfig(base=base, capacity=cfg.mod.capacity, every=cfg.mod.every))
+    if cfg.kind == "finedeep_scratch":
+        f = cfg.finedeep
+        return Finedeep(
+            FinedeepConfig(base=base, sub_layers=f.sub_layers, experts=f.experts, expert_size=f.expert_size)
+        )
+    return Llama(base)
+
+
+def step_loss(
+    model: torch.nn.Module, x: torch.Tensor, step: int, cfg: RunConfig
+) -> tuple[torch.Tensor, dict]:
+    """Training loss of one batch and what to log."""
+    if isinstance(model, Radial):
+        return _radial_loss(model, x, step, cfg)
+    if isinstance(model, MoD):
+        out = model(x)
+        lm = lm_loss(out.logits, x)
+        depth = float(sum(v.float().mean() for v in out.visits))
+        return lm + out.predictor_loss, {"lm": lm.item(), "depth": depth}
+    if isinstance(model, Finedeep):
+        lm = lm_loss(model(x).logits, x)
+        return lm, {"lm": lm.item(), "depth": float(model.cfg.base.num_layers)}
+    lm = lm_loss(model(x), x)
+    return lm, {"lm": lm.item(), "depth": float(model.cfg.num_layers)}
+
+
+def _radial_loss(model: Radial, x: torch.Tensor, step: int, cfg: RunConfig) -> tuple[torch.Tensor, dict]:
+    """LM loss, plus REINFORCE on the router once the router warm-up is over."""
+    t = cfg.train
+    if step < t.router_warmup_steps:
+        steps, n = model.cfg.max_steps, min(model.cfg.max_steps, model.cfg.base.num_layers) - 1
+        route = torch.full((steps,), EXIT, dtype=torch.long)
+        route[:n] = torch.arange(1, n + 1)  # layers 0, 1, ... in order
+        out = model(x, routes=route.expand(*x.shape, steps))
+        lm = lm_loss(out.logits, x)
+        return lm, {"lm": lm.item(), "depth": out.depth.float().mean().item()}
+    ramp = (step - t.router_warmup_steps + 1) / t.penalty_ramp_steps if t.penalty_ramp_steps else 1.0
+    penalty = t.compute_penalty * min(1.0, ramp)
+    out = model(x, mode="sample", straight_through=True)
+    ce = lm_loss(out.logits, x, reduction="none")  # (B, T-1)
+    depth = out.depth[:, :-1].float()
+    reward = -(ce.detach() + penalty * depth)
+    advantage = reward - reward.mean()
+    router = -(advantage * out.log_prob[:, :-1]).mean() - t.entropy_bonus * out.entropy[:, :-1].mean()
+    return ce.mean() + router, {"lm": ce.mean().item(), "depth": depth.mean().item()}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, windows: np.ndarray, batch: int = 8) -> dict:
+    """Held-out loss, perplexity and mean depth, routing as a decoder would (argmax, causal)."""
+    model.eval()
+    total, count, depth = 0.0, 0, 0.0
+    for i in range(0, len(windows), batch):
+        x = torch.from_numpy(windows[i : i + batch])
+        if isinstance(model, Radial):
+            out = model(x)
+            logits, d = out.logits, out.depth[:, :-1].float().sum().item()
+        elif isinstance(model, MoD):
+            out = model(x, causal=True)
+            logits, d = out.logits, float(sum(v[:, :-1].float().sum() for v in out.visits))
+        elif isinstance(model, Finedeep):
+            logits, d = model(x).logits, float(model.cfg.base.num_layers * x[:, :-1].numel())
+        else:
+            logits, d = model(x), float(model.cfg.num_layers * x[:, :-1].numel())
+        total += lm_loss(logits, x, reduction="sum").item()
+        n = x[:, 1:].numel()
+        count, depth = count + n, depth + d
+    model.train()
+    return {"loss": total / count, "perplexity": math.exp(total / count), "mean_depth": depth / count}
+
+
+def lr_at(step: int, cfg: RunConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    t = cfg.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    return t.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_scratch(cfg: RunConfig, out_dir: Path) -> dict:
+    """Train, evaluate on the validation split and save; returns the metrics."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    splits = text_splits()
+    train_ids = corpus.load_split(splits, "train")
+    mapping = vocab_map(train_ids, cfg.data.vocab) if cfg.data.vocab else np.arange(49152)
+    vocab = cfg.data.vocab or 49152
+    train = mapping[np.asarray(train_ids)]
+    val = corpus.windows(
+        mapping[np.asarray(corpus.load_split(splits, "val"))], cfg.data.seq_len, cfg.train.eval_tokens
+    )
+    model = build_model(cfg, vocab)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    log, start = [], time.time()
+    batches = corpus.batches(train, cfg.data.seq_len, cfg.data.batch, rng)
+    for step in range(cfg.train.steps):
+        batch = next(batches)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss, info = step_loss(model, torch.from_numpy(batch), step, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        log.append({"step": step, "elapsed_s": time.time() - start, **info})
+        if step % 50 == 0 or step == cfg.train.steps - 1:
+            print(
+                f"step {step:5d}  lm {info['lm']:.3f}  depth {info['depth']:.2f}  {time.time() - start:.0f}s",
+                flush=True,
+            )
+    metrics = {"val": evaluate(model, val), "train_seconds": time.time() - start, "params": _params(model)}
+    save_run(out_dir, cfg, model, mapping if cfg.data.vocab else None, metrics, log)
+    return metrics
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def save_run(out_dir: Path, cfg: RunConfig, model, mapping, metrics: dict, log: list[dict]) -> None:
+    """Write the checkpoint, metrics and training log atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = {"run": asdict(cfg), "state_dict": model.state_dict(), "vocab_map": mapping}
+    _atomic(out_dir / "model.pt", lambda p: torch.save(ckpt, p))
+    _atomic(out_dir / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
+    lines = [",".join(log[0])] + [",".join(str(v) for v in row.values()) for row in log] if log else []
+    _atomic(out_dir / "log.csv", lambda p: p.write_text("\n".join(lines) + "\n"))
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
+def load_run(run_dir: Path) -> tuple[RunConfig, torch.nn.Module, np.ndarray | None]:
+    """A trained scratch (or DLO) model from its run folder."""
+    ckpt = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
+    cfg = run_config_from_dict(ckpt["run"])
+    model = build_dlo(cfg) if cfg.kind == "dlo_smollm2" else build_model(cfg, cfg.data.vocab or 49152)
+    model.load_state_dict(ckpt["state_dict"])
+    return cfg, model.eval(), ckpt["vocab_map"]
+
+
+def build_dlo(cfg: RunConfig) -> torch.nn.Module:
+    """SmolLM2-135M expanded with DLO's new layers and routers (untrained)."""
+    from radsim.models import smollm2
+    from radsim.models.dlo import expand
+
+    d = cfg.dlo
+    return expand(smollm2.load_model(), [int(i) for i in d.insert_after], router_bias=d.router_bias)
+
+
+def dlo_loss(model, x: torch.Tensor, cfg: RunConfig) -> tuple[torch.Tensor, dict]:
+    """LM loss + similarity-guided router BCE + squared deviation of the mean skip rate from its target.
+
+    The router BCE pulls p_run towards 0 where cos(layer input, full layer output) > sim_threshold
+    and towards 1 elsewhere (DLO's similarity guide); the rate term holds the share of skipped
+    (token, layer) MLPs near skip_target.
+    """
+    d = cfg.dlo
+    out = model(x, train=True, sim_threshold=d.sim_threshold)
+    lm = lm_loss(out.logits, x)
+    p_run = torch.stack(out.p_run)  # (L, B, T)
+    target_run = (~torch.stack(out.skip_target)).float()
+    sim = torch.nn.functional.binary_cross_entropy(p_run, target_run)
+    # the hard skip rate in the forward pass, the soft one's gradient (a soft rate could sit at the
+    # target while no MLP is skipped)
+    hard = 1.0 - torch.stack(out.run).float().mean()
+    skip = hard + (1.0 - p_run.mean()) - (1.0 - p_run.mean()).detach()
+    rate = (skip - d.skip_target) ** 2
+    hard_skip = hard.item()
+    info = {"lm": lm.item(), "depth": (1.0 - hard_skip) * len(out.run), "skip": hard_skip}
+    info["sim_skip"] = 1.0 - target_run.mean().item()
+    return lm + d.sim_weight * sim + d.rate_weight * rate, info
+
+
+@torch.no_grad()
+def evaluate_dlo(model, windows: np.ndarray, batch: int = 8) -> dict:
+    """Held-out loss and perplexity with hard MLP skips; MLP layers run per token and GEMM FLOPs."""
+    from radsim.models.dlo import DLO, gemm_flops_per_token
+
+    model.eval()
+    total, count, mlp_layers = 0.0, 0, 0.0
+    for i in range(0, len(windows), batch):
+        x = torch.from_numpy(windows[i : i + batch])
+        if isinstance(model, DLO):
+            out = model(x)
+            logits, ran = out.logits, float(sum(r[:, :-1].float().sum() for r in out.run))
+        else:
+            logits, ran = model(x), float(model.cfg.num_layers * x[:, :-1].numel())
+        total += lm_loss(logits, x, reduction="sum").item()
+        count, mlp_layers = count + x[:, 1:].numel(), mlp_layers + ran
+    base = model.cfg.base if isinstance(model, DLO) else model.cfg
+    routers = base.num_layers if isinstance(model, DLO) else 0
+    mean_mlp = mlp_layers / count
+    return {
+        "loss": total / count,
+        "perplexity": math.exp(total / count),
+        "layers": base.num_layers,
+        "mean_mlp_layers": mean_mlp,
+        "skip_rate": 1.0 - mean_mlp / base.num_layers,
+        "gemm_flops_per_token": gemm_flops_per_token(base, mean_mlp, base.num_layers, routers),
+        "params": _params(model),
+    }
+
+
+def train_dlo(cfg: RunConfig, out_dir: Path) -> dict:
+    """Expand SmolLM2-135M, fine-tune the new layers and routers, evaluate against both baselines."""
+    from radsim.models import smollm2
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    d, splits = cfg.dlo, text_splits()
+    train = np.asarray(corpus.load_split(splits, "train"))
+    val = corpus.windows(np.asarray(corpus.load_split(splits, "val")), d.eval_seq_len, d.eval_tokens)
+    metrics = {"smollm2": evaluate_dlo(smollm2.load_model(), val)}
+    print("smollm2", metrics["smollm2"], flush=True)
+    model = build_dlo(cfg)
+    metrics["expanded_untrained"] = evaluate_dlo(model, val)
+    print("expanded, untrained", metrics["expanded_untrained"], flush=True)
+    model.train()
+    new = set(model.cfg.expanded_layers)
+    groups = [{"params": list(model.routers.parameters()), "lr": d.router_lr, "peak": d.router_lr}]
+    groups.append(
+        {"params": [p for i in new for p in model.model.layers[i].parameters()], "peak": cfg.train.lr}
+    )
+    old = [p for i, layer in enumerate(model.model.layers) if i not in new for p in layer.parameters()]
+    old += list(model.model.embed_tokens.parameters()) + list(model.model.norm.parameters())
+    if d.base_lr > 0:
+        groups.append({"params": old, "peak": d.base_lr})
+    else:
+        for p in old:
+            p.requires_grad_(False)
+    opt = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    log, start = [], time.time()
+    batches = corpus.batches(train, cfg.data.seq_len, cfg.data.batch, rng)
+    for step in range(cfg.train.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg) * group["peak"] / cfg.train.lr
+        loss, info = dlo_loss(model, torch.from_numpy(next(batches)), cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+        opt.step()
+        log.append({"step": step, "elapsed_s": time.time() - start, **info})
+        if step % 10 == 0 or step == cfg.train.steps - 1:
+            print(
+                f"step {step:4d}  lm {info['lm']:.3f}  skip {info['skip']:.3f}  "
+                f"sim-skip {info['sim_skip']:.3f}  {time.time() - start:.0f}s",
+                flush=True,
+            )
+    metrics["train_seconds"] = time.time() - start
+    metrics["dlo"] = evaluate_dlo(model, val)
+    metrics["expanded_layers"] = list(model.cfg.expanded_layers)
+    save_run(out_dir, cfg, model, None, metrics, log)
+    return metrics
