@@ -41,7 +41,7 @@ engine = "simulate"
 arrival = "poisson"
 rate_per_s = 4.0
 duration_s = 3.0
-batch = 16
+max_batch = 16
 [grid.axes]
 depth_fraction = [1.0, 0.5]
 

@@ -57,8 +57,8 @@ def test_savings_compare_with_the_sequential_model_of_the_same_inputs(table):
     assert not any("sequential" in n for n in names)
     estimate = next(t for t in fig.data if t.name.startswith("estimate") and t.xaxis == "x")
     ok = table[(table["engine"] == "estimate") & (table["error"] == "")]
-    seq = ok[ok["routes"] == "sequential"].set_index("batch")["tpot_s"]
-    half = ok[ok["routes"] == "depth 0.5"].set_index("batch")["tpot_s"]
+    seq = ok[ok["routes"] == "sequential"].set_index("batch")["decode_step_s"]
+    half = ok[ok["routes"] == "depth 0.5"].set_index("batch")["decode_step_s"]
     assert list(estimate.y) == pytest.approx(list(seq / half))
 
 
@@ -93,7 +93,8 @@ def test_write_html_and_png(table, tmp_path):
 def test_architecture_bars_and_ratios_follow_the_labels(table):
     labelled = table.assign(label=table["routes"])
     figures = build_figures(labelled)
-    rows = labelled[(labelled["arrival"] == "batch") & (labelled["error"] == "") & labelled["tpot_s"].notna()]
+    static = (labelled["engine"] == "estimate") | (labelled["arrival"] == "batch")
+    rows = labelled[static & (labelled["error"] == "") & labelled["tpot_s"].notna()]
     labels = list(dict.fromkeys(rows["label"]))
     assert [t.name for t in figures["architectures"].data if t.showlegend] == labels
     ratios = figures["architectures_relative"]

@@ -90,7 +90,7 @@ def test_grid_expansion_order_defaults_and_ids(tmp_path):
         ),
         (
             '[fixed]\nengine = "estimate"\nhw = "a"\narch = "b"\n[[grid]]\ntrace = "t.parquet"\n',
-            "needs engine 'simulate'",
+            "'trace' applies only to engine",
         ),
         (
             '[fixed]\nengine = "estimate"\nhw = "a"\narch = "b"\n[[grid]]\nexecution = "step_sync"\n',
@@ -274,7 +274,7 @@ def test_architectures_study_expands_to_every_architecture():
         "traces/dlo-smollm2.parquet",
     )
     early = next(p for label, p in by_label.items() if label.startswith("early exit"))
-    assert (early["route_shape"], early["routes"]) == ("early_exit", "early exit, depth 0.75")
+    assert (early["route_shape"], early["routes"]) == ("early_exit", "early exit, depth 0.75 bernoulli")
     launches = {p["expert_launch"] for p in points if p["arch"] == "llama3.1-8b-finedeep"}
     assert launches == {"grouped", "per_expert"}
 

@@ -26,7 +26,7 @@ from radsim.cost.memory import (
 from radsim.cost.money import Pricing
 from radsim.cost.power import average_power_W
 from radsim.errors import ConfigError
-from radsim.routes.synthetic import exact_visits, layers_for_fraction
+from radsim.routes.synthetic import check_distribution, depth_visits, is_routed, mean_layers
 from radsim.spec.arch import Arch
 from radsim.spec.hardware import Hardware
 
@@ -41,14 +41,16 @@ class Workload:
     depth_fraction: float = 1.0
     prefill_chunk: int = 8192  # tokens per prefill iteration; 0 prefills the whole batch at once
     seed: int = 0
+    depth_distribution: str = "exact"
 
     def __post_init__(self) -> None:
         for name in ("batch", "prompt_tokens", "output_tokens"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.split('_')[0]} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.prefill_chunk < 0:
-            raise ConfigError(f"--prefill-chunk must be >= 0, got {self.prefill_chunk}")
-        layers_for_fraction(1, self.depth_fraction)
+            raise ConfigError(f"prefill_chunk must be >= 0, got {self.prefill_chunk}")
+        check_distribution(self.depth_distribution)
+        mean_layers(1, self.depth_fraction, self.depth_distribution)
 
 
 @dataclass
@@ -74,13 +76,14 @@ def estimate(
 ) -> dict:
     """Run the static batch and return its metrics as a flat dict (SI units, suffixes in keys)."""
     pricing = pricing or Pricing()
-    k = layers_for_fraction(arch.num_layers, work.depth_fraction)
-    if exe.routed != (k < arch.num_layers):
-        exe = replace(exe, routed=k < arch.num_layers)  # keeps every other setting
+    k = mean_layers(arch.num_layers, work.depth_fraction, work.depth_distribution)
+    routed = is_routed(arch.num_layers, work.depth_fraction, work.depth_distribution)
+    if exe.routed != routed:
+        exe = replace(exe, routed=routed)  # keeps every other setting
     length = work.prompt_tokens + work.output_tokens
     if length > arch.max_position_embeddings:
         raise ConfigError(
-            f"{arch.name} has {arch.max_position_embeddings} positions; --prompt + --output = {length}"
+            f"{arch.name} has {arch.max_position_embeddings} positions; prompt_tokens + output_tokens = {length}"
         )
     memory = _memory(arch, exe, work, k)
     check_fits(
@@ -91,13 +94,15 @@ def estimate(
     rng = np.random.default_rng(work.seed)
     held = np.zeros((arch.num_layers, work.batch))
     prefill, decode = _Totals(), _Totals()
-    for step in _prefill_steps(hw, arch, exe, work, k, rng, held):
+    first_token_at = np.zeros(work.batch)  # when each request's prompt completes
+    for step, finished in _prefill_steps(hw, arch, exe, work, rng, held):
         prefill.add(step)
-    _decode(hw, arch, exe, work, k, rng, held, decode)
-    return _metrics(hw, arch, exe, work, k, memory, prefill, decode, pricing)
+        first_token_at[finished] = prefill.time_s
+    _decode(hw, arch, exe, work, rng, held, decode)
+    return _metrics(hw, arch, exe, work, k, memory, prefill, decode, first_token_at, pricing)
 
 
-def _memory(arch: Arch, exe: Execution, work: Workload, k: int) -> MemoryUse:
+def _memory(arch: Arch, exe: Execution, work: Workload, k: float) -> MemoryUse:
     entries_per_token = k if exe.kv_policy == "none" else arch.num_layers
     stored_tokens = work.batch * (work.prompt_tokens + work.output_tokens - 1)
     chunk = _chunk_tokens(work)
@@ -113,28 +118,31 @@ def _chunk_tokens(work: Workload) -> int:
     return total if work.prefill_chunk == 0 else min(work.prefill_chunk, total)
 
 
-def _prefill_steps(hw, arch, exe, work, k, rng, held):
-    """Yield the cost of each prefill chunk; `held` (KV entries per layer and sequence) is updated."""
+def _prefill_steps(hw, arch, exe, work, rng, held):
+    """Yield the cost of each prefill chunk and the sequences whose prompt it completes; `held` (KV
+    entries per layer and sequence) is updated."""
     total = work.batch * work.prompt_tokens
     chunk = _chunk_tokens(work)
     for start in range(0, total, chunk):
         positions = np.arange(start, min(start + chunk, total))
         seq = positions // work.prompt_tokens
-        visits_mask = exact_visits(rng, positions.size, arch.num_layers, k)
+        visits_mask = depth_visits(
+            rng, positions.size, arch.num_layers, work.depth_fraction, work.depth_distribution
+        )
         seqs, first, counts = np.unique(seq, return_index=True, return_counts=True)
         new = counts.astype(np.float64)
         # positions are in sequence order, so each sequence's visits are one contiguous sum
         visits = np.add.reduceat(visits_mask, first, axis=0, dtype=np.float64).T
-        finishing = int(((positions + 1) % work.prompt_tokens == 0).sum())
-        step = step_cost(hw, arch, exe, new, held[:, seqs], visits, finishing)
+        finished = seq[(positions + 1) % work.prompt_tokens == 0]
+        step = step_cost(hw, arch, exe, new, held[:, seqs], visits, finished.size)
         held[:, seqs] += visits if exe.kv_policy == "none" else new[None, :]
-        yield step
+        yield step, finished
 
 
 DECODE_BLOCK_ELEMENTS = 1 << 21  # (steps x layers x sequences) costed in one call
 
 
-def _decode(hw, arch, exe, work, k, rng, held, totals: _Totals) -> None:
+def _decode(hw, arch, exe, work, rng, held, totals: _Totals) -> None:
     """Add every decode step's cost to `totals`; `held` (KV entries per layer and sequence) is updated.
 
     Steps are costed in blocks with a leading step axis (the cost model is vectorised), which gives
@@ -147,7 +155,8 @@ def _decode(hw, arch, exe, work, k, rng, held, totals: _Totals) -> None:
     head = head_cost(hw, arch, exe, float(batch), float(batch))
     while steps_left:
         steps = min(block, steps_left)
-        mask = exact_visits(rng, steps * batch, layers, k)  # one step's draw after another
+        # one step's draw after another
+        mask = depth_visits(rng, steps * batch, layers, work.depth_fraction, work.depth_distribution)
         visits = mask.reshape(steps, batch, layers).transpose(0, 2, 1).astype(np.float64)
         added = visits if exe.kv_policy == "none" else np.ones_like(visits)
         context = held[None] + np.cumsum(added, axis=0) - added  # entries before each step
@@ -165,8 +174,8 @@ def _decode(hw, arch, exe, work, k, rng, held, totals: _Totals) -> None:
         steps_left -= steps
 
 
-def _metrics(hw, arch, exe, work, k, memory, prefill, decode, pricing) -> dict:
-    e2e = prefill.time_s + decode.time_s
+def _metrics(hw, arch, exe, work, k, memory, prefill, decode, first_token_at, pricing) -> dict:
+    e2e = prefill.time_s + decode.time_s  # every request completes with the last decode step
     out_tokens = work.batch * work.output_tokens
     energy = (prefill.energy_J + decode.energy_J) * exe.tp
     cost = pricing.cost_usd(hw, exe.tp, e2e, energy)
@@ -176,11 +185,13 @@ def _metrics(hw, arch, exe, work, k, memory, prefill, decode, pricing) -> dict:
         **{key: value for key, value in asdict(exe).items()},
         **asdict(work),
         "layers": arch.num_layers,
-        "layers_visited_per_token": k,
-        "ttft_s": prefill.time_s,
+        "layers_visited_per_token": int(k) if work.depth_distribution == "exact" else k,
+        "ttft_s": float(first_token_at.mean()),
         # One output token means no decode step: there is no time per output token to report.
-        "tpot_s": decode.time_s / decode.steps if decode.steps else None,
+        "tpot_s": float(((e2e - first_token_at) / decode.steps).mean()) if decode.steps else None,
         "e2e_s": e2e,
+        "prefill_time_s": prefill.time_s,
+        "decode_step_s": decode.time_s / decode.steps if decode.steps else None,
         "output_tokens_per_s": out_tokens / e2e,
         "prefill_tokens_per_s": work.batch * work.prompt_tokens / prefill.time_s,
         "prefill_steps": prefill.steps,

@@ -39,6 +39,7 @@ from radsim.cost.kernels import (
     Cost,
     KernelCost,
     allreduce,
+    bandwidth_Bps,
     elementwise,
     gemm,
     idle,
@@ -175,39 +176,85 @@ def weights_resident(hw: Hardware, arch: Arch, exe: Execution) -> bool:
     return arch.total_params * exe.weight_bytes / exe.tp <= hw.last_level_cache_bytes
 
 
-def attention(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> KernelCost:
-    """Attention of the queries over the layer's KV cache, with RoPE and the KV write.
+@dataclass(frozen=True)
+class AttentionCoefficients:
+    """Attention's cost per unit of its load: every term of `attention` is linear in a `LayerLoad`.
 
-    FLOPs are 4 x head_dim per (head, pair) for QK^T and PV; the softmax's exponentials run on
-    special-function units and do not overlap with the MMAs (FlashAttention-2 schedule), so their
-    time adds.
+    `attention` and the tabulated cost model (`radsim.cost.table`) both price attention from these,
+    through `work` and `launches`, so the two cannot drift apart.
+    """
+
+    flops_per_pair: float  # QK^T and PV: 4 x head_dim per head and (query, key) pair
+    s_per_pair: float  # compute seconds per pair: MMAs at peak x efficiency, plus the exponentials
+    held_bytes: float  # KV-cache bytes read per entry held by a sequence with queries
+    kv_write_bytes: float  # KV-cache bytes written per K/V row
+    kv_act_bytes: float  # activation bytes per K/V row: the projection output, read once and RoPE'd
+    q_act_bytes: float  # activation bytes per query row: Q read and O written
+    resident: bool  # the weights stay in the last-level cache, so all traffic runs at its bandwidth
+    bandwidth_Bps: float  # achievable bandwidth of the traffic (`radsim.cost.kernels.bandwidth_Bps`)
+    launch_s: float  # fixed time of each launch
+    peak_flops: float  # matrix peak attention runs at (prices its FLOPs' energy too)
+
+    def work(self, load: LayerLoad) -> dict[str, np.ndarray]:
+        """Compute time, FLOPs and bytes of a load, each linear in it (no constant term)."""
+        return {
+            "compute_time_s": self.s_per_pair * load.pairs,
+            "flops": self.flops_per_pair * load.pairs,
+            "kv_read_bytes": self.held_bytes * load.held,
+            "kv_write_bytes": self.kv_write_bytes * load.kv_rows,
+            "act_bytes": self.q_act_bytes * load.q_rows + self.kv_act_bytes * load.kv_rows,
+        }
+
+    def launches(self, load: LayerLoad) -> np.ndarray:
+        """Two launches: RoPE fused with the KV-cache write (whenever entries are written), then the
+        attention kernel (whenever a query visits), as in vLLM's and TensorRT-LLM's decoders."""
+        return (load.kv_rows > 0) * 1.0 + (load.q_rows > 0) * 1.0
+
+
+def attention_coefficients(hw: Hardware, arch: Arch, exe: Execution) -> AttentionCoefficients:
+    """Coefficients of `attention` on this device, model and execution.
+
+    FLOPs are 4 x head_dim per (head, pair) for QK^T and PV, at the attention efficiency (calibrated,
+    else `gemm_efficiency`); the softmax's exponentials run on special-function units and do not
+    overlap with the MMAs (FlashAttention-2 schedule), so their time adds.
     """
     heads = arch.num_heads / exe.tp
-    kv_heads = np.ceil(arch.num_kv_heads / exe.tp)
+    entry = 2.0 * np.ceil(arch.num_kv_heads / exe.tp) * arch.head_dim * exe.kv_bytes
     peak = exe.attention_peak_flops(hw)
-    flops = 4.0 * heads * arch.head_dim * load.pairs
+    flops_per_pair = 4.0 * heads * arch.head_dim
     efficiency = hw.attention_efficiency or hw.gemm_efficiency
-    flops_time = flops / (peak * efficiency) + heads * load.pairs / hw.exp_ops_per_s
-    entry = 2.0 * kv_heads * arch.head_dim * exe.kv_bytes
-    kv_read = load.held * entry
-    kv_write = load.kv_rows * entry
-    # Q is read and O written; the new K/V come from the projection output (read once, RoPE'd).
-    act = load.q_rows * 2.0 * heads * arch.head_dim * exe.act_bytes + load.kv_rows * entry
-    # Two launches: RoPE fused with the KV-cache write (whenever entries are written), then the
-    # attention kernel (whenever a query visits), as in vLLM's and TensorRT-LLM's decoders.
-    writes, queries = load.kv_rows > 0, load.q_rows > 0
+    resident = weights_resident(hw, arch, exe)
+    return AttentionCoefficients(
+        flops_per_pair=flops_per_pair,
+        s_per_pair=flops_per_pair / (peak * efficiency) + heads / hw.exp_ops_per_s,
+        held_bytes=float(entry),
+        kv_write_bytes=float(entry),
+        kv_act_bytes=float(entry),
+        q_act_bytes=2.0 * heads * arch.head_dim * exe.act_bytes,
+        resident=resident,
+        bandwidth_Bps=bandwidth_Bps(hw, resident),
+        launch_s=hw.kernel_launch_overhead_s,
+        peak_flops=peak,
+    )
+
+
+def attention(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> KernelCost:
+    """Attention of the queries over the layer's KV cache, with RoPE and the KV write: a roofline
+    of the terms of `attention_coefficients`."""
+    coefficients = attention_coefficients(hw, arch, exe)
+    work = coefficients.work(load)
+    compute_time = work.pop("compute_time_s")
+    launches = coefficients.launches(load)
     return roofline(
         hw,
-        flops_time,
-        kv_read + kv_write + act,
-        writes | queries,
-        writes * 1.0 + queries * 1.0,
-        resident=weights_resident(hw, arch, exe),
-        flops=flops,
-        kv_read_bytes=kv_read,
-        kv_write_bytes=kv_write,
-        act_bytes=act,
-        peak_flops=peak,
+        compute_time,
+        work["kv_read_bytes"] + work["kv_write_bytes"] + work["act_bytes"],
+        launches > 0,
+        launches,
+        resident=coefficients.resident,
+        launch_s=coefficients.launch_s,
+        peak_flops=coefficients.peak_flops,
+        **work,
     )
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from radsim.cost.layer import LayerLoad
 
-POLICIES = ("layer_major", "step_sync")
+EXECUTION_POLICIES = ("layer_major", "step_sync")
 LOAD_ROWS = ("q_rows", "kv_rows", "visitors", "pairs", "held")
 Q, KV, VISITORS, PAIRS, HELD = range(len(LOAD_ROWS))
 

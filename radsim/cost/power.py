@@ -8,6 +8,8 @@ board power limit, which the device's power management enforces:
     E = min(P_idle t + (P_max - P_idle) FLOPs / (peak x gemm_efficiency) + e_byte x bytes, P_max t)
 
 Achievable peak is the power-limited one (see `gemm_efficiency`), so dense GEMMs run at the cap.
+`work_energy_J` is the part above idle, linear in FLOPs and bytes (so a tabulated model can price it
+as a matrix product); `capped_energy_J` adds the idle power and applies the cap; `op_energy_J` is both.
 """
 
 from __future__ import annotations
@@ -20,10 +22,21 @@ from radsim.spec.hardware import Hardware
 def op_energy_J(hw: Hardware, time_s, flops, peak_flops, bytes_moved) -> np.ndarray:
     """Energy of operators given their time, FLOPs on units of `peak_flops`, and bytes moved."""
     time_s = np.asarray(time_s, dtype=np.float64)
+    return capped_energy_J(hw, time_s, work_energy_J(hw, flops, peak_flops, bytes_moved))
+
+
+def work_energy_J(hw: Hardware, flops, peak_flops, bytes_moved) -> np.ndarray:
+    """Energy above idle of the work itself, before the cap: linear in `flops` and `bytes_moved`."""
     headroom = hw.max_power_W - hw.idle_power_W
     compute = headroom * np.asarray(flops) / (np.asarray(peak_flops) * hw.gemm_efficiency)
-    memory = hw.memory_energy_J_per_byte * np.asarray(bytes_moved)
-    return np.minimum(hw.idle_power_W * time_s + compute + memory, hw.max_power_W * time_s)
+    return compute + hw.memory_energy_J_per_byte * np.asarray(bytes_moved)
+
+
+def capped_energy_J(
+    hw: Hardware, time_s: np.ndarray, work_J: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Idle power over `time_s` plus the work's energy, capped at the board limit (into `out` if given)."""
+    return np.minimum(hw.idle_power_W * time_s + work_J, hw.max_power_W * time_s, out=out)
 
 
 def idle_energy_J(hw: Hardware, time_s) -> np.ndarray:

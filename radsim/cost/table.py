@@ -3,8 +3,10 @@
 Every operator but attention depends on one row count of a `LayerLoad` (`radsim.cost.layer.row_ops`), and
 each kernel's energy is priced at its launch, so time, energy, FLOPs and bytes add up operator by
 operator. They are tabulated once for 0..`max_rows` rows; attention is evaluated in closed form on
-the aggregated load. A simulator iteration then costs a few numpy calls over its layer groups
-instead of a full cost-model evaluation. Larger row counts fall back to the cost model itself.
+the aggregated load, a linear map built from the cost model's own coefficients
+(`radsim.cost.layer.attention_coefficients`) and energy terms (`radsim.cost.power`). A simulator
+iteration then costs a few numpy calls over its layer groups instead of a full cost-model
+evaluation. Larger row counts fall back to the cost model itself.
 """
 
 from __future__ import annotations
@@ -15,8 +17,16 @@ import numpy as np
 
 from radsim.cost.iteration import head_cost
 from radsim.cost.kernels import Cost, KernelCost, sum_kernels
-from radsim.cost.layer import Execution, LayerLoad, load_cost, row_ops
-from radsim.cost.loads import KV, VISITORS, as_layer_load, ones
+from radsim.cost.layer import (
+    AttentionCoefficients,
+    Execution,
+    LayerLoad,
+    attention_coefficients,
+    load_cost,
+    row_ops,
+)
+from radsim.cost.loads import KV, LOAD_ROWS, VISITORS, as_layer_load, ones
+from radsim.cost.power import capped_energy_J, work_energy_J
 from radsim.spec.arch import Arch
 from radsim.spec.hardware import Hardware
 
@@ -71,30 +81,26 @@ class CostTable:
         self._by_visitors = np.ascontiguousarray(by_visitors.T)
         self._embed = _columns(head_cost(hw, arch, exe, rows, zero))[0]
         self._logits = _columns(head_cost(hw, arch, exe, zero, rows))[1:].sum(axis=0)
-        heads = arch.num_heads / exe.tp
-        entry = 2.0 * np.ceil(arch.num_kv_heads / exe.tp) * arch.head_dim * exe.kv_bytes
-        peak = exe.attention_peak_flops(hw)
-        # coefficients of radsim.cost.layer.attention, for its closed form in _attention
-        self._flops_per_pair = 4.0 * heads * arch.head_dim
-        self._s_per_pair = self._flops_per_pair / (peak * hw.gemm_efficiency) + heads / hw.exp_ops_per_s
-        self._bytes_per = (entry, 2.0 * entry, 2.0 * heads * arch.head_dim * exe.act_bytes)  # held, kv, q
-        self._s_per_byte = 1.0 / (hw.memory_bandwidth_Bps * hw.memory_efficiency)
-        self._j_per_flop = (hw.max_power_W - hw.idle_power_W) / (peak * hw.gemm_efficiency)
-        # a load matrix's rows (q_rows, kv_rows, visitors, pairs, held) -> compute time, memory time,
-        # FLOPs, bytes moved, and the energy of FLOPs and bytes (the idle share follows the time)
-        held_b, kv_b, q_b = self._bytes_per
-        e_byte, s_byte = hw.memory_energy_J_per_byte, self._s_per_byte
-        self._linear = np.array(
-            [
-                [0.0, 0.0, 0.0, self._s_per_pair, 0.0],
-                [q_b * s_byte, kv_b * s_byte, 0.0, 0.0, held_b * s_byte],
-                [0.0, 0.0, 0.0, self._flops_per_pair, 0.0],
-                [q_b, kv_b, 0.0, 0.0, held_b],
-                [q_b * e_byte, kv_b * e_byte, 0.0, self._j_per_flop * self._flops_per_pair, held_b * e_byte],
-            ]
-        )
-        # two launches (the attention kernel for queries, RoPE/KV write for K/V rows) where rows run
-        self._launch_s = np.full(2, hw.kernel_launch_overhead_s)
+        self._attention_map(attention_coefficients(hw, arch, exe))
+
+    def _attention_map(self, coefficients: AttentionCoefficients) -> None:
+        """Attention's closed form for `_attention`, from the cost model's own coefficients.
+
+        Every term of `AttentionCoefficients.work` is linear in the load, so its value on each unit
+        load (one load row set to 1) is its coefficient for that row: `_linear` maps a load matrix's
+        rows (q_rows, kv_rows, visitors, pairs, held) to compute time, memory time, FLOPs, bytes
+        moved and the work energy above idle (`radsim.cost.power.work_energy_J`).
+        """
+        units = as_layer_load(np.eye(len(LOAD_ROWS)))
+        work = coefficients.work(units)
+        moved = work["kv_read_bytes"] + work["kv_write_bytes"] + work["act_bytes"]
+        energy = work_energy_J(self.hw, work["flops"], coefficients.peak_flops, moved)
+        linear = [work["compute_time_s"], moved / coefficients.bandwidth_Bps, work["flops"], moved, energy]
+        self._linear = np.array(linear)
+        # launches add up over the rows that run them (RoPE/KV write for K/V rows, the kernel for queries)
+        launches = coefficients.launches(units)
+        assert not launches[VISITORS:].any(), "attention launches depend only on Q and K/V rows"
+        self._launch_s = coefficients.launch_s * launches[:VISITORS]
 
     def layers(self, load: LayerLoad, tokens: int | None = None) -> IterationCost:
         """Summed cost of the layer launches described by `load` (arrays over launch groups).
@@ -125,12 +131,11 @@ class CostTable:
 
     def _attention(self, load: np.ndarray) -> np.ndarray:
         """Closed form of `radsim.cost.layer.attention` per group: (4, groups) of FIELDS."""
-        hw = self.hw
         out = self._linear @ load  # compute time, memory time, flops, bytes, work energy
         time = out[0]
         np.maximum(time, out[1], out=time)
         time += self._launch_s @ np.minimum(load[:VISITORS], 1.0)  # zero where nothing runs
-        np.minimum(hw.idle_power_W * time + out[4], hw.max_power_W * time, out=out[1])
+        capped_energy_J(self.hw, time, out[4], out=out[1])
         return out[:4]
 
     def head(self, new_tokens: int, logit_rows: int) -> IterationCost:

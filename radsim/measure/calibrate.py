@@ -64,7 +64,11 @@ def bench_gemm(device, rows: list[int], shapes: list[tuple[int, int]], dtype=tor
         w = torch.randn(n, k, device=device.torch_device).to(dtype)
         for m in rows:
             x = torch.randn(m, k, device=device.torch_device).to(dtype)
-            t = time_op(device, lambda x=x, w=w: F.linear(x, w), inner=max(1, 2000 // (m * 4 + 1)))
+
+            def gemm(x: torch.Tensor = x, w: torch.Tensor = w) -> torch.Tensor:
+                return F.linear(x, w)
+
+            t = time_op(device, gemm, inner=max(1, 2000 // (m * 4 + 1)))
             out.append(dict(rows=m, n=n, k=k, time_s=t, flops=2.0 * m * n * k))
     return out
 
@@ -93,10 +97,18 @@ def bench_elementwise(device, shapes: list[tuple[int, int]]) -> list[dict]:
     out = []
     for rows, width in shapes:
         g, u = (torch.randn(rows, width, device=device.torch_device) for _ in range(2))
-        t = time_op(device, lambda g=g, u=u: F.silu(g) * u)
+
+        def silu_mul(g: torch.Tensor = g, u: torch.Tensor = u) -> torch.Tensor:
+            return F.silu(g) * u
+
+        t = time_op(device, silu_mul)
         out.append(dict(op="silu_mul", rows=rows, width=width, time_s=t, bytes=rows * width * 4 * 3.0))
         w = torch.ones(width, device=device.torch_device)
-        t = time_op(device, lambda g=g, w=w, width=width: F.rms_norm(g, (width,), w, 1e-5))
+
+        def rms_norm(g: torch.Tensor = g, w: torch.Tensor = w, width: int = width) -> torch.Tensor:
+            return F.rms_norm(g, (width,), w, 1e-5)
+
+        t = time_op(device, rms_norm)
         out.append(dict(op="rms_norm", rows=rows, width=width, time_s=t, bytes=rows * width * 4 * 3.0))
     return out
 
@@ -127,7 +139,11 @@ def bench_attention(device, shapes: list[tuple[int, int, int, int]]) -> list[dic
     out = []
     for b, h, t, hd in shapes:
         q, k, v = (torch.randn(b, h, t, hd, device=device.torch_device) for _ in range(3))
-        s = time_op(device, lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+        def sdpa(q: torch.Tensor = q, k: torch.Tensor = k, v: torch.Tensor = v) -> torch.Tensor:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+        s = time_op(device, sdpa)
         pairs = b * t * (t + 1) / 2.0
         out.append(
             dict(
@@ -293,7 +309,8 @@ def refine(hw: Hardware, rows: list[dict[str, str]], split: dict[str, str]) -> t
         return out
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        trial = replace(hw, **figures(x))
+        refined: dict[str, Any] = figures(x)  # float figures only; Any lets replace() take them as kwargs
+        trial = replace(hw, **refined)
         pred = np.array([predict_config(trial, g)["time_s"] for g in groups])
         return np.concatenate([(pred - measured) / measured, PRIOR_WEIGHT * x * anchored])
 

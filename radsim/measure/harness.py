@@ -105,7 +105,7 @@ def build_weights(spec: ModelSpec, device: torch.device, dtype: torch.dtype, max
     model = Llama(cfg)
     move = lambda t: t.detach().to(device=device, dtype=dtype).contiguous()  # noqa: E731
     layers = []
-    for block in model.layers:
+    for block in model.blocks():
         a, m = block.self_attn, block.mlp
         wqkv = move(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
         layers.append(
@@ -314,6 +314,7 @@ def run_slot(
     gate, up = F.linear(F.rms_norm(mid, (h.shape[1],), lw.ln2, eps), lw.wgu).chunk(2, dim=-1)
     out = mid + F.linear(F.silu(gate) * up, lw.wd)
     if w.router is not None:
+        assert p.steps is not None  # routed weights come with routed plans (plan_step sets steps)
         rn, remb, rw, rb = w.router
         r_in = F.rms_norm(out, (h.shape[1],), rn, eps) + remb[p.steps.clamp_max(remb.shape[0] - 1)]
         F.linear(r_in, rw, rb).argmax(dim=-1)  # replayed routes decide; the router still runs

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radsim.models.llama import Llama, LlamaConfig, VisitStats
+from radsim.models.llama import Block, Llama, LlamaConfig, VisitStats
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,7 @@ class DLO(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model = Llama(cfg.base)
-        self.routers = nn.ModuleList(nn.Linear(cfg.base.hidden_size, 1) for _ in range(cfg.base.num_layers))
-        for r in self.routers:
-            nn.init.zeros_(r.weight)
-            nn.init.constant_(r.bias, cfg.router_bias)
+        self.routers = _routers(cfg.base.hidden_size, cfg.base.num_layers, cfg.router_bias)
 
     def forward(
         self, idx: torch.Tensor, train: bool = False, sim_threshold: float = 1.0, record: bool = False
@@ -83,8 +80,11 @@ class DLO(nn.Module):
         m, cfg = self.model, self.cfg
         pos = m.positions(idx)
         h = m.embed_tokens(idx)
-        p_runs, runs, targets, stats = [], [], [], []
-        for i, layer in enumerate(m.layers):
+        p_runs: list[torch.Tensor] = []
+        runs: list[torch.Tensor] = []
+        targets: list[torch.Tensor] = []
+        stats: list[VisitStats | None] = []
+        for i, layer in enumerate(m.blocks()):
             x = layer.input_layernorm(h)
             p_run = torch.sigmoid(self.routers[i](x).squeeze(-1).float())  # (B, T)
             run = p_run >= cfg.threshold
@@ -97,7 +97,8 @@ class DLO(nn.Module):
                 cos = F.cosine_similarity(h.detach().float(), (mid + mlp).detach().float(), dim=-1)
                 targets.append(cos > sim_threshold)
             stats.append(_stats(h, attn, mid, mlp, run) if record else None)
-            p_runs.append(p_run), runs.append(run)
+            p_runs.append(p_run)
+            runs.append(run)
             h = out
         logits = m.lm_head(m.norm(h))
         return DLOOutput(logits=logits, p_run=p_runs, run=runs, skip_target=targets, stats=stats)
@@ -130,8 +131,9 @@ def expand(pretrained: Llama, insert_after: Sequence[int], **kwargs) -> DLO:
     model.model.lm_head = copy.deepcopy(pretrained.lm_head)
     if base.tied_embeddings:
         model.model.lm_head.weight = model.model.embed_tokens.weight
-    layers, after = [], set(insert_after)
-    for i, layer in enumerate(pretrained.layers):
+    layers: list[Block] = []
+    after = set(insert_after)
+    for i, layer in enumerate(pretrained.blocks()):
         layers.append(copy.deepcopy(layer))
         if i in after:
             fresh = copy.deepcopy(layer)
@@ -140,12 +142,17 @@ def expand(pretrained: Llama, insert_after: Sequence[int], **kwargs) -> DLO:
             layers.append(fresh)
     model.model.layers = nn.ModuleList(layers)
     model.model.rope = copy.deepcopy(pretrained.rope)
-    routers = nn.ModuleList(nn.Linear(base.hidden_size, 1) for _ in layers)
+    model.routers = _routers(base.hidden_size, len(layers), cfg.router_bias)
+    return model
+
+
+def _routers(hidden_size: int, count: int, bias: float) -> nn.ModuleList:
+    """`count` MLP routers, each a linear map hidden_size -> 1 with zero weight and logit `bias`."""
+    routers = [nn.Linear(hidden_size, 1) for _ in range(count)]
     for r in routers:
         nn.init.zeros_(r.weight)
-        nn.init.constant_(r.bias, cfg.router_bias)
-    model.routers = routers
-    return model
+        nn.init.constant_(r.bias, bias)
+    return nn.ModuleList(routers)
 
 
 def gemm_flops_per_token(cfg: LlamaConfig, mlp_layers: float, attn_layers: float, routers: int = 0) -> float:

@@ -60,15 +60,19 @@ class EarlyExit(torch.nn.Module):
         h = m.embed_tokens(idx)
         active = torch.ones_like(idx, dtype=torch.bool)
         depth = torch.zeros_like(idx)
-        visits, confidence, stats = [], [], []
-        for i, layer in enumerate(m.layers):
+        visits: list[torch.Tensor] = []
+        confidence: list[torch.Tensor] = []
+        stats: list[VisitStats | None] = []
+        for i, layer in enumerate(m.blocks()):
             visit = active.clone()
             h, st = layer.visit(h, pos, visit, m.rope, cfg.kv_policy, stats=record)
             depth += visit.long()
             conf = torch.softmax(self.head(h).float(), dim=-1).amax(dim=-1)
             if i >= cfg.min_layer and i < len(m.layers) - 1:
                 active &= conf < cfg.threshold
-            visits.append(visit), confidence.append(conf), stats.append(st)
+            visits.append(visit)
+            confidence.append(conf)
+            stats.append(st)
         return EarlyExitOutput(
             logits=self.head(h), depth=depth, visits=visits, confidence=confidence, stats=stats
         )

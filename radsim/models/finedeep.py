@@ -81,7 +81,8 @@ class FinedeepBlock(nn.Module):
         x = self.input_layernorm(h)
         attn = self.self_attn(x, pos, x, pos, None, rope)
         mid = h + attn
-        out, weights = mid, []
+        out = mid
+        weights: list[torch.Tensor] = []
         for sub in self.sub_layers:
             delta, w = sub(out)
             out, weights = out + delta, weights + [w]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +89,9 @@ class RMSNorm(nn.Module):
 
 class Rotary(nn.Module):
     """Rotary position embedding (rotate-half convention, as Hugging Face Llama)."""
+
+    cos: torch.Tensor  # buffers, registered in __init__
+    sin: torch.Tensor
 
     def __init__(self, head_dim: int, max_positions: int, theta: float) -> None:
         super().__init__()
@@ -276,6 +280,14 @@ class Llama(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self.rope = Rotary(cfg.head_dim, cfg.max_positions, cfg.rope_theta)
         self.apply(_init_weights)
+
+    def blocks(self) -> list[Block]:
+        """The layers, in order, as `Block`s (iterating an `nn.ModuleList` gives untyped modules)."""
+        return [cast(Block, layer) for layer in self.layers]
+
+    def block(self, i: int) -> Block:
+        """Layer `i` as a `Block`."""
+        return cast(Block, self.layers[i])
 
     def positions(self, idx: torch.Tensor) -> torch.Tensor:
         """Positions 0..T-1 for every row of idx (B, T)."""

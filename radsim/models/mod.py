@@ -73,9 +73,11 @@ class MoD(nn.Module):
         pos = m.positions(idx)
         h = m.embed_tokens(idx)
         k = max(1, math.ceil(cfg.capacity * idx.shape[1]))
-        visits, stats, scores = [], [], []
+        visits: list[torch.Tensor] = []
+        stats: list[VisitStats | None] = []
+        scores: list[torch.Tensor | None] = []
         pred_loss = torch.zeros((), device=idx.device)
-        for i, layer in enumerate(m.layers):
+        for i, layer in enumerate(m.blocks()):
             if not cfg.routed(i):
                 visit = torch.ones_like(idx, dtype=torch.bool)
                 h, st = (
@@ -83,7 +85,9 @@ class MoD(nn.Module):
                     if record
                     else (layer(h, pos, m.rope), None)
                 )
-                visits.append(visit), stats.append(st), scores.append(None)
+                visits.append(visit)
+                stats.append(st)
+                scores.append(None)
                 continue
             score = self.routers[i](h).squeeze(-1)  # (B, T)
             topk = torch.zeros_like(score, dtype=torch.bool)
@@ -93,6 +97,8 @@ class MoD(nn.Module):
             visit = guess > 0 if causal else topk
             weight = torch.sigmoid(score)
             h, st = layer.visit(h, pos, visit, m.rope, "none", scale=weight, stats=record)
-            visits.append(visit), stats.append(st), scores.append(weight.detach())
+            visits.append(visit)
+            stats.append(st)
+            scores.append(weight.detach())
         logits = m.lm_head(m.norm(h))
         return MoDOutput(logits=logits, visits=visits, predictor_loss=pred_loss, stats=stats, scores=scores)

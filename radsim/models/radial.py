@@ -126,7 +126,7 @@ class Radial(nn.Module):
                     continue
                 policy = cfg.kv_policy if p == 0 else "none"
                 scale = state.prob / state.prob.detach() if straight_through else None
-                h, stats = m.layers[layer].visit(h, pos, here, m.rope, policy, scale, stats=record)
+                h, stats = m.block(layer).visit(h, pos, here, m.rope, policy, scale, stats=record)
                 state.steps[here] += 1
                 decision = self._decide(h[here], state, here, layer, p, mode, routes, temperature)
                 if record and stats is not None:
@@ -138,7 +138,17 @@ class Radial(nn.Module):
             logits=logits, depth=state.steps, log_prob=state.log_prob, entropy=state.entropy, visits=visits
         )
 
-    def _decide(self, hv, state, here, layer, p, mode, routes, temperature):
+    def _decide(
+        self,
+        hv: torch.Tensor,
+        state: _RouteState,
+        here: torch.Tensor,
+        layer: int,
+        p: int,
+        mode: str,
+        routes: torch.Tensor | None,
+        temperature: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router choice for the tokens in `here` after their visit to (p, layer)."""
         cfg = self.cfg
         n_layers = cfg.base.num_layers

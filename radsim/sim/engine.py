@@ -19,7 +19,14 @@ import numpy as np
 import simpy
 
 from radsim.cost.layer import Execution
-from radsim.cost.loads import POLICIES, decode_load, skipper_load, slot_load, step_decode_load, step_load
+from radsim.cost.loads import (
+    EXECUTION_POLICIES,
+    decode_load,
+    skipper_load,
+    slot_load,
+    step_decode_load,
+    step_load,
+)
 from radsim.cost.memory import activation_bytes, kv_entry_bytes, weights_bytes
 from radsim.cost.table import CostTable
 from radsim.errors import ConfigError
@@ -45,8 +52,10 @@ class SimConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.execution_policy not in POLICIES:
-            raise ConfigError(f"execution policy '{self.execution_policy}'; allowed: {', '.join(POLICIES)}")
+        if self.execution_policy not in EXECUTION_POLICIES:
+            raise ConfigError(
+                f"execution policy '{self.execution_policy}'; allowed: {', '.join(EXECUTION_POLICIES)}"
+            )
         if self.replicas < 1:
             raise ConfigError("--replicas must be >= 1")
         if self.execution_policy == "step_sync" and self.exe.kv_policy == "compute":

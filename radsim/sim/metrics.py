@@ -3,7 +3,8 @@
 TTFT is first token minus arrival; TPOT is (last token - first token) / (output tokens - 1) per
 request; inter-token latency (ITL) is every gap between two tokens of a request (kept as a fine
 log-spaced histogram, so percentiles are exact to within one bin, 1.2%); end-to-end is completion
-minus arrival. Throughput counts output tokens over the makespan (first arrival to last completion).
+minus arrival. `decode_step_s` is the mean duration of the iterations that only decode (no prompt
+tokens), the figure a static batch's lockstep decode step is. Throughput counts output tokens over the makespan (first arrival to last completion).
 Goodput counts requests that met both SLOs, per second. Energy integrates every iteration's energy
 and idle power between iterations over every device of every replica.
 """
@@ -129,8 +130,15 @@ def summarize(sim, slo: SLO, pricing: Pricing) -> dict:
         "cost_usd_per_Mtok": cost / out_tokens * 1e6 if out_tokens else None,
         "devices": devices,
         "kv_cache_peak_bytes": max((it.kv_bytes for it in sim.timeline), default=0.0),
+        "decode_step_s": _decode_step(sim.timeline),
     }
     return result
+
+
+def _decode_step(timeline) -> float | None:
+    """Mean duration of the iterations that decode and prefill nothing; None if there is none."""
+    times = [it.time_s for it in timeline if it.prefill_tokens == 0 and it.decode_tokens > 0]
+    return float(np.mean(times)) if times else None
 
 
 def timeline_table(sim) -> pd.DataFrame:

@@ -6,8 +6,10 @@ the remaining token budget (`chunked_prefill`), and waiting requests are admitte
 served, while a batch slot is free and the KV cache can hold their prompt. If the cache cannot take
 an iteration's new entries, the most recently admitted request is preempted: its KV entries are
 freed and it waits again at the head of the queue, to be recomputed (prompt plus generated tokens
-prefilled again) when readmitted. `static` batching admits up to `max_batch` requests whose whole
-KV cache fits, and runs them to completion before admitting more.
+prefilled again) when readmitted. `static` batching (request-level scheduling, as a framework's
+`generate` runs a batch) admits up to `max_batch` requests whose whole KV cache fits, prefills all
+their prompts (in chunks of the token budget), then decodes them in lockstep until the last one
+completes, before admitting more: a request whose prompt is in the cache waits for the others'.
 
 KV entries are counted per request and per (pass, layer) slot, from the routes: under the `none`
 policy a token holds an entry where it visits; under `copy`/`compute` every first-pass layer holds
@@ -32,7 +34,7 @@ from radsim.errors import ConfigError
 from radsim.routes.book import RouteBook
 from radsim.sim.workload import Request
 
-POLICIES = ("continuous", "static")
+BATCHING_POLICIES = ("continuous", "static")
 FREE, PREFILLING, DECODING = 0, 1, 2  # what a scheduler row is doing
 ITL_BINS = np.logspace(-7, 4, 2201)  # inter-token latency histogram edges, seconds
 _ITL_EDGES = ITL_BINS.tolist()
@@ -49,8 +51,8 @@ class SchedulerConfig:
     memory_fraction: float = 0.9  # share of device memory the engine may use (weights, KV, activations)
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ConfigError(f"batching policy '{self.policy}'; allowed: {', '.join(POLICIES)}")
+        if self.policy not in BATCHING_POLICIES:
+            raise ConfigError(f"batching policy '{self.policy}'; allowed: {', '.join(BATCHING_POLICIES)}")
         if self.max_batch < 1 or self.max_tokens_per_iteration < 1:
             raise ConfigError("--max-batch and --max-tokens must be >= 1")
         if not 0 < self.memory_fraction <= 1:
@@ -174,6 +176,7 @@ class Scheduler:
         self.preemptions = np.zeros(n, dtype=np.int64)
         self.first_token_at = np.full(n, np.nan)
         self.last_token_at = np.full(n, np.nan)  # of prefilling rows; a decoding row emitted at the last plan
+        self.stalled = np.zeros(n, dtype=bool)  # decoding rows that sat out iterations (static batching)
         self._planned_at = 0.0  # when the current iteration was planned
         self.admitted_at = np.full(n, np.nan)
         self.cum_entries: list[np.ndarray | None] = [None] * n
@@ -244,6 +247,9 @@ class Scheduler:
         if self.cfg.policy == "static" and not self.active.any():
             self._admit_static(now)
         decode = (self.phase == DECODING).nonzero()[0]
+        if self.cfg.policy == "static" and decode.size and (self.phase == PREFILLING).any():
+            self.stalled[decode] = True  # a static batch decodes once every prompt is in the cache
+            decode = decode[:0]
         budget = self.cfg.max_tokens_per_iteration - decode.size
         chunks: dict[int, int] = {}
         for row in (self.phase == PREFILLING).nonzero()[0].tolist():
@@ -328,10 +334,11 @@ class Scheduler:
         assert request is not None and cum is not None
         length = request.prompt_tokens + request.output_tokens
         decoding = self.phase[row] == DECODING  # it emitted a token when this iteration was planned
+        emitted_at = float(self.last_token_at[row]) if self.stalled[row] or not decoding else self._planned_at
         state = (
             int(self.context[row] - self.prompt[row] + 1) if decoding else int(self.generated[row]),
             float(self.first_token_at[row]),
-            self._planned_at if decoding else float(self.last_token_at[row]),
+            emitted_at,
             int(self.preemptions[row]) + 1,
         )
         self.waiting.appendleft(
@@ -348,6 +355,7 @@ class Scheduler:
         self.active[row] = False
         heapq.heappush(self._free_rows, row)
         self.phase[row] = FREE
+        self.stalled[row] = False
         self.request[row] = None
         self.cum_entries[row] = None
         self.prompt_visits[row] = None
@@ -449,7 +457,12 @@ class Scheduler:
         context = batch.decode_context + 1
         self.context[decode] = context
         if decode.size:  # every decoding row emitted at the plan: its gap is this iteration
-            self._book_gaps(now - self._planned_at, int(decode.size))
+            stalled = self.stalled[decode]
+            if stalled.any():  # rows that waited for a static batch's prompts: gaps since their token
+                for row in decode[stalled].tolist():
+                    self._book_gaps(now - float(self.last_token_at[row]), 1)
+                self.stalled[decode] = False
+            self._book_gaps(now - self._planned_at, int(decode.size - stalled.sum()))
         done = decode[context >= self.end_context[decode]]
         rows = batch.prefill_rows
         finished = done.tolist()

@@ -44,7 +44,7 @@ def _ok(table: pd.DataFrame) -> pd.DataFrame:
 _LABELLED = {"arch", "layers", "dtype", "tp", "routes", "kv_policy", "route_shape", "expert_launch"}
 
 
-def _varying(table: pd.DataFrame, exclude: set[str] = frozenset()) -> list[str]:
+def _varying(table: pd.DataFrame, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """Inputs (and the routes label) that take more than one value in `table`."""
     keys = [k for k in (*INPUTS, "routes") if k not in _NOT_SERIES and k not in exclude and k in table]
     keys = [k for k in keys if table[k].astype(str).nunique() > 1]
@@ -80,18 +80,25 @@ def _facets(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [(hw, table[table["hw"] == hw]) for hw in dict.fromkeys(table["hw"])]
 
 
+def _is_static(rows: pd.DataFrame) -> pd.Series:
+    """Points that are one static batch: every estimate, and simulations of arrival 'batch'."""
+    return (rows["engine"] == "estimate") | (rows["arrival"] == "batch")
+
+
 def _static(table: pd.DataFrame) -> pd.DataFrame:
     ok = _ok(table)
-    return ok[(ok["arrival"] == "batch") & ok["tpot_s"].notna()]
+    return ok[_is_static(ok) & ok["tpot_s"].notna()]
 
 
-def _time_cost_grid(facets, cost: str = "cost", shared_xaxes: bool = True) -> go.Figure:
-    """Two columns (time per output token, cost) and a row per device."""
+def _time_cost_grid(
+    facets, cost: str = "cost", shared_xaxes: bool = True, time: str = "time per output token"
+) -> go.Figure:
+    """Two columns (a time, cost) and a row per device."""
     return make_subplots(
         rows=len(facets),
         cols=2,
         shared_xaxes=shared_xaxes,
-        subplot_titles=[t for hw, _ in facets for t in (f"time per output token {hw}", f"{cost} {hw}")],
+        subplot_titles=[t for hw, _ in facets for t in (f"{time} {hw}", f"{cost} {hw}")],
     )
 
 
@@ -137,8 +144,11 @@ def fig_names(fig: go.Figure) -> set[str]:
 
 
 def savings_vs_batch(table: pd.DataFrame) -> go.Figure | None:
-    """Saving of each routed point over the sequential model (same inputs otherwise) against batch."""
+    """Saving of each routed point over the sequential model (same inputs otherwise) against batch:
+    in the time of one decode step (where memory-bound decode hides or shows the skipped layers)
+    and in cost per output token."""
     rows = _static(table)
+    rows = rows[rows["decode_step_s"].notna()]
     match = [
         k
         for k in (*INPUTS, "num_layers")
@@ -148,20 +158,21 @@ def savings_vs_batch(table: pd.DataFrame) -> go.Figure | None:
     routed = rows[rows["routes"] != "sequential"]
     if base.empty or routed.empty:
         return None
-    keyed = base[match + ["tpot_s", "cost_usd_per_Mtok"]].drop_duplicates(match)
+    keyed = base[match + ["decode_step_s", "cost_usd_per_Mtok"]].drop_duplicates(match)
     both = routed.merge(keyed, on=match, suffixes=("", "_sequential"))
     if both.empty:
         return None
-    both["tpot_ratio"] = both["tpot_s_sequential"] / both["tpot_s"]
+    both["step_ratio"] = both["decode_step_s_sequential"] / both["decode_step_s"]
     both["cost_ratio"] = both["cost_usd_per_Mtok_sequential"] / both["cost_usd_per_Mtok"]
     facets = _facets(both)
-    fig = _time_cost_grid(facets, cost="cost per token")
-    colors, seen = _palette(), {}
+    fig = _time_cost_grid(facets, cost="cost per token", time="decode step")
+    colors = _palette()
+    seen: dict[str, str] = {}
     for i, (_, facet) in enumerate(facets, start=1):
         for label, s in _series(facet, {"batch", "hw"}):
             s = s.sort_values("batch")
             color = seen.setdefault(label, next(colors))
-            for col, y in ((1, s["tpot_ratio"]), (2, s["cost_ratio"])):
+            for col, y in ((1, s["step_ratio"]), (2, s["cost_ratio"])):
                 fig.add_trace(
                     go.Scatter(
                         x=s["batch"],
@@ -336,7 +347,7 @@ def _roofline_points(rows: pd.DataFrame, hover: pd.Series) -> pd.DataFrame:
 def memory_breakdown(table: pd.DataFrame) -> go.Figure | None:
     """Weights, KV cache and activations per device for each static batch, against the capacity."""
     rows = _ok(table)
-    rows = rows[rows["arrival"] == "batch"] if (rows["arrival"] == "batch").any() else rows
+    rows = rows[_is_static(rows)] if _is_static(rows).any() else rows
     if rows.empty or "weights_bytes" not in rows:
         return None
     keys = _varying(rows, {"batch", "engine", "execution", "kv_policy"}) or ["routes"]
@@ -413,8 +424,8 @@ def power_over_time(table: pd.DataFrame) -> go.Figure | None:
     if "power_timeline_json" not in rows:
         return None
     rows = rows[rows["power_timeline_json"].fillna("") != ""]
-    if (rows["arrival"] != "batch").any():
-        rows = rows[rows["arrival"] != "batch"]
+    if (~_is_static(rows)).any():
+        rows = rows[~_is_static(rows)]
     elif len(rows) > _MAX_LINES:  # static batches only, too many to tell apart: the largest batch
         rows = rows[rows["batch"] == rows["batch"].max()]
     if rows.empty:

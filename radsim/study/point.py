@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import json
 import traceback
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from scipy.stats import binom
 
 from radsim.cost.iteration import step_cost
 from radsim.cost.layer import Execution
-from radsim.cost.money import Pricing
 from radsim.errors import ConfigError
-from radsim.routes.synthetic import exact_visits, layers_for_fraction
-from radsim.spec.arch import Arch, load_arch
-from radsim.spec.hardware import Hardware, load_hardware
+from radsim.routes.synthetic import depth_visits
+from radsim.scenario import run
+from radsim.scenario.schema import SCENARIO_FIELDS, Scenario, scenario_from
+from radsim.spec.arch import Arch
+from radsim.spec.hardware import Hardware
 
 POWER_BINS = 60
 _DIGITS = 6  # significant digits kept in the JSON columns (the cost model's priors are coarser)
@@ -35,48 +36,15 @@ def evaluate(point: dict[str, Any], trace_file: str | None = None) -> dict[str, 
     """One row: the point's inputs, then its metrics, then `error` ('' when it succeeded)."""
     row = dict(point)
     try:
-        run = _estimate if point["engine"] == "estimate" else _simulate
-        row.update(run(point, trace_file))
+        scenario = scenario_from({k: v for k, v in point.items() if k in SCENARIO_FIELDS})
+        evaluator = _estimate if scenario.engine == "estimate" else _simulate
+        row.update(evaluator(scenario, trace_file))
         row["error"] = ""
     except Exception as exc:  # a failed point is recorded, not raised
         where = traceback.extract_tb(exc.__traceback__)[-1]
         detail = "" if isinstance(exc, ConfigError) else f" (at {where.name}:{where.lineno})"
         row["error"] = f"{type(exc).__name__}: {exc}{detail}"
     return row
-
-
-@lru_cache(maxsize=32)
-def _hardware(name: str) -> Hardware:
-    return load_hardware(name)
-
-
-@lru_cache(maxsize=64)
-def _arch(name: str, layers: int) -> Arch:
-    arch = load_arch(name)
-    return arch if layers in (0, arch.num_layers) else arch.with_layers(layers)
-
-
-@lru_cache(maxsize=16)
-def _trace_routes(path: str, num_layers: int):
-    from radsim.routes.book import from_trace
-    from radsim.routes.trace import read_trace
-
-    trace = read_trace(path)  # read once: the meta and the routes
-    meta = trace.meta
-    return (
-        from_trace(trace, num_layers, source=path),
-        meta["kv_policy"],
-        meta["model"]["kind"] != "sequential",
-    )
-
-
-def _depth_fraction(point: dict[str, Any], arch: Arch) -> float:
-    visited = point["visited_layers"]
-    if not visited:
-        return point["depth_fraction"]
-    if visited > arch.num_layers:
-        raise ConfigError(f"visited_layers {visited} exceeds the {arch.num_layers} layers of {arch.name}")
-    return visited / arch.num_layers
 
 
 def _common(hw: Hardware, arch: Arch, exe: Execution) -> dict[str, Any]:
@@ -91,115 +59,67 @@ def _common(hw: Hardware, arch: Arch, exe: Execution) -> dict[str, Any]:
     }
 
 
-def _estimate(point: dict[str, Any], trace_file: str | None) -> dict[str, Any]:
-    from radsim.cost.estimate import Workload, estimate
-
-    hw, arch = _hardware(point["hw"]), _arch(point["arch"], point["layers"])
-    fraction = _depth_fraction(point, arch)
-    # routed as `estimate` would set it, so that it keeps this Execution (and its expert_launch)
-    routed = layers_for_fraction(arch.num_layers, fraction) < arch.num_layers
-    exe = Execution(point["dtype"], point["tp"], point["kv_policy"] or "none", routed, point["expert_launch"])
-    work = Workload(
-        point["batch"],
-        point["prompt_tokens"],
-        point["output_tokens"],
-        fraction,
-        point["prefill_chunk"],
-        point["seed"],
-    )
+def _estimate(s: Scenario, trace_file: str | None) -> dict[str, Any]:
+    hw, arch = run.hardware(s), run.architecture(s)
+    exe = run.estimate_execution(s, arch)
     out = _common(hw, arch, exe)
-    result = estimate(hw, arch, exe, work, Pricing(point["electricity_usd_per_kWh"]))
-    skip = {
-        "hw",
-        "arch",
-        "dtype",
-        "tp",
-        "kv_policy",
-        "routed",
-        "expert_launch",
-        "layers",
-        *work.__dataclass_fields__,
-    }
-    out.update({k: v for k, v in result.items() if k not in skip})
+    result = run.run_estimate(s)
+    out.update({k: v for k, v in result.items() if k not in _ESTIMATE_ECHO})
     k = result["layers_visited_per_token"]
     out["mean_depth_fraction"] = k / arch.num_layers
-    out["depth_histogram_json"] = _json({"layers_visited": [k], "token_share": [1.0]})
-    rng = np.random.default_rng(point["seed"])
-    exe = Execution(exe.dtype, exe.tp, exe.kv_policy, k < arch.num_layers, exe.expert_launch)
-    out["roofline_json"] = _json(
-        roofline_layers(hw, arch, exe, point, lambda n: exact_visits(rng, n, arch.num_layers, k))
-    )
+    if s.depth_distribution == "exact":
+        histogram = {"layers_visited": [k], "token_share": [1.0]}
+    else:
+        layers = np.arange(1, arch.num_layers + 1)
+        share = binom.pmf(layers, arch.num_layers, run.depth_fraction(s, arch))
+        share[0] += binom.pmf(0, arch.num_layers, run.depth_fraction(s, arch))  # at least one layer
+        histogram = {"layers_visited": layers.tolist(), "token_share": share}
+    out["depth_histogram_json"] = _json(histogram)
+    rng = np.random.default_rng(s.seed)
+    fraction = run.depth_fraction(s, arch)
+
+    def visits(n: int) -> np.ndarray:
+        return depth_visits(rng, n, arch.num_layers, fraction, s.depth_distribution)
+
+    out["roofline_json"] = _json(roofline_layers(hw, arch, exe, s, visits))
     return out
 
 
-def _routes(point: dict[str, Any], arch: Arch, trace_file: str | None):
-    """The route book, the KV policy and whether a router runs."""
-    from radsim.routes.synthetic import parametric
-
-    if point["trace"]:
-        book, policy, routed = _trace_routes(trace_file or point["trace"], arch.num_layers)
-        return book, point["kv_policy"] or policy, routed
-    fraction = _depth_fraction(point, arch)
-    if point["route_shape"] == "early_exit":
-        return (
-            parametric(arch.num_layers, fraction, seed=point["seed"], shape="early_exit"),
-            point["kv_policy"] or "copy",
-            True,
-        )
-    book = parametric(arch.num_layers, fraction, point["reuse_prob"], seed=point["seed"])
-    return book, point["kv_policy"] or "none", fraction < 1 or point["reuse_prob"] > 0
-
-
-def _requests(point: dict[str, Any]):
-    from radsim.sim.workload import LengthDist, Request, WorkloadConfig, generate
-
-    if point["arrival"] == "batch":
-        return [
-            Request(i, 0.0, point["prompt_tokens"], point["output_tokens"]) for i in range(point["batch"])
-        ]
-
-    def lengths(mean: int) -> LengthDist:
-        return LengthDist(point["lengths"], float(mean), 0.5, 1, 2 * mean, 4 * mean)
-
-    return generate(
-        WorkloadConfig(
-            point["arrival"],
-            point["rate_per_s"],
-            point["duration_s"],
-            point["burstiness"],
-            lengths(point["prompt_tokens"]),
-            lengths(point["output_tokens"]),
-            seed=point["seed"],
-        )
-    )
+#: What the estimate echoes of its inputs: the row has them already.
+_ESTIMATE_ECHO = {
+    "hw",
+    "arch",
+    "dtype",
+    "tp",
+    "kv_policy",
+    "routed",
+    "expert_launch",
+    "layers",
+    "batch",
+    "prompt_tokens",
+    "output_tokens",
+    "depth_fraction",
+    "prefill_chunk",
+    "seed",
+    "depth_distribution",
+}
 
 
-def _simulate(point: dict[str, Any], trace_file: str | None) -> dict[str, Any]:
+def _simulate(s: Scenario, trace_file: str | None) -> dict[str, Any]:
     from radsim.cost.memory import activation_bytes, weights_bytes
-    from radsim.sim.engine import SimConfig, Simulation
-    from radsim.sim.metrics import SLO, summarize, timeline_table
-    from radsim.sim.scheduler import SchedulerConfig
+    from radsim.sim.metrics import timeline_table
 
-    hw, arch = _hardware(point["hw"]), _arch(point["arch"], point["layers"])
-    book, policy, routed = _routes(point, arch, trace_file)
-    exe = Execution(point["dtype"], point["tp"], policy, routed, point["expert_launch"])
+    sim, m = run.run_simulation(s, trace_file)
+    cfg, book = sim.cfg, sim.routes
+    hw, arch, exe, sched = cfg.hw, cfg.arch, cfg.exe, cfg.scheduler
     out = _common(hw, arch, exe)
-    static = point["arrival"] == "batch"
-    budget = point["prefill_chunk"] or point["batch"] * point["prompt_tokens"]
-    sched = SchedulerConfig("static" if static else "continuous", point["batch"], budget)
-    cfg = SimConfig(hw, arch, exe, sched, point["execution"], point["replicas"], point["seed"])
-    sim = Simulation(cfg, book, _requests(point))
-    sim.run()
-    m = summarize(
-        sim, SLO(point["slo_ttft_s"], point["slo_tpot_s"]), Pricing(point["electricity_usd_per_kWh"])
-    )
     out.update({k: v for k, v in m.items() if k not in ("prompt_tokens", "output_tokens")})
     out["prompt_tokens_total"], out["output_tokens_total"] = m["prompt_tokens"], m["output_tokens"]
     out.update(ttft_s=m["ttft_s_mean"], tpot_s=m["tpot_s_mean"], e2e_s=m["e2e_s_mean"])
     depth = book.depth
     out["mean_depth_fraction"] = book.mean_depth_fraction
     out["layers_visited_per_token"] = float(depth.mean())
-    out["kv_policy_used"] = policy
+    out["kv_policy_used"] = exe.kv_policy
     out["weights_bytes"] = weights_bytes(arch, exe)
     out["kv_cache_bytes"] = float(m["kv_cache_peak_bytes"])
     out["activation_bytes"] = activation_bytes(arch, exe, sched.max_tokens_per_iteration, sched.max_batch)
@@ -211,31 +131,26 @@ def _simulate(point: dict[str, Any], trace_file: str | None) -> dict[str, Any]:
         {"layers_visited": values.tolist(), "token_share": counts / counts.sum()}
     )
     out["power_timeline_json"] = _json(power_timeline(timeline_table(sim), sim, hw, exe.tp, cfg.replicas))
-    rng = np.random.default_rng(point["seed"])
+    rng = np.random.default_rng(s.seed)
     passes = book.slots.shape[1] // arch.num_layers
 
     def visits(n: int) -> np.ndarray:
         rows = book.slots[rng.integers(book.slots.shape[0], size=n)]
         return rows.reshape(n, passes, arch.num_layers).sum(axis=1)
 
-    out["roofline_json"] = _json(roofline_layers(hw, arch, exe, point, visits))
+    out["roofline_json"] = _json(roofline_layers(hw, arch, exe, s, visits))
     return out
 
 
-def roofline_layers(hw: Hardware, arch: Arch, exe: Execution, point: dict[str, Any], visits) -> dict:
+def roofline_layers(hw: Hardware, arch: Arch, exe: Execution, s: Scenario, visits) -> dict:
     """Per-layer FLOPs, DRAM bytes and time of the first prefill chunk and of a mid-output decode step.
 
     `visits(n)` gives an (n, num_layers) count of the layers n tokens visit. The prefill chunk packs
     whole prompts (the chunk budget, at least one prompt); the decode step has one token per sequence
     of the batch, each holding the prompt and half the output in its KV cache.
     """
-    batch, prompt, output, layers = (
-        point["batch"],
-        point["prompt_tokens"],
-        point["output_tokens"],
-        arch.num_layers,
-    )
-    chunk = point["prefill_chunk"] or batch * prompt
+    batch, prompt, output, layers = s.sequences_per_batch, s.prompt_tokens, s.output_tokens, arch.num_layers
+    chunk = s.prefill_chunk or batch * prompt
     seqs = max(1, min(batch, chunk // prompt))
     prefill_visits = visits(seqs * prompt).reshape(seqs, prompt, layers).sum(axis=1).T.astype(np.float64)
     prefill = step_cost(

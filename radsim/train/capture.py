@@ -32,6 +32,7 @@ from radsim.models.radial import Radial
 from radsim.routes.trace import COLUMNS, Trace
 
 WINDOWS_NOTE = "windows of consecutive test-split tokens; documents joined by EOS"
+CaptureModel = Radial | MoD | Finedeep | DLO | Llama  # the models a trace can be captured from
 
 
 def git_commit() -> str:
@@ -90,7 +91,7 @@ def _frame(
 
 @torch.no_grad()
 def run_batch(
-    model: torch.nn.Module, x: torch.Tensor, first_seq: int, batch_id: int
+    model: CaptureModel, x: torch.Tensor, first_seq: int, batch_id: int
 ) -> tuple[pd.DataFrame, float]:
     """Visit rows of one batch and its summed next-token loss."""
     b, t = x.shape
@@ -141,8 +142,9 @@ def run_batch(
     else:
         pos_t, h = model.positions(x), model.embed_tokens(x)
         every = torch.ones_like(x, dtype=torch.bool)
-        for layer, block in enumerate(model.layers):
+        for layer, block in enumerate(model.blocks()):
             h, st = block.visit(h, pos_t, every, model.rope, stats=True)
+            assert st is not None  # stats=True records them
             n = len(st.tokens)
             frames.append(
                 _frame(
@@ -180,7 +182,7 @@ def _all_layers(model: Finedeep | DLO, x: torch.Tensor, ids) -> tuple[list[pd.Da
     return frames, out.logits
 
 
-def capture(model: torch.nn.Module, windows: np.ndarray, batch: int, meta: dict) -> Trace:
+def capture(model: CaptureModel, windows: np.ndarray, batch: int, meta: dict) -> Trace:
     """Run every window and assemble the trace (depth filled in, rows sorted, dtypes narrowed)."""
     frames, loss, count = [], 0.0, 0
     for batch_id, i in enumerate(range(0, len(windows), batch)):
@@ -213,7 +215,7 @@ def round_floats(visits: pd.DataFrame, mantissa_bits: int = 7) -> pd.DataFrame:
     return visits
 
 
-def model_meta(name: str, kind: str, model: torch.nn.Module, extra: dict) -> dict:
+def model_meta(name: str, kind: str, model: CaptureModel, extra: dict) -> dict:
     """The `model` block of a trace's metadata."""
     base = model.cfg if isinstance(model, Llama) else model.cfg.base
     config = asdict(model.cfg) if not isinstance(model, Llama) else asdict(base)

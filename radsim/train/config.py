@@ -144,7 +144,7 @@ class RunConfig:
     dlo: DLOSection = field(default_factory=DLOSection)
 
 
-_SECTIONS = {
+_SECTIONS: dict[str, type[Any]] = {
     "data": DataSection,
     "model": ModelSection,
     "train": TrainSection,

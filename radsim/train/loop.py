@@ -18,6 +18,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,7 +30,11 @@ from radsim.models.radial import EXIT, Radial, RadialConfig
 from radsim.train import corpus
 from radsim.train.config import RunConfig, run_config_from_dict
 
+if TYPE_CHECKING:
+    from radsim.models.dlo import DLO
+
 UNKNOWN = "<unk>"
+ScratchModel = Radial | MoD | Finedeep | Llama  # what `build_model` makes
 
 
 def text_splits() -> dict[str, Path]:
@@ -49,7 +54,7 @@ def vocab_map(train: np.ndarray, size: int, full: int = 49152) -> np.ndarray:
     return mapping
 
 
-def build_model(cfg: RunConfig, vocab: int) -> torch.nn.Module:
+def build_model(cfg: RunConfig, vocab: int) -> ScratchModel:
     """The model a scratch run trains."""
     m = cfg.model
     base = LlamaConfig(
@@ -77,9 +82,7 @@ def build_model(cfg: RunConfig, vocab: int) -> torch.nn.Module:
     return Llama(base)
 
 
-def step_loss(
-    model: torch.nn.Module, x: torch.Tensor, step: int, cfg: RunConfig
-) -> tuple[torch.Tensor, dict]:
+def step_loss(model: ScratchModel, x: torch.Tensor, step: int, cfg: RunConfig) -> tuple[torch.Tensor, dict]:
     """Training loss of one batch and what to log."""
     if isinstance(model, Radial):
         return _radial_loss(model, x, step, cfg)
@@ -117,7 +120,7 @@ def _radial_loss(model: Radial, x: torch.Tensor, step: int, cfg: RunConfig) -> t
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, windows: np.ndarray, batch: int = 8) -> dict:
+def evaluate(model: ScratchModel, windows: np.ndarray, batch: int = 8) -> dict:
     """Held-out loss, perplexity and mean depth, routing as a decoder would (argmax, causal)."""
     model.eval()
     total, count, depth = 0.0, 0, 0.0
@@ -214,7 +217,7 @@ def load_run(run_dir: Path) -> tuple[RunConfig, torch.nn.Module, np.ndarray | No
     return cfg, model.eval(), ckpt["vocab_map"]
 
 
-def build_dlo(cfg: RunConfig) -> torch.nn.Module:
+def build_dlo(cfg: RunConfig) -> DLO:
     """SmolLM2-135M expanded with DLO's new layers and routers (untrained)."""
     from radsim.models import smollm2
     from radsim.models.dlo import expand
@@ -223,7 +226,7 @@ def build_dlo(cfg: RunConfig) -> torch.nn.Module:
     return expand(smollm2.load_model(), [int(i) for i in d.insert_after], router_bias=d.router_bias)
 
 
-def dlo_loss(model, x: torch.Tensor, cfg: RunConfig) -> tuple[torch.Tensor, dict]:
+def dlo_loss(model: DLO, x: torch.Tensor, cfg: RunConfig) -> tuple[torch.Tensor, dict]:
     """LM loss + similarity-guided router BCE + squared deviation of the mean skip rate from its target.
 
     The router BCE pulls p_run towards 0 where cos(layer input, full layer output) > sim_threshold
@@ -248,7 +251,7 @@ def dlo_loss(model, x: torch.Tensor, cfg: RunConfig) -> tuple[torch.Tensor, dict
 
 
 @torch.no_grad()
-def evaluate_dlo(model, windows: np.ndarray, batch: int = 8) -> dict:
+def evaluate_dlo(model: DLO | Llama, windows: np.ndarray, batch: int = 8) -> dict:
     """Held-out loss and perplexity with hard MLP skips; MLP layers run per token and GEMM FLOPs."""
     from radsim.models.dlo import DLO, gemm_flops_per_token
 
@@ -286,14 +289,16 @@ def train_dlo(cfg: RunConfig, out_dir: Path) -> dict:
     d, splits = cfg.dlo, text_splits()
     train = np.asarray(corpus.load_split(splits, "train"))
     val = corpus.windows(np.asarray(corpus.load_split(splits, "val")), d.eval_seq_len, d.eval_tokens)
-    metrics = {"smollm2": evaluate_dlo(smollm2.load_model(), val)}
+    metrics: dict[str, Any] = {"smollm2": evaluate_dlo(smollm2.load_model(), val)}
     print("smollm2", metrics["smollm2"], flush=True)
     model = build_dlo(cfg)
     metrics["expanded_untrained"] = evaluate_dlo(model, val)
     print("expanded, untrained", metrics["expanded_untrained"], flush=True)
     model.train()
     new = set(model.cfg.expanded_layers)
-    groups = [{"params": list(model.routers.parameters()), "lr": d.router_lr, "peak": d.router_lr}]
+    groups: list[dict[str, Any]] = [
+        {"params": list(model.routers.parameters()), "lr": d.router_lr, "peak": d.router_lr}
+    ]
     groups.append(
         {"params": [p for i in new for p in model.model.layers[i].parameters()], "peak": cfg.train.lr}
     )

@@ -30,8 +30,9 @@ def contributions(model: Llama, windows: np.ndarray, batch: int = 8) -> pd.DataF
         x = torch.from_numpy(windows[i : i + batch])
         pos, h = model.positions(x), model.embed_tokens(x)
         every = torch.ones_like(x, dtype=torch.bool)
-        for layer_index, layer in enumerate(model.layers):
+        for layer_index, layer in enumerate(model.blocks()):
             new_h, st = layer.visit(h, pos, every, model.rope, stats=True)
+            assert st is not None  # stats=True records them
             delta = (new_h - h).float().flatten(0, 1)
             hn = h.float().flatten(0, 1)
             frames.append(

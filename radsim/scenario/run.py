@@ -1,0 +1,166 @@
+"""What a scenario builds and runs: its hardware, architecture, execution, routes, requests and
+scheduler, and the two engines on it.
+
+`run_estimate` prices the static batch (`radsim.cost.estimate`); `run_simulation` runs the serving
+simulator (`radsim.sim.engine`) and summarises it (`radsim.sim.metrics`). The CLI commands and the
+study evaluator call these two and nothing else, so a scenario gives the same numbers whichever way
+it is run. Hardware, architectures and traces are cached per process: a sweep reads each once.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from radsim.cost.layer import Execution
+from radsim.cost.money import Pricing
+from radsim.errors import ConfigError
+from radsim.routes.synthetic import is_routed
+from radsim.scenario.schema import Scenario
+from radsim.spec.arch import Arch, load_arch
+from radsim.spec.hardware import Hardware, load_hardware
+
+if TYPE_CHECKING:
+    from radsim.routes.book import RouteBook
+    from radsim.sim.engine import Simulation
+    from radsim.sim.metrics import SLO
+    from radsim.sim.workload import Request
+
+
+@lru_cache(maxsize=32)
+def _hardware(name: str) -> Hardware:
+    return load_hardware(name)
+
+
+@lru_cache(maxsize=64)
+def _arch(name: str, layers: int) -> Arch:
+    arch = load_arch(name)
+    return arch if layers in (0, arch.num_layers) else arch.with_layers(layers)
+
+
+def hardware(s: Scenario) -> Hardware:
+    """The scenario's device (a registry name or a TOML path); its dtype must have a matrix peak."""
+    hw = _hardware(s.hw)
+    hw.peak_flops(s.dtype)
+    return hw
+
+
+def architecture(s: Scenario) -> Arch:
+    """The scenario's architecture, with `layers` layers when given."""
+    return _arch(s.arch, s.layers)
+
+
+def depth_fraction(s: Scenario, arch: Arch) -> float:
+    """The depth fraction of parametric routes: `visited_layers / layers` when given."""
+    if not s.visited_layers:
+        return s.depth_fraction
+    if s.visited_layers > arch.num_layers:
+        raise ConfigError(f"visited_layers {s.visited_layers} exceeds the {arch.num_layers} layers of {arch.name}")
+    return s.visited_layers / arch.num_layers
+
+
+def pricing(s: Scenario) -> Pricing:
+    """Electricity price (device rental comes from the hardware file)."""
+    return Pricing(s.electricity_usd_per_kWh)
+
+
+def slo(s: Scenario) -> SLO:
+    """The latency targets of goodput."""
+    from radsim.sim.metrics import SLO
+
+    return SLO(s.slo_ttft_s, s.slo_tpot_s)
+
+
+def estimate_execution(s: Scenario, arch: Arch) -> Execution:
+    """How the static estimate runs the model: a router wherever some token skips a layer."""
+    routed = is_routed(arch.num_layers, depth_fraction(s, arch), s.depth_distribution)
+    return Execution(s.dtype, s.tp, s.kv_policy or "none", routed, s.expert_launch)
+
+
+def run_estimate(s: Scenario) -> dict[str, Any]:
+    """The static batch of `radsim.cost.estimate`, as its flat dict of metrics."""
+    from radsim.cost.estimate import Workload, estimate
+
+    hw, arch = hardware(s), architecture(s)
+    work = Workload(
+        s.batch, s.prompt_tokens, s.output_tokens, depth_fraction(s, arch), s.prefill_chunk, s.seed, s.depth_distribution
+    )
+    return estimate(hw, arch, estimate_execution(s, arch), work, pricing(s))
+
+
+@lru_cache(maxsize=16)
+def _trace_routes(path: str, num_layers: int) -> tuple[RouteBook, str, bool]:
+    from radsim.routes.book import from_trace
+    from radsim.routes.trace import read_trace
+
+    trace = read_trace(path)  # read once: the meta and the routes
+    meta = trace.meta
+    routed = meta["model"]["kind"] != "sequential"  # a sequential model has no router to run
+    return from_trace(trace, num_layers, source=path), meta["kv_policy"], routed
+
+
+def route_book(s: Scenario, arch: Arch, trace_file: str | None = None) -> tuple[RouteBook, str, bool]:
+    """The routes requests draw from, the KV policy that applies and whether a router runs.
+
+    `trace_file` is where the scenario's trace was found (a study resolves it beside the study file).
+    """
+    from radsim.routes.synthetic import parametric
+
+    if s.trace:
+        book, policy, routed = _trace_routes(trace_file or s.trace, arch.num_layers)
+        return book, s.kv_policy or policy, routed
+    fraction = depth_fraction(s, arch)
+    book = parametric(
+        arch.num_layers, fraction, s.reuse_prob, s.seed, distribution=s.depth_distribution, shape=s.route_shape
+    )
+    default_policy = "copy" if s.route_shape == "early_exit" else "none"
+    routed = is_routed(arch.num_layers, fraction, s.depth_distribution) or s.reuse_prob > 0
+    return book, s.kv_policy or default_policy, routed
+
+
+def requests(s: Scenario) -> list[Request]:
+    """The requests: a static batch at t=0, Poisson or gamma arrivals, or a replayed CSV."""
+    from radsim.sim.workload import LengthDist, Request, WorkloadConfig, generate
+
+    if s.arrival == "batch":
+        return [Request(i, 0.0, s.prompt_tokens, s.output_tokens) for i in range(s.batch)]
+
+    def lengths(mean: int) -> LengthDist:
+        cap = s.max_length_tokens or 4 * mean
+        return LengthDist(s.lengths, float(mean), s.length_cv, 1, max(1, 2 * mean), cap)
+
+    arrival = s.arrival
+    workload = WorkloadConfig(
+        arrival,
+        s.rate_per_s,
+        s.duration_s,
+        s.burstiness,
+        lengths(s.prompt_tokens),
+        lengths(s.output_tokens),
+        replay_csv=s.replay or None,
+        seed=s.seed,
+    )
+    return generate(workload)
+
+
+def build_simulation(s: Scenario, trace_file: str | None = None) -> Simulation:
+    """The serving simulation of the scenario, ready to run."""
+    from radsim.sim.engine import SimConfig, Simulation
+    from radsim.sim.scheduler import SchedulerConfig
+
+    hw, arch = hardware(s), architecture(s)
+    book, policy, routed = route_book(s, arch, trace_file)
+    exe = Execution(s.dtype, s.tp, policy, routed, s.expert_launch)
+    budget = s.prefill_chunk or s.batch * s.prompt_tokens
+    sched = SchedulerConfig(s.batching_policy, s.sequences_per_batch, budget, s.chunked_prefill, s.memory_fraction)
+    cfg = SimConfig(hw, arch, exe, sched, s.execution, s.replicas, s.seed)
+    return Simulation(cfg, book, requests(s))
+
+
+def run_simulation(s: Scenario, trace_file: str | None = None) -> tuple[Simulation, dict[str, Any]]:
+    """Simulate the scenario; the finished simulation and its metrics (`radsim.sim.metrics.summarize`)."""
+    from radsim.sim.metrics import summarize
+
+    sim = build_simulation(s, trace_file)
+    sim.run()
+    return sim, summarize(sim, slo(s), pricing(s))
