@@ -8,9 +8,10 @@ import timeit
 
 import numpy as np
 
-from radsim.cost.estimate import Workload, estimate
 from radsim.cost.iteration import step_cost
 from radsim.cost.layer import Execution, RoutedBatch, layer_cost
+from radsim.scenario.run import run_estimate
+from radsim.scenario.schema import Scenario
 from radsim.spec.arch import load_arch
 from radsim.spec.hardware import load_hardware
 
@@ -33,10 +34,18 @@ def main() -> None:
         ctx, vis = np.full((layers, seqs), 512.0), np.ones((layers, seqs))
         call = lambda s=seqs, c=ctx, v=vis: step_cost(hw, arch, exe, np.ones(s), c, v, s)  # noqa: E731
         print(f"step_cost, {layers} layers x {seqs:>3} sequences:   {_per_call_us(call):8.1f} us")
-    gqa = load_arch("llama3.1-8b")
     for batch, prompt, output in ((1, 128, 128), (64, 2048, 128), (256, 128, 1024)):
         start = time.perf_counter()
-        estimate(hw, gqa, Execution("fp16"), Workload(batch, prompt, output, depth_fraction=0.5))
+        run_estimate(
+            Scenario(
+                hw="h100_sxm",
+                arch="llama3.1-8b",
+                batch=batch,
+                prompt_tokens=prompt,
+                output_tokens=output,
+                depth_fraction=0.5,
+            )
+        )
         elapsed = time.perf_counter() - start
         print(f"estimate llama3.1-8b, batch {batch}, prompt {prompt}, output {output}: {elapsed:.3f} s")
 

@@ -12,17 +12,9 @@ import argparse
 import time
 from pathlib import Path
 
-from radsim.cost.layer import Execution
-from radsim.cost.money import Pricing
-from radsim.routes.book import from_trace
-from radsim.routes.synthetic import parametric
-from radsim.routes.trace import read_trace
-from radsim.sim.engine import SimConfig, Simulation
-from radsim.sim.metrics import SLO, summarize
-from radsim.sim.scheduler import SchedulerConfig
-from radsim.sim.workload import LengthDist, WorkloadConfig, generate
-from radsim.spec.arch import load_arch
-from radsim.spec.hardware import load_hardware
+from radsim.scenario.run import build_simulation, pricing, slo
+from radsim.scenario.schema import Scenario
+from radsim.sim.metrics import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TRACE = "traces/smollm2-135m-radial-distill-tau0.27.parquet"  # the distilled SmolLM2 radial router
@@ -40,37 +32,33 @@ def main() -> None:
     parser.add_argument("--execution", default="layer_major", choices=("layer_major", "step_sync"))
     args = parser.parse_args()
     start = time.perf_counter()
-    hw, arch = load_hardware("h100_sxm"), load_arch("llama3.1-8b")
-    if args.trace:
-        path = args.trace if Path(args.trace).exists() else str(ROOT / args.trace)
-        trace = read_trace(path)
-        policy = trace.meta["kv_policy"]
-        book = from_trace(trace, arch.num_layers, source=path)
-    else:
-        policy, book = "none", parametric(arch.num_layers, 0.6)
-    cfg = SimConfig(
-        hw,
-        arch,
-        Execution("bf16", kv_policy=policy, routed=True),
-        SchedulerConfig(max_batch=256),
-        execution_policy=args.execution,
-    )
-    lengths = {"kind": "lognormal", "cv": 0.5, "max_tokens": 4096}
-    workload = WorkloadConfig(
+    trace = args.trace and (args.trace if Path(args.trace).exists() else str(ROOT / args.trace))
+    scenario = Scenario(
+        engine="simulate",
+        hw="h100_sxm",
+        arch="llama3.1-8b",
+        trace=trace,
+        depth_fraction=1.0 if trace else 0.6,
+        depth_distribution="bernoulli",
+        execution=args.execution,
+        arrival="poisson",
         rate_per_s=args.rate,
         duration_s=3600 * args.hours,
+        lengths="lognormal",
+        prompt_tokens=512,
+        output_tokens=256,
+        max_length_tokens=4096,
+        max_batch=256,
         seed=1,
-        prompt=LengthDist(mean=512, **lengths),
-        output=LengthDist(mean=256, **lengths),
     )
-    requests = generate(workload)
-    sim = Simulation(cfg, book, requests)
+    sim = build_simulation(scenario)
+    book = sim.routes
     startup = time.perf_counter() - start
     cpu_start = time.process_time()
     sim.run()
     wall = time.perf_counter() - start - startup
     cpu = time.process_time() - cpu_start
-    m = summarize(sim, SLO(), Pricing())
+    m = summarize(sim, slo(scenario), pricing(scenario))
     simulated_h = m["makespan_s"] / 3600
     print(
         f"routes: {book.source} (depth fraction {book.mean_depth_fraction:.3f}), execution {args.execution}"

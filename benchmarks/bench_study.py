@@ -28,7 +28,7 @@ SWEEPS = {
         {"engine": "simulate", "arrival": "batch", "axes": {"trace": TRACES, "batch": [1, 8, 32, 128]}},
     ],
     "simulate (30 s Poisson)": [
-        {"engine": "simulate", "arrival": "poisson", "rate_per_s": 4.0, "duration_s": 30.0, "batch": 64,
+        {"engine": "simulate", "arrival": "poisson", "rate_per_s": 4.0, "duration_s": 30.0, "max_batch": 64,
          "axes": {"trace": TRACES}},
     ],
 }  # fmt: skip

@@ -1,0 +1,98 @@
+"""The scenario: one table of inputs behind the CLI and the studies, stable point ids, one meaning per metric."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from radsim.cli.main import _parser, main
+from radsim.errors import ConfigError
+from radsim.scenario.run import run_estimate, run_simulation
+from radsim.scenario.schema import INPUTS, SCENARIO_FIELDS, Scenario, default_of, scenario_from
+from radsim.study.load import expand, load_study
+
+ROOT = Path(__file__).resolve().parent.parent
+CALIBRATED_CPU = str(ROOT / "measurements/epyc-genoa-vm/calibrated.toml")
+
+
+def test_shipped_studies_keep_their_point_ids():
+    # ids of every point of every shipped study, as the release before the scenario computed them
+    stored = json.loads((ROOT / "tests/data/point_ids.json").read_text())
+    for study, ids in stored.items():
+        assert [p["point_id"] for p in expand(load_study(ROOT / study))] == ids, study
+
+
+def test_cli_flags_are_the_inputs_with_their_defaults():
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for engine in ("estimate", "simulate"):
+        command = sub.choices[engine]
+        dests = {a.dest: a for a in command._actions}
+        read = [n for n in SCENARIO_FIELDS if engine in INPUTS[n].engines and n not in ("engine", "label")]
+        assert set(read) <= set(dests), set(read) - set(dests)
+        for name in read:
+            action = dests[name]
+            if not INPUTS[name].required:
+                assert action.default == default_of(name), name
+                assert "default" in action.help, name
+        # parsed with only the required flags, the CLI builds the scenario of the defaults
+        args = parser.parse_args([engine, "--hw", "h100_sxm", "--arch", "llama3.1-8b"])
+        from radsim.cli.scenario_args import scenario_from_args
+
+        assert scenario_from_args(args, engine) == Scenario(engine=engine, hw="h100_sxm", arch="llama3.1-8b")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"rate_per_s": math.nan}, "'rate_per_s' must be a finite number"),
+        ({"duration_s": math.inf}, "'duration_s' must be a finite number"),
+        ({"burstiness": 0.0}, "'burstiness' must be > 0"),
+        ({"dtype": "int4"}, "'dtype' is 'int4'; allowed: 'fp32', 'fp16', 'bf16', 'fp8'"),
+        ({"depth_distribution": "uniform"}, "allowed: 'exact', 'bernoulli'"),
+        ({"arrival": "poisson", "batch": 8}, "runs up to 'max_batch'"),
+        ({"arrival": "replay"}, "needs 'replay'"),
+        ({"electricity_usd_per_kWh": -1.0}, "must be >= 0"),
+    ],
+)
+def test_bad_inputs_name_the_field_and_what_is_allowed(values, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        scenario_from({"engine": "simulate", "hw": "h100_sxm", "arch": "llama3.1-8b", **values}, "here")
+
+
+def test_nan_on_the_command_line_is_a_clean_error(capsys):
+    assert main(["simulate", "--hw", "h100_sxm", "--arch", "llama3.1-8b", "--rate", "nan"]) == 2
+    assert "'rate_per_s' must be a finite number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("hw", "arch", "dtype"),
+    [("h100_sxm", "llama3.1-8b", "bf16"), (CALIBRATED_CPU, "smollm2-135m", "fp32")],
+)
+@pytest.mark.parametrize("batch", [1, 32, 128])
+def test_estimate_and_simulate_agree_on_one_static_batch(hw, arch, dtype, batch):
+    """The same requests, all at t=0, static batching: the two engines report the same latencies."""
+    values = dict(hw=hw, arch=arch, dtype=dtype, batch=batch, prompt_tokens=512, output_tokens=128)
+    estimated = run_estimate(Scenario(engine="estimate", **values))
+    _, simulated = run_simulation(Scenario(engine="simulate", arrival="batch", **values))
+    for metric in ("ttft_s", "tpot_s", "e2e_s"):
+        assert estimated[metric] == pytest.approx(simulated[f"{metric}_mean"], rel=0.01), metric
+    assert estimated["decode_step_s"] == pytest.approx(simulated["decode_step_s"], rel=0.01)
+    # the batch-level figure has its own name: the last request's first token
+    assert estimated["prefill_time_s"] == pytest.approx(simulated["ttft_s_p99"], rel=0.01)
+
+
+def test_both_depth_distributions_reach_both_engines():
+    base = dict(hw="h100_sxm", arch="llama3.1-8b", batch=8, prompt_tokens=64, output_tokens=16, depth_fraction=0.5)
+    exact = run_estimate(Scenario(engine="estimate", **base))
+    bern = run_estimate(Scenario(engine="estimate", depth_distribution="bernoulli", **base))
+    assert exact["layers_visited_per_token"] == 16 and bern["layers_visited_per_token"] == pytest.approx(16.0)
+    assert exact["decode_step_s"] != bern["decode_step_s"]
+    for law in ("exact", "bernoulli"):
+        sim, _ = run_simulation(Scenario(engine="simulate", arrival="batch", depth_distribution=law, **base))
+        depth = sim.routes.depth
+        assert (depth == 16).all() if law == "exact" else depth.std() > 1.0
