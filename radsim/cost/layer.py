@@ -8,7 +8,9 @@ launches are costed in one numpy call; results have shape `(len(OPS), *leading)`
 
 Each operator is a roofline: max(FLOPs / achievable FLOP/s, bytes / achievable bytes/s) plus a launch
 overhead, with GEMM rows and columns padded to the library's output tile. A layer's weights are read
-once per launch whenever any token needs them, however many do. What a skipped token does to the
+once per launch whenever any token needs them, however many do. Attention's terms are linear in the
+aggregated load (`LayerLoad`); their coefficients (`attention_coefficients`) also build the tabulated
+model's closed form (`radsim.cost.table`). What a skipped token does to the
 layer's KV cache (`kv_policy`) decides which rows each operator processes:
 
 - ``none``: skipped tokens write no K/V; later tokens attend only to the tokens that visited.
@@ -186,10 +188,10 @@ class AttentionCoefficients:
 
     flops_per_pair: float  # QK^T and PV: 4 x head_dim per head and (query, key) pair
     s_per_pair: float  # compute seconds per pair: MMAs at peak x efficiency, plus the exponentials
-    held_bytes: float  # KV-cache bytes read per entry held by a sequence with queries
-    kv_write_bytes: float  # KV-cache bytes written per K/V row
-    kv_act_bytes: float  # activation bytes per K/V row: the projection output, read once and RoPE'd
-    q_act_bytes: float  # activation bytes per query row: Q read and O written
+    read_bytes_per_held: float  # KV-cache bytes read per entry held by a sequence with queries
+    write_bytes_per_kv_row: float  # KV-cache bytes written per K/V row
+    act_bytes_per_kv_row: float  # the new K/V from the projection output, read once and RoPE'd
+    act_bytes_per_q_row: float  # Q read and O written
     resident: bool  # the weights stay in the last-level cache, so all traffic runs at its bandwidth
     bandwidth_Bps: float  # achievable bandwidth of the traffic (`radsim.cost.kernels.bandwidth_Bps`)
     launch_s: float  # fixed time of each launch
@@ -200,9 +202,9 @@ class AttentionCoefficients:
         return {
             "compute_time_s": self.s_per_pair * load.pairs,
             "flops": self.flops_per_pair * load.pairs,
-            "kv_read_bytes": self.held_bytes * load.held,
-            "kv_write_bytes": self.kv_write_bytes * load.kv_rows,
-            "act_bytes": self.q_act_bytes * load.q_rows + self.kv_act_bytes * load.kv_rows,
+            "kv_read_bytes": self.read_bytes_per_held * load.held,
+            "kv_write_bytes": self.write_bytes_per_kv_row * load.kv_rows,
+            "act_bytes": self.act_bytes_per_q_row * load.q_rows + self.act_bytes_per_kv_row * load.kv_rows,
         }
 
     def launches(self, load: LayerLoad) -> np.ndarray:
@@ -227,10 +229,10 @@ def attention_coefficients(hw: Hardware, arch: Arch, exe: Execution) -> Attentio
     return AttentionCoefficients(
         flops_per_pair=flops_per_pair,
         s_per_pair=flops_per_pair / (peak * efficiency) + heads / hw.exp_ops_per_s,
-        held_bytes=float(entry),
-        kv_write_bytes=float(entry),
-        kv_act_bytes=float(entry),
-        q_act_bytes=2.0 * heads * arch.head_dim * exe.act_bytes,
+        read_bytes_per_held=float(entry),
+        write_bytes_per_kv_row=float(entry),
+        act_bytes_per_kv_row=float(entry),
+        act_bytes_per_q_row=2.0 * heads * arch.head_dim * exe.act_bytes,
         resident=resident,
         bandwidth_Bps=bandwidth_Bps(hw, resident),
         launch_s=hw.kernel_launch_overhead_s,
