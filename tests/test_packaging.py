@@ -16,7 +16,18 @@ ROOT = Path(__file__).resolve().parent.parent
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(ROOT),
+        ],
         check=True,
         capture_output=True,
     )
@@ -40,12 +51,21 @@ def test_installed_wheel_lists_every_device_from_any_directory(wheel, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     code = f"import sys; sys.path.insert(0, {str(target)!r}); from radsim.cli.main import main; sys.exit(main(['hw', 'list']))"
-    run = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, capture_output=True, text=True, check=True)
-    assert str(target) in subprocess.run(
-        [sys.executable, "-c", code.replace("main(['hw', 'list'])", "print(__import__('radsim').__file__) or 0")],
-        cwd=elsewhere,
-        capture_output=True,
-        text=True,
-    ).stdout
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=elsewhere, capture_output=True, text=True, check=True
+    )
+    assert (
+        str(target)
+        in subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                code.replace("main(['hw', 'list'])", "print(__import__('radsim').__file__) or 0"),
+            ],
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     for device in (ROOT / "radsim/spec/hw_models").glob("*.toml"):
         assert device.stem in run.stdout, device.stem

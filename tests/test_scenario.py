@@ -87,7 +87,9 @@ def test_estimate_and_simulate_agree_on_one_static_batch(hw, arch, dtype, batch)
 
 
 def test_both_depth_distributions_reach_both_engines():
-    base = dict(hw="h100_sxm", arch="llama3.1-8b", batch=8, prompt_tokens=64, output_tokens=16, depth_fraction=0.5)
+    base = dict(
+        hw="h100_sxm", arch="llama3.1-8b", batch=8, prompt_tokens=64, output_tokens=16, depth_fraction=0.5
+    )
     exact = run_estimate(Scenario(engine="estimate", **base))
     bern = run_estimate(Scenario(engine="estimate", depth_distribution="bernoulli", **base))
     assert exact["layers_visited_per_token"] == 16 and bern["layers_visited_per_token"] == pytest.approx(16.0)

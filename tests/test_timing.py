@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from radsim.errors import ConfigError
 from radsim.measure.timing import CpuDevice, CudaTimer, PowerSampler, get_device, peak_of_deltas
 
 
@@ -88,5 +89,5 @@ def test_get_device_names():
     with pytest.raises(ValueError, match="cpu"):
         get_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA"):
+        with pytest.raises(ConfigError, match="CUDA"):
             get_device("cuda")

@@ -42,10 +42,15 @@ def format_estimate(r: dict) -> str:
         ("time to first token", f"{r['ttft_s'] * 1e3:.2f} ms (mean over requests)"),
         (
             "time per output token",
-            "n/a (one output token)" if r["tpot_s"] is None else f"{r['tpot_s'] * 1e3:.3f} ms (mean over requests)",
+            "n/a (one output token)"
+            if r["tpot_s"] is None
+            else f"{r['tpot_s'] * 1e3:.3f} ms (mean over requests)",
         ),
         ("end to end", f"{r['e2e_s']:.3f} s"),
-        ("prefill of the batch", f"{r['prefill_time_s'] * 1e3:.2f} ms ({r['prefill_steps']} chunk{'s' if r['prefill_steps'] != 1 else ''})"),
+        (
+            "prefill of the batch",
+            f"{r['prefill_time_s'] * 1e3:.2f} ms ({r['prefill_steps']} chunk{'s' if r['prefill_steps'] != 1 else ''})",
+        ),
         (
             "decode step",
             "n/a (one output token)" if r["decode_step_s"] is None else f"{r['decode_step_s'] * 1e3:.3f} ms",
@@ -69,5 +74,3 @@ def format_estimate(r: dict) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-

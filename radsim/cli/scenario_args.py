@@ -12,8 +12,15 @@ from typing import Any
 
 from radsim.scenario.schema import SCENARIO_FIELDS, Scenario, default_of, input_of, scenario_from
 
-
-_METAVARS = {"int": "N", "float": "X", "str": "TEXT", "hw": "NAME|PATH", "arch": "NAME|PATH", "trace": "PATH", "replay": "PATH"}
+_METAVARS = {
+    "int": "N",
+    "float": "X",
+    "str": "TEXT",
+    "hw": "NAME|PATH",
+    "arch": "NAME|PATH",
+    "trace": "PATH",
+    "replay": "PATH",
+}
 
 
 def flag(name: str) -> str:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from radsim.errors import ConfigError
 from radsim.measure.timing import host_environment
 from radsim.spec.hardware import Hardware, hw_dir, load_hardware, parse_hardware
 
@@ -297,7 +298,7 @@ def refine(hw: Hardware, rows: list[dict[str, str]], split: dict[str, str]) -> t
 
     groups = [g for cid, g in group_configs(rows).items() if split[cid] == "calibrate"]
     if not groups:
-        raise ValueError("no calibration configurations in the measurement table")
+        raise ConfigError("no calibration configurations in the measurement table")
     measured = np.array([float(next(r for r in g if r["scope"] == "step")["time_s"]) for g in groups])
     start = np.array([float(getattr(hw, k)) for k in REFINED])
 

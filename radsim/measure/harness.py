@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from radsim.errors import ConfigError
 from radsim.measure.specs import SPECS, ModelSpec, spec_arch, step_routes
 from radsim.measure.timing import get_device
 from radsim.routes.replay import SlotBatch, StepRoutes, slot_batches
@@ -482,7 +483,7 @@ def grid(
     out = []
     for m in models:
         if m not in SPECS:
-            raise ValueError(f"unknown model {m!r}; valid: {', '.join(SPECS)}")
+            raise ConfigError(f"unknown model {m!r}; valid: {', '.join(SPECS)}")
         for ph in phases:
             for b in (prefill_batches or batches) if ph == "prefill" else batches:
                 for t in prompts if ph == "prefill" else contexts:

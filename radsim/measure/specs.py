@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from radsim.errors import ConfigError
 from radsim.routes.replay import StepRoutes, fraction_slots, sequential_slots, trace_slots
 
 
@@ -96,5 +97,5 @@ def step_routes(
         return StepRoutes(phase, slots, arch.num_layers, "none")
     slots, layers, policy = trace_slots(os.path.join(root, spec.trace), batch, length, first_seq=seed)
     if layers != arch.num_layers:
-        raise ValueError(f"{spec.trace} has {layers} layers, {spec.arch} has {arch.num_layers}")
+        raise ConfigError(f"{spec.trace} has {layers} layers, {spec.arch} has {arch.num_layers}")
     return StepRoutes(phase, slots, layers, policy)

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from radsim.errors import ConfigError
+
 
 class Timer:
     """Marks on the host clock; intervals in seconds between consecutive marks."""
@@ -68,7 +70,7 @@ class PowerSampler:
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if interval_s <= 0:
-            raise ValueError('"interval_s" must be > 0.')
+            raise ConfigError('"interval_s" must be > 0.')
         self._read, self._interval, self._clock = read_W, interval_s, clock
         self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
@@ -309,7 +311,7 @@ def get_device(name: str, threads: int | None = None, use_graphs: bool = True) -
         return CpuDevice(threads)
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError("CUDA requested but torch.cuda.is_available() is False")
+            raise ConfigError("CUDA requested but torch.cuda.is_available() is False")
         index = int(name.split(":")[1]) if ":" in name else 0
         return CudaDevice(index, use_graphs=use_graphs)
-    raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {name!r}")
+    raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {name!r}")

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from radsim.errors import ConfigError
+
 PHASES = ("prefill", "decode")
 NO_SLOT = -1
 
@@ -33,9 +35,9 @@ class StepRoutes:
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
-            raise ValueError(f"phase must be one of {PHASES}, got {self.phase!r}")
+            raise ConfigError(f"phase must be one of {PHASES}, got {self.phase!r}")
         if self.slots.ndim != 3:
-            raise ValueError("slots must be (batch, tokens, steps)")
+            raise ConfigError("slots must be (batch, tokens, steps)")
 
     @property
     def batch(self) -> int:
@@ -118,7 +120,7 @@ def visit_counts(routes: StepRoutes) -> np.ndarray:
     bi, ti, si = np.nonzero(routes.slots >= 0)
     np.add.at(counts, (bi, ti, routes.slots[bi, ti, si]), 1)
     if counts.max() > 1:
-        raise ValueError("a token visits the same (pass, layer) slot twice")
+        raise ConfigError("a token visits the same (pass, layer) slot twice")
     return counts
 
 
@@ -140,7 +142,7 @@ def slot_batches(routes: StepRoutes) -> list[SlotBatch]:
         layer, p = slot % num_layers, slot // num_layers
         policy = routes.kv_policy if p == 0 else "none"
         if policy == "compute":
-            raise ValueError("kv policy 'compute' is not replayed by the harness")
+            raise ConfigError("kv policy 'compute' is not replayed by the harness")
         first_copy = policy == "copy"
         if not visitors[:, slot].any() and not first_copy:
             continue

@@ -55,7 +55,9 @@ def depth_fraction(s: Scenario, arch: Arch) -> float:
     if not s.visited_layers:
         return s.depth_fraction
     if s.visited_layers > arch.num_layers:
-        raise ConfigError(f"visited_layers {s.visited_layers} exceeds the {arch.num_layers} layers of {arch.name}")
+        raise ConfigError(
+            f"visited_layers {s.visited_layers} exceeds the {arch.num_layers} layers of {arch.name}"
+        )
     return s.visited_layers / arch.num_layers
 
 
@@ -83,7 +85,13 @@ def run_estimate(s: Scenario) -> dict[str, Any]:
 
     hw, arch = hardware(s), architecture(s)
     work = Workload(
-        s.batch, s.prompt_tokens, s.output_tokens, depth_fraction(s, arch), s.prefill_chunk, s.seed, s.depth_distribution
+        s.batch,
+        s.prompt_tokens,
+        s.output_tokens,
+        depth_fraction(s, arch),
+        s.prefill_chunk,
+        s.seed,
+        s.depth_distribution,
     )
     return estimate(hw, arch, estimate_execution(s, arch), work, pricing(s))
 
@@ -111,7 +119,12 @@ def route_book(s: Scenario, arch: Arch, trace_file: str | None = None) -> tuple[
         return book, s.kv_policy or policy, routed
     fraction = depth_fraction(s, arch)
     book = parametric(
-        arch.num_layers, fraction, s.reuse_prob, s.seed, distribution=s.depth_distribution, shape=s.route_shape
+        arch.num_layers,
+        fraction,
+        s.reuse_prob,
+        s.seed,
+        distribution=s.depth_distribution,
+        shape=s.route_shape,
     )
     default_policy = "copy" if s.route_shape == "early_exit" else "none"
     routed = is_routed(arch.num_layers, fraction, s.depth_distribution) or s.reuse_prob > 0
@@ -152,7 +165,9 @@ def build_simulation(s: Scenario, trace_file: str | None = None) -> Simulation:
     book, policy, routed = route_book(s, arch, trace_file)
     exe = Execution(s.dtype, s.tp, policy, routed, s.expert_launch)
     budget = s.prefill_chunk or s.batch * s.prompt_tokens
-    sched = SchedulerConfig(s.batching_policy, s.sequences_per_batch, budget, s.chunked_prefill, s.memory_fraction)
+    sched = SchedulerConfig(
+        s.batching_policy, s.sequences_per_batch, budget, s.chunked_prefill, s.memory_fraction
+    )
     cfg = SimConfig(hw, arch, exe, sched, s.execution, s.replicas, s.seed)
     return Simulation(cfg, book, requests(s))
 

@@ -59,17 +59,30 @@ def _input(default: Any, kind: type, help: str, **spec: Any) -> Any:
 class Scenario:
     """A run: every input with its default; construction checks each value and their combination."""
 
-    engine: str = _input("estimate", str, "what runs: a static-batch estimate or the serving simulator", allowed=ENGINES)
+    engine: str = _input(
+        "estimate", str, "what runs: a static-batch estimate or the serving simulator", allowed=ENGINES
+    )
     hw: str = _input("", str, "hardware name (radsim hw list) or TOML path", required=True)
     arch: str = _input("", str, "architecture name (radsim arch list) or TOML path", required=True)
     layers: int = _input(0, int, "layer count (0: the architecture's own)", minimum=0)
-    dtype: str = _input("bf16", str, "weights and KV cache dtype (activations 16 bit)", allowed=tuple(DTYPE_BYTES))
+    dtype: str = _input(
+        "bf16", str, "weights and KV cache dtype (activations 16 bit)", allowed=tuple(DTYPE_BYTES)
+    )
     tp: int = _input(1, int, "tensor-parallel devices per replica", minimum=1)
     depth_fraction: float = _input(
-        1.0, float, "fraction of layers a token visits (parametric routes)", minimum=0.0, maximum=1.0, positive=True
+        1.0,
+        float,
+        "fraction of layers a token visits (parametric routes)",
+        minimum=0.0,
+        maximum=1.0,
+        positive=True,
     )
-    visited_layers: int = _input(0, int, "layers a token visits (> 0 sets depth_fraction = this / layers)", minimum=0)
-    trace: str = _input("", str, "routing trace (Parquet) to draw routes from; '' draws parametric routes", engines=_SIM)
+    visited_layers: int = _input(
+        0, int, "layers a token visits (> 0 sets depth_fraction = this / layers)", minimum=0
+    )
+    trace: str = _input(
+        "", str, "routing trace (Parquet) to draw routes from; '' draws parametric routes", engines=_SIM
+    )
     reuse_prob: float = _input(
         0.0, float, "parametric: chance a token revisits a layer", minimum=0.0, maximum=1.0, engines=_SIM
     )
@@ -80,51 +93,165 @@ class Scenario:
         allowed=("", *KV_POLICIES),
     )
     route_shape: str = _input(
-        "random", str, "parametric: layers anywhere, or a prefix of the stack", allowed=ROUTE_SHAPES, engines=_SIM, later=True
+        "random",
+        str,
+        "parametric: layers anywhere, or a prefix of the stack",
+        allowed=ROUTE_SHAPES,
+        engines=_SIM,
+        later=True,
     )
     expert_launch: str = _input(
-        "grouped", str, "Finedeep experts: one grouped launch per projection, or one each", allowed=EXPERT_LAUNCHES, later=True
+        "grouped",
+        str,
+        "Finedeep experts: one grouped launch per projection, or one each",
+        allowed=EXPERT_LAUNCHES,
+        later=True,
     )
     execution: str = _input(
-        "layer_major", str, "one launch per layer and pass, or every routing step a barrier", allowed=EXECUTION_POLICIES
+        "layer_major",
+        str,
+        "one launch per layer and pass, or every routing step a barrier",
+        allowed=EXECUTION_POLICIES,
     )
-    batch: int = _input(1, int, "requests of the static batch (estimate; simulate with arrival batch)", minimum=1)
-    prompt_tokens: int = _input(512, int, "prompt tokens per request (the mean, for length distributions)", minimum=1, flags=("--prompt", "--prompt-mean"))
-    output_tokens: int = _input(128, int, "output tokens per request (the mean, for length distributions)", minimum=1, flags=("--output", "--output-mean"))
+    batch: int = _input(
+        1, int, "requests of the static batch (estimate; simulate with arrival batch)", minimum=1
+    )
+    prompt_tokens: int = _input(
+        512,
+        int,
+        "prompt tokens per request (the mean, for length distributions)",
+        minimum=1,
+        flags=("--prompt", "--prompt-mean"),
+    )
+    output_tokens: int = _input(
+        128,
+        int,
+        "output tokens per request (the mean, for length distributions)",
+        minimum=1,
+        flags=("--output", "--output-mean"),
+    )
     prefill_chunk: int = _input(
-        8192, int, "most tokens one iteration processes, prefill chunk and decodes (0: the whole static batch)", minimum=0, flags=("--max-tokens",)
+        8192,
+        int,
+        "most tokens one iteration processes, prefill chunk and decodes (0: the whole static batch)",
+        minimum=0,
+        flags=("--max-tokens",),
     )
     arrival: str = _input(
-        "poisson", str, "a static batch at t=0, Poisson or gamma arrivals, or a replayed CSV", allowed=ARRIVALS, engines=_SIM
+        "poisson",
+        str,
+        "a static batch at t=0, Poisson or gamma arrivals, or a replayed CSV",
+        allowed=ARRIVALS,
+        engines=_SIM,
     )
-    rate_per_s: float = _input(1.0, float, "requests per second (poisson, gamma)", minimum=0.0, positive=True, engines=_SIM, flags=("--rate",))
-    duration_s: float = _input(60.0, float, "seconds of arrivals (poisson, gamma)", minimum=0.0, positive=True, engines=_SIM, flags=("--duration",))
-    burstiness: float = _input(1.0, float, "gamma: coefficient of variation of the gaps (1 is Poisson)", minimum=0.0, positive=True, engines=_SIM)
-    lengths: str = _input("fixed", str, "request lengths: fixed, uniform on [1, 2 mean], or lognormal", allowed=LENGTH_KINDS, engines=_SIM)
-    replicas: int = _input(1, int, "replicas; arrivals join the one with the fewest requests", minimum=1, engines=_SIM)
-    slo_ttft_s: float = _input(2.0, float, "time-to-first-token target of goodput (s)", minimum=0.0, engines=_SIM, flags=("--slo-ttft",))
-    slo_tpot_s: float = _input(0.1, float, "time-per-output-token target of goodput (s)", minimum=0.0, engines=_SIM, flags=("--slo-tpot",))
-    electricity_usd_per_kWh: float = _input(0.081, float, "electricity price, USD per kWh", minimum=0.0, flags=("--electricity-usd-per-kwh",))
+    rate_per_s: float = _input(
+        1.0,
+        float,
+        "requests per second (poisson, gamma)",
+        minimum=0.0,
+        positive=True,
+        engines=_SIM,
+        flags=("--rate",),
+    )
+    duration_s: float = _input(
+        60.0,
+        float,
+        "seconds of arrivals (poisson, gamma)",
+        minimum=0.0,
+        positive=True,
+        engines=_SIM,
+        flags=("--duration",),
+    )
+    burstiness: float = _input(
+        1.0,
+        float,
+        "gamma: coefficient of variation of the gaps (1 is Poisson)",
+        minimum=0.0,
+        positive=True,
+        engines=_SIM,
+    )
+    lengths: str = _input(
+        "fixed",
+        str,
+        "request lengths: fixed, uniform on [1, 2 mean], or lognormal",
+        allowed=LENGTH_KINDS,
+        engines=_SIM,
+    )
+    replicas: int = _input(
+        1, int, "replicas; arrivals join the one with the fewest requests", minimum=1, engines=_SIM
+    )
+    slo_ttft_s: float = _input(
+        2.0,
+        float,
+        "time-to-first-token target of goodput (s)",
+        minimum=0.0,
+        engines=_SIM,
+        flags=("--slo-ttft",),
+    )
+    slo_tpot_s: float = _input(
+        0.1,
+        float,
+        "time-per-output-token target of goodput (s)",
+        minimum=0.0,
+        engines=_SIM,
+        flags=("--slo-tpot",),
+    )
+    electricity_usd_per_kWh: float = _input(
+        0.081, float, "electricity price, USD per kWh", minimum=0.0, flags=("--electricity-usd-per-kwh",)
+    )
     seed: int = _input(0, int, "random seed of routes and arrivals", minimum=0)
     label: str = _input("", str, "a name for plots (e.g. the architecture a grid stands for)", later=True)
     depth_distribution: str = _input(
-        "exact", str, "exact: round(f L) layers per token; bernoulli: each layer with probability f", allowed=DEPTH_DISTRIBUTIONS, later=True
+        "exact",
+        str,
+        "exact: round(f L) layers per token; bernoulli: each layer with probability f",
+        allowed=DEPTH_DISTRIBUTIONS,
+        later=True,
     )
     max_batch: int = _input(
-        256, int, "most sequences a replica runs at once (arrivals other than batch)", minimum=1, engines=_SIM, later=True
+        256,
+        int,
+        "most sequences a replica runs at once (arrivals other than batch)",
+        minimum=1,
+        engines=_SIM,
+        later=True,
     )
     batching: str = _input(
-        "", str, "'': static for arrival batch, else continuous", allowed=("", *BATCHING_POLICIES), engines=_SIM, later=True
+        "",
+        str,
+        "'': static for arrival batch, else continuous",
+        allowed=("", *BATCHING_POLICIES),
+        engines=_SIM,
+        later=True,
     )
-    chunked_prefill: bool = _input(True, bool, "split prompts across iterations to fit the token budget", engines=_SIM, later=True)
+    chunked_prefill: bool = _input(
+        True, bool, "split prompts across iterations to fit the token budget", engines=_SIM, later=True
+    )
     memory_fraction: float = _input(
-        0.9, float, "share of device memory the engine may use", minimum=0.0, maximum=1.0, positive=True, engines=_SIM, later=True
+        0.9,
+        float,
+        "share of device memory the engine may use",
+        minimum=0.0,
+        maximum=1.0,
+        positive=True,
+        engines=_SIM,
+        later=True,
     )
-    length_cv: float = _input(0.5, float, "lognormal lengths: coefficient of variation", minimum=0.0, engines=_SIM, later=True)
+    length_cv: float = _input(
+        0.5, float, "lognormal lengths: coefficient of variation", minimum=0.0, engines=_SIM, later=True
+    )
     max_length_tokens: int = _input(
-        0, int, "cap on prompt and on output lengths (0: four times the mean)", minimum=0, engines=_SIM, later=True, flags=("--max-length",)
+        0,
+        int,
+        "cap on prompt and on output lengths (0: four times the mean)",
+        minimum=0,
+        engines=_SIM,
+        later=True,
+        flags=("--max-length",),
     )
-    replay: str = _input("", str, "arrival replay: CSV with arrival_s,prompt_tokens,output_tokens", engines=_SIM, later=True)
+    replay: str = _input(
+        "", str, "arrival replay: CSV with arrival_s,prompt_tokens,output_tokens", engines=_SIM, later=True
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -138,7 +265,9 @@ class Scenario:
             if engine not in spec.engines and getattr(self, f.name) != f.default:
                 raise ConfigError(f"'{f.name}' applies only to engine(s) {', '.join(spec.engines)}")
         if engine == "estimate" and self.execution != "layer_major":
-            raise ConfigError("engine 'estimate' launches each layer once per step; execution 'step_sync' needs engine 'simulate'")
+            raise ConfigError(
+                "engine 'estimate' launches each layer once per step; execution 'step_sync' needs engine 'simulate'"
+            )
         if self.trace and (self.depth_fraction != 1.0 or self.visited_layers):
             raise ConfigError("a trace sets the depth; leave depth_fraction and visited_layers unset")
         if self.visited_layers and self.depth_fraction != 1.0:
@@ -156,7 +285,9 @@ class Scenario:
         if engine == "simulate" and self.prefill_chunk == 0 and self.arrival != "batch":
             raise ConfigError("'prefill_chunk' 0 (the whole static batch) needs arrival 'batch'")
         if engine == "simulate" and self.execution == "step_sync" and self.kv_policy == "compute":
-            raise ConfigError("kv policy 'compute' runs attention for every token in every layer: use execution layer_major")
+            raise ConfigError(
+                "kv policy 'compute' runs attention for every token in every layer: use execution layer_major"
+            )
 
     # -- what the inputs imply -------------------------------------------------------------------
     @property
@@ -270,7 +401,9 @@ def scenario_from(values: dict[str, Any], where: str = "<scenario>") -> Scenario
     for key in ("engine", "hw", "arch"):
         if key not in values:
             raise ConfigError(f"{where}: '{key}' is required (in [fixed], the grid or its axes)")
-    typed = {k: float(v) if input_of(k).kind is float and isinstance(v, int) else v for k, v in values.items()}
+    typed: dict[str, Any] = {
+        k: float(v) if input_of(k).kind is float and isinstance(v, int) else v for k, v in values.items()
+    }
     for key, value in typed.items():
         check_value(key, value, f"{where}: '{key}'")
     try:

@@ -120,7 +120,8 @@ class Simulation:
         ]
         self.timeline: list[Iteration] = []
         self._next = 0  # next request to deliver (one replica)
-        self._block, self._block_routes = -1, None
+        self._block = -1
+        self._block_routes: tuple[np.ndarray, ...] = ()
         start = min((r.arrival_at for r in requests), default=0.0)
         for replica in self.replicas:  # energy is counted from the first arrival, as the makespan is
             replica.last_end_at = start

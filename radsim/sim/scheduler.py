@@ -147,7 +147,7 @@ class Scheduler:
         self.shared_first_pass = kv_policy != "none"
         # Columns: the slots some route of the book visits (under copy/compute every first-pass slot,
         # first); a slot nobody visits launches nothing, so it is left out of every per-row array.
-        used = book.slots.any(axis=0)
+        used: np.ndarray = np.asarray(book.slots.any(axis=0))
         if self.shared_first_pass:
             used[:layers] = True
         self.columns = np.flatnonzero(used)
