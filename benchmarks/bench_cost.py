@@ -8,7 +8,7 @@ import timeit
 
 import numpy as np
 
-from radsim.cost.iteration import step_cost
+from radsim.cost.iteration import iteration_cost
 from radsim.cost.layer import Execution, RoutedBatch, layer_cost
 from radsim.scenario.run import run_estimate
 from radsim.scenario.schema import Scenario
@@ -32,8 +32,8 @@ def main() -> None:
         print(f"layer_cost, {seqs:>3} sequences:              {_per_call_us(call):8.1f} us")
     for seqs in (1, 64, 256):
         ctx, vis = np.full((layers, seqs), 512.0), np.ones((layers, seqs))
-        call = lambda s=seqs, c=ctx, v=vis: step_cost(hw, arch, exe, np.ones(s), c, v, s)  # noqa: E731
-        print(f"step_cost, {layers} layers x {seqs:>3} sequences:   {_per_call_us(call):8.1f} us")
+        call = lambda s=seqs, c=ctx, v=vis: iteration_cost(hw, arch, exe, np.ones(s), c, v, s)  # noqa: E731
+        print(f"iteration_cost, {layers} layers x {seqs:>3} sequences:   {_per_call_us(call):8.1f} us")
     for batch, prompt, output in ((1, 128, 128), (64, 2048, 128), (256, 128, 1024)):
         start = time.perf_counter()
         run_estimate(

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from radsim.cost.iteration import StepCost, head_cost, step_cost
+from radsim.cost.iteration import IterationBreakdown, head_cost, iteration_cost
 from radsim.cost.layer import Execution, RoutedBatch, layer_cost
 from radsim.cost.memory import (
     MemoryUse,
@@ -62,7 +62,7 @@ class _Totals:
     bound_time_s: float = 0.0
     steps: int = 0
 
-    def add(self, step: StepCost) -> None:
+    def add(self, step: IterationBreakdown) -> None:
         self.time_s += step.time_s
         self.energy_J += step.energy_J
         self.flops += step.flops
@@ -134,7 +134,7 @@ def _prefill_steps(hw, arch, exe, work, rng, held):
         # positions are in sequence order, so each sequence's visits are one contiguous sum
         visits = np.add.reduceat(visits_mask, first, axis=0, dtype=np.float64).T
         finished = seq[(positions + 1) % work.prompt_tokens == 0]
-        step = step_cost(hw, arch, exe, new, held[:, seqs], visits, finished.size)
+        step = iteration_cost(hw, arch, exe, new, held[:, seqs], visits, finished.size)
         held[:, seqs] += visits if exe.kv_policy == "none" else new[None, :]
         yield step, finished
 

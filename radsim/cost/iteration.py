@@ -22,7 +22,7 @@ SAMPLING_FLOPS_PER_LOGIT = 6.0
 
 
 @dataclass(frozen=True)
-class StepCost:
+class IterationBreakdown:
     """A whole iteration: per-layer, per-operator costs and the embedding/head costs."""
 
     layers: Cost  # arrays (len(OPS), num_layers)
@@ -75,7 +75,7 @@ def head_cost(
     return stack_ops(HEAD_OPS, ops)
 
 
-def step_cost(
+def iteration_cost(
     hw: Hardware,
     arch: Arch,
     exe: Execution,
@@ -83,10 +83,10 @@ def step_cost(
     context: np.ndarray,
     visits: np.ndarray,
     logit_rows: int,
-) -> StepCost:
+) -> IterationBreakdown:
     """Cost of one iteration: `new_tokens` (S,), `context` and `visits` (num_layers, S)."""
     new_tokens = np.asarray(new_tokens, dtype=np.float64)
     batch = RoutedBatch.of(new_tokens[None, :], context, visits)
     layers = layer_cost(hw, arch, exe, batch)
     head = head_cost(hw, arch, exe, float(new_tokens.sum()), float(logit_rows))
-    return StepCost(layers=layers, head=head)
+    return IterationBreakdown(layers=layers, head=head)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binom
 
-from radsim.cost.iteration import step_cost
+from radsim.cost.iteration import iteration_cost
 from radsim.cost.layer import Execution
 from radsim.errors import ConfigError
 from radsim.routes.synthetic import depth_visits
@@ -153,7 +153,7 @@ def roofline_layers(hw: Hardware, arch: Arch, exe: Execution, s: Scenario, visit
     chunk = s.prefill_chunk or batch * prompt
     seqs = max(1, min(batch, chunk // prompt))
     prefill_visits = visits(seqs * prompt).reshape(seqs, prompt, layers).sum(axis=1).T.astype(np.float64)
-    prefill = step_cost(
+    prefill = iteration_cost(
         hw, arch, exe, np.full(seqs, float(prompt)), np.zeros((layers, seqs)), prefill_visits, seqs
     )
     held = prompt + output // 2
@@ -162,7 +162,7 @@ def roofline_layers(hw: Hardware, arch: Arch, exe: Execution, s: Scenario, visit
     if exe.kv_policy == "none":  # only the tokens that visited the layer left an entry
         share = np.minimum(1.0, visits(256).mean(axis=0))
     context = np.broadcast_to(held * share[:, None], (layers, batch))
-    decode = step_cost(hw, arch, exe, np.ones(batch), context, decode_visits, batch)
+    decode = iteration_cost(hw, arch, exe, np.ones(batch), context, decode_visits, batch)
     return {"prefill": _per_layer(prefill.layers), "decode": _per_layer(decode.layers)}
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radsim.cost.iteration import step_cost
+from radsim.cost.iteration import iteration_cost
 from radsim.cost.layer import KV_POLICIES, OPS, Execution, RoutedBatch, layer_cost
 from radsim.errors import ConfigError
 from radsim.spec.arch import load_arch
@@ -64,12 +64,12 @@ def test_hand_computed_time_and_energy(toy_gpu, tiny_arch):
 def test_decode_memory_bound_and_prefill_compute_bound_on_h100():
     hw, arch = load_hardware("h100_sxm"), load_arch("llama2-7b")
     layers = arch.num_layers
-    decode = step_cost(hw, arch, FP16, np.ones(1), np.full((layers, 1), 512.0), np.ones((layers, 1)), 1)
+    decode = iteration_cost(hw, arch, FP16, np.ones(1), np.full((layers, 1), 512.0), np.ones((layers, 1)), 1)
     gemms = [OPS.index(name) for name in ("qkv", "o_proj", "mlp")]
     assert (decode.layers.memory_time_s[gemms] > decode.layers.compute_time_s[gemms]).all()
     assert decode.compute_bound_fraction == 0.0
     prompt = np.full(4, 2048.0)
-    prefill = step_cost(hw, arch, FP16, prompt, np.zeros((layers, 4)), np.tile(prompt, (layers, 1)), 4)
+    prefill = iteration_cost(hw, arch, FP16, prompt, np.zeros((layers, 4)), np.tile(prompt, (layers, 1)), 4)
     assert (prefill.layers.compute_time_s[gemms] > prefill.layers.memory_time_s[gemms]).all()
     assert prefill.compute_bound_fraction > 0.9
 

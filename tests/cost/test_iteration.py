@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radsim.cost.iteration import HEAD_OPS, head_cost, step_cost
+from radsim.cost.iteration import HEAD_OPS, head_cost, iteration_cost
 from radsim.cost.layer import Execution
 
 
 def test_step_totals_are_layers_plus_head(toy_gpu, tiny_arch):
     layers = tiny_arch.num_layers
-    step = step_cost(
+    step = iteration_cost(
         toy_gpu,
         tiny_arch,
         Execution("fp16"),
@@ -30,7 +30,7 @@ def test_unvisited_layers_are_not_launched(toy_gpu, tiny_arch):
     visits = np.zeros((layers, 1))
     visits[1] = 1.0
     exe = Execution("fp16", routed=True)
-    step = step_cost(toy_gpu, tiny_arch, exe, np.ones(1), np.zeros((layers, 1)), visits, 1)
+    step = iteration_cost(toy_gpu, tiny_arch, exe, np.ones(1), np.zeros((layers, 1)), visits, 1)
     per_layer = step.layers.time_s.sum(axis=0)
     assert per_layer[1] > 0 and (np.delete(per_layer, 1) == 0).all()
 

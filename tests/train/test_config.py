@@ -10,7 +10,7 @@ import pytest
 from radsim.errors import ConfigError
 from radsim.train.config import load_run_config, run_config_from_dict
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.toml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from study_tables import ROOT, tiny_table, write_tiny
+
+if __name__ == "__main__":  # run as a script (regenerate): the shared test helpers sit one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from study_tables import ROOT, tiny_table, write_tiny  # noqa: E402
 
 from radsim.cli.main import main
 from radsim.errors import ConfigError
@@ -247,7 +250,7 @@ def test_quickstart_golden_table_and_plots(tmp_path, capsys, monkeypatch):
 
 if __name__ == "__main__" and sys.argv[1:] == ["regenerate"]:
     # After a deliberate change to the cost model or the simulator:
-    #   python tests/test_study.py regenerate
+    #   python tests/study/test_sweep.py regenerate
     import os
 
     os.chdir(ROOT)

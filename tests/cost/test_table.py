@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radsim.cost.iteration import StepCost, head_cost, step_cost
+from radsim.cost.iteration import IterationBreakdown, head_cost, iteration_cost
 from radsim.cost.layer import (
     DTYPE_BYTES,
     KV_POLICIES,
@@ -31,7 +31,7 @@ from radsim.sim.workload import Request
 from radsim.spec.arch import Arch, load_arch
 from radsim.spec.hardware import Hardware, list_hardware, load_hardware
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CALIBRATED_CPU = ROOT / "measurements" / "epyc-genoa-vm" / "calibrated.toml"
 
 HW, ARCH = load_hardware("h100_sxm"), load_arch("llama3.1-8b")
@@ -202,8 +202,8 @@ SIM_ROUTES = {
 SIM_REQUESTS = [Request(0, 0.0, 150, 3), Request(1, 0.0, 90, 2), Request(2, 0.0, 40, 4)]
 
 
-def _validation_price(sim: Simulation, batch: Batch, sched: Scheduler) -> StepCost:
-    """`step_cost` of the batch's rows (what `radsim.measure.validate.predict_config` prices):
+def _validation_price(sim: Simulation, batch: Batch, sched: Scheduler) -> IterationBreakdown:
+    """`iteration_cost` of the batch's rows (what `radsim.measure.validate.predict_config` prices):
     per layer, each row's new tokens, the entries it holds and its visits."""
     layers = sim.cfg.arch.num_layers
     assert sched.columns.max() < layers  # one pass: slot columns are layers
@@ -212,7 +212,7 @@ def _validation_price(sim: Simulation, batch: Batch, sched: Scheduler) -> StepCo
     context[sched.columns] = sched.held_entries(rows).T
     visits[sched.columns] = batch.slot_visits.T
     exe = sim.cfg.exe
-    return step_cost(sim.cfg.hw, sim.cfg.arch, exe, batch.new_tokens, context, visits, batch.logit_rows)
+    return iteration_cost(sim.cfg.hw, sim.cfg.arch, exe, batch.new_tokens, context, visits, batch.logit_rows)
 
 
 def _simulation(book: RouteBook, exe: Execution, execution: str) -> tuple[Simulation, Scheduler]:

@@ -11,7 +11,7 @@ from radsim.errors import ConfigError
 from radsim.spec.hardware import PEAK_KEYS, Hardware, hw_dir, list_hardware, load_hardware
 
 REQUIRED_DEVICES = {"h100_sxm", "h200_sxm", "a100_sxm_80gb", "l40s", "mi300x"}
-TOY = Path(__file__).parent / "data" / "toy_gpu.toml"
+TOY = Path(__file__).resolve().parents[1] / "data" / "toy_gpu.toml"
 
 
 def test_registry_has_the_required_devices_and_a_cpu():

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from radsim.cost.iteration import step_cost
+from radsim.cost.iteration import iteration_cost
 from radsim.cost.layer import Execution
 from radsim.cost.memory import activation_bytes, kv_entry_bytes, weights_bytes
 from radsim.cost.money import Pricing
@@ -33,7 +33,7 @@ def _step(hw, arch, new, context, logits):
     new, context = np.asarray(new, float), np.asarray(context, float)
     layers = arch.num_layers
     ctx = np.tile(context, (layers, 1))
-    return step_cost(hw, arch, EXE, new, ctx, np.tile(new, (layers, 1)), logits)
+    return iteration_cost(hw, arch, EXE, new, ctx, np.tile(new, (layers, 1)), logits)
 
 
 def test_two_requests_exact_timeline(toy_gpu, tiny_arch):
