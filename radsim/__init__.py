@@ -1,7 +1,9 @@
 """radsim: what would a dynamic-depth (radial) transformer cost to serve on given hardware?
 
-Hardware models (`hardware`), architecture specs (`arch`), a pure routed-batch cost model
-(`cost`), a power model (`power`) and the static batch estimate (`estimate`).
+The package follows the data flow: `spec` (devices and architectures) -> `routes` (which layers
+tokens visit) -> `cost` (what a routed batch costs) -> `sim` (serving over time) -> `scenario` (one
+validated description of a run) -> `study` (sweeps, plots, reports), with `measure`, `train` and
+`models` beside them and `cli` on top. Importing `radsim` imports none of them.
 """
 
 __version__ = "0.1.0"

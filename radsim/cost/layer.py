@@ -53,9 +53,10 @@ from radsim.cost.power import op_energy_J
 from radsim.errors import ConfigError
 from radsim.spec.arch import Arch
 from radsim.spec.hardware import Hardware
+from radsim.spec.kv import KV_POLICIES
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0}
-KV_POLICIES = ("none", "copy", "compute")
+
 EXPERT_LAUNCHES = ("per_expert", "grouped")
 OPS = (
     "attn_norm",
@@ -79,7 +80,7 @@ ACT_FLOPS_PER_ELEMENT = 5.0
 class Execution:
     """How the model runs: dtype of weights and KV cache, tensor parallelism, KV policy, routing."""
 
-    dtype: str = "fp16"
+    dtype: str = "bf16"
     tp: int = 1
     kv_policy: str = "none"
     routed: bool = False  # a router runs after every visit and visitors are gathered/scattered

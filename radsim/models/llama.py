@@ -25,7 +25,6 @@ from torch import nn
 
 from radsim.spec.arch import Arch
 
-KV_POLICIES = ("none", "copy", "compute")
 # kv_action codes of the trace schema (radsim.routes.trace)
 KV_WRITE, KV_COPY, KV_COMPUTE = 0, 1, 2
 

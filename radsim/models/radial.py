@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radsim.models.llama import KV_POLICIES, Llama, LlamaConfig, RMSNorm, VisitStats
+from radsim.models.llama import Llama, LlamaConfig, RMSNorm, VisitStats
+from radsim.spec.kv import KV_POLICIES
 
 EXIT = -1
 

@@ -90,7 +90,7 @@ def parametric(
     seed: int = 0,
     sequences: int = 64,
     seq_len: int = 256,
-    distribution: str = "bernoulli",
+    distribution: str = "exact",
     shape: str = "random",
 ) -> RouteBook:
     """A route book of synthetic routes: layers from `depth_visits` (``random``) or a prefix of the

@@ -50,13 +50,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from radsim.errors import ConfigError
+from radsim.spec.kv import KV_POLICIES
 
 SCHEMA_VERSION = 1
 METADATA_KEY = b"radsim.trace"
 KV_WRITE, KV_COPY, KV_COMPUTE = 0, 1, 2
 KV_ACTIONS = {KV_WRITE: "write", KV_COPY: "copy", KV_COMPUTE: "compute"}
 MODEL_KINDS = ("sequential", "radial", "mod", "early_exit", "dlo", "finedeep")
-KV_POLICIES = ("none", "copy", "compute")
 
 COLUMNS: dict[str, np.dtype] = {
     name: np.dtype(dtype)

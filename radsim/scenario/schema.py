@@ -22,12 +22,13 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from radsim.cost.layer import DTYPE_BYTES, EXPERT_LAUNCHES, KV_POLICIES
+from radsim.cost.layer import DTYPE_BYTES, EXPERT_LAUNCHES
 from radsim.cost.loads import EXECUTION_POLICIES
 from radsim.errors import ConfigError
 from radsim.routes.synthetic import DEPTH_DISTRIBUTIONS, ROUTE_SHAPES
 from radsim.sim.scheduler import BATCHING_POLICIES
 from radsim.sim.workload import LENGTH_KINDS
+from radsim.spec.kv import KV_POLICIES
 
 ENGINES = ("estimate", "simulate")
 ARRIVALS = ("batch", "poisson", "gamma", "replay")

@@ -65,3 +65,51 @@ def test_bad_inputs_name_the_field_and_what_is_allowed(values, message):
 def test_nan_on_the_command_line_is_a_clean_error(capsys):
     assert main(["simulate", "--hw", "h100_sxm", "--arch", "llama3.1-8b", "--rate", "nan"]) == 2
     assert "'rate_per_s' must be a finite number" in capsys.readouterr().err
+
+
+def test_model_configs_default_as_the_scenario():
+    """The configs the scenario builds keep, where they have defaults, the scenario's own."""
+    from dataclasses import fields as fields_of
+
+    from radsim.cost.estimate import Workload
+    from radsim.cost.layer import Execution
+    from radsim.cost.money import Pricing
+    from radsim.routes.synthetic import parametric
+    from radsim.sim.engine import SimConfig
+    from radsim.sim.metrics import SLO
+    from radsim.sim.scheduler import SchedulerConfig
+    from radsim.sim.workload import WorkloadConfig
+
+    def defaults(cls) -> dict:
+        return {f.name: f.default for f in fields_of(cls)}
+
+    workload = WorkloadConfig()
+    pairs = {
+        "dtype": defaults(Execution)["dtype"],
+        "tp": defaults(Execution)["tp"],
+        "expert_launch": defaults(Execution)["expert_launch"],
+        "max_batch": defaults(SchedulerConfig)["max_batch"],
+        "prefill_chunk": defaults(SchedulerConfig)["max_tokens_per_iteration"],
+        "chunked_prefill": defaults(SchedulerConfig)["chunked_prefill"],
+        "memory_fraction": defaults(SchedulerConfig)["memory_fraction"],
+        "execution": defaults(SimConfig)["execution_policy"],
+        "replicas": defaults(SimConfig)["replicas"],
+        "arrival": workload.arrival,
+        "rate_per_s": workload.rate_per_s,
+        "duration_s": workload.duration_s,
+        "burstiness": workload.burstiness,
+        "prompt_tokens": workload.prompt.mean,
+        "output_tokens": workload.output.mean,
+        "lengths": workload.prompt.kind,
+        "length_cv": workload.prompt.cv,
+        "depth_fraction": defaults(Workload)["depth_fraction"],
+        "depth_distribution": defaults(Workload)["depth_distribution"],
+        "slo_ttft_s": defaults(SLO)["ttft_s"],
+        "slo_tpot_s": defaults(SLO)["tpot_s"],
+        "electricity_usd_per_kWh": defaults(Pricing)["electricity_usd_per_kWh"],
+        "seed": defaults(SimConfig)["seed"],
+    }
+    for name, value in pairs.items():
+        assert value == default_of(name), name
+    assert Workload(1, 1, 1).prefill_chunk == default_of("prefill_chunk")
+    assert parametric(8, 0.5).source.startswith(f"parametric({default_of('depth_distribution')} ")
