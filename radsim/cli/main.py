@@ -35,8 +35,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Help that states every option's default (unless its text already does)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = action.default in (None, False, argparse.SUPPRESS) or not action.option_strings
+        if quiet or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every radsim (sub)command's parser: help that shows the defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsHelp)
+        super().__init__(*args, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="radsim", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="radsim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(title="commands")
     hw = sub.add_parser("hw", help="hardware models").add_subparsers(title="hw commands")
     hw.add_parser("list", help="list hardware models").set_defaults(func=_hw_list)
