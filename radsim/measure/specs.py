@@ -23,6 +23,7 @@ class ModelSpec:
     arch: str  # architecture name, or "scratch" for the 4.7M-parameter shape of configs/*-scratch.toml
     trace: str | None = None  # routes replayed from this trace
     depth_fraction: float = 1.0  # routes drawn at random when there is no trace
+    depth_distribution: str = "exact"  # how they are drawn (radsim.routes.synthetic.DEPTH_DISTRIBUTIONS)
     max_steps: int = 0  # router step embeddings (radial); 0 means num_layers
     rope_theta: float = 10000.0
 
@@ -93,7 +94,9 @@ def step_routes(
     if spec.kind == "sequential":
         return StepRoutes(phase, sequential_slots(batch, length, arch.num_layers), arch.num_layers, "none")
     if spec.trace is None:
-        slots = fraction_slots(batch, length, arch.num_layers, spec.depth_fraction, seed)
+        slots = fraction_slots(
+            batch, length, arch.num_layers, spec.depth_fraction, seed, spec.depth_distribution
+        )
         return StepRoutes(phase, slots, arch.num_layers, "none")
     slots, layers, policy = trace_slots(os.path.join(root, spec.trace), batch, length, first_seq=seed)
     if layers != arch.num_layers:

@@ -48,7 +48,7 @@ _FRACTIONS = {"gemm_efficiency", "memory_efficiency", "attention_efficiency"}
 
 
 def hw_dir() -> Path:
-    """The folder of hardware files: $RADSIM_HW_DIR, else `radsim/spec/hw_models/` beside the package."""
+    """The folder of hardware files: $RADSIM_HW_DIR, else the registry shipped in the package (`radsim/spec/hw_models/`)."""
     env = os.environ.get("RADSIM_HW_DIR")
     return Path(env) if env else Path(__file__).resolve().parent / "hw_models"
 

@@ -51,9 +51,14 @@ def _varying(table: pd.DataFrame, exclude: set[str] | frozenset[str] = frozenset
     return [k for k in keys if k not in _LABELLED] if "label" in keys else keys
 
 
+def _reads(row: pd.Series, key: str) -> bool:
+    """Whether the row's engine reads the input (an unread input only shows its default)."""
+    return key not in INPUTS or "engine" not in row or row["engine"] in INPUTS[key].engines
+
+
 def _label(row: pd.Series, keys: list[str]) -> str:
     plain = ("routes", "engine", "execution", "hw", "arch", "label")
-    parts = [str(row[k]) if k in plain else f"{k} {row[k]}" for k in keys]
+    parts = [str(row[k]) if k in plain else f"{k} {row[k]}" for k in keys if _reads(row, k)]
     return ", ".join(parts) or str(row.get("routes", "all points"))
 
 
@@ -61,7 +66,8 @@ def _hover(table: pd.DataFrame) -> pd.Series:
     """Hover text per row: every input that varies in the table, plus the device and model."""
     keys = ["hw", "arch", *[k for k in _varying(table) if k not in ("hw", "arch")]]
     return table.apply(
-        lambda r: "<br>".join(f"{k} = {r[k]}" for k in keys) + f"<br>point {r['point_id']}", axis=1
+        lambda r: "<br>".join(f"{k} = {r[k]}" for k in keys if _reads(r, k)) + f"<br>point {r['point_id']}",
+        axis=1,
     )
 
 

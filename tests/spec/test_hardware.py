@@ -136,3 +136,16 @@ def test_every_figure_key_in_shipped_files_is_known():
         raw = tomllib.loads((hw_dir() / f"{name}.toml").read_text())
         for key in raw:
             assert f"`{key}`" in readme or key in PEAK_KEYS.values() or key in ("name", "kind", "vendor")
+
+
+def test_a_folder_of_user_files_replaces_the_registry(tmp_path, monkeypatch):
+    import shutil
+
+    from radsim.spec.hardware import list_hardware
+
+    shutil.copy(TOY, tmp_path / "my_gpu.toml")
+    monkeypatch.setenv("RADSIM_HW_DIR", str(tmp_path))
+    assert list_hardware() == ["my_gpu"]
+    assert load_hardware("my_gpu").stem == "my_gpu"
+    monkeypatch.delenv("RADSIM_HW_DIR")
+    assert "h100_sxm" in list_hardware() and load_hardware(TOY).stem == "toy_gpu"
