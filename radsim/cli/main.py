@@ -14,6 +14,7 @@ from radsim.cli.measure import add_measure_commands
 from radsim.cli.models import add_model_commands
 from radsim.cli.simulate import add_simulate_command
 from radsim.cli.study import add_study_commands
+from radsim.cli.tables import add_tables_commands
 from radsim.cli.trace import add_trace_commands
 from radsim.errors import ConfigError
 from radsim.spec.arch import list_archs, load_arch
@@ -73,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     add_trace_commands(sub)
     add_study_commands(sub)
     add_measure_commands(sub)
+    add_tables_commands(sub)
     return parser
 
 
