@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from radsim.cli.scenario_args import add_scenario_arguments, scenario_from_args
+from radsim.files import json_text
 from radsim.scenario.run import run_estimate
 
 
@@ -23,7 +23,7 @@ def add_estimate_command(sub) -> None:
 
 def _estimate(args: argparse.Namespace) -> None:
     result = run_estimate(scenario_from_args(args, "estimate"))
-    print(json.dumps(result) if args.json else format_estimate(result))
+    print(json_text(result) if args.json else format_estimate(result))
 
 
 def format_estimate(r: dict) -> str:

@@ -6,6 +6,7 @@ Units are converted for display here and nowhere else; `--json` prints SI values
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -22,18 +23,85 @@ from radsim.spec.hardware import list_hardware, load_hardware
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `radsim` console script."""
+    """Entry point of the `radsim` console script: the exit status of the command.
+
+    0: done; 1: a study finished with failed points, or an internal error; 2: a bad input, a file
+    that cannot be read or written, a missing optional dependency (one line `radsim: error: ...`,
+    no traceback unless `radsim --debug ...`); 130: interrupted; 141: stdout was closed early.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
     try:
-        args.func(args)
-    except ConfigError as exc:
-        print(f"radsim: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        return _stdout_closed()
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("radsim: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        message, code = failure(exc)
+        _error_line(message)
+        return code
+    return int(code or 0)
+
+
+#: Optional dependencies: the modules and the install line they come with.
+_EXTRAS = {
+    "torch": "torch (pip install -e '.[torch]')",
+    "transformers": "radsim[models] (pip install -e '.[models]')",
+    "gguf": "radsim[models] (pip install -e '.[models]')",
+    "accelerate": "radsim[models] (pip install -e '.[models]')",
+    "distributed": "dask[distributed] (pip install 'dask[distributed]')",
+    "dask": "dask[distributed] (pip install 'dask[distributed]')",
+    "kaleido": "kaleido (pip install kaleido) for PNG export",
+}
+
+
+def failure(exc: BaseException) -> tuple[str, int]:
+    """The one line and the exit status that report `exc`."""
+    if isinstance(exc, ConfigError):
+        return str(exc), 2
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        root = exc.name.split(".")[0]
+        hint = _EXTRAS.get(root, f"{root} (pip install {root})")
+        return f"this command needs the module '{exc.name}', which is not installed; install {hint}", 2
+    if isinstance(exc, ImportError):
+        return f"an optional dependency is missing or broken ({exc}); install radsim[models] (pip install -e '.[models]')", 2
+    if isinstance(exc, UnicodeDecodeError):
+        return f"an input file is not UTF-8 text ({exc})", 2
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}", 2
+    if type(exc).__module__.split(".")[0] in ("pyarrow", "tomllib", "csv", "json", "pandas"):
+        return f"cannot parse an input file ({type(exc).__name__}: {exc})", 2
+    text = f"internal error: {type(exc).__name__}: {exc} (run `radsim --debug ...` for the traceback)"
+    return text, 1
+
+
+def _error_line(message: str) -> None:
+    """One line on stderr (the message's own line breaks are kept as spaces)."""
+    try:
+        print(f"radsim: error: {' '.join(message.split())}", file=sys.stderr)
+    except (BrokenPipeError, ValueError):  # stderr closed too: nothing left to tell
+        pass
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout left (`radsim ... | head -1`): stop quietly, as a Unix tool does."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush goes nowhere
+    except (OSError, ValueError):
+        pass
+    return 141  # 128 + SIGPIPE
 
 
 class _DefaultsHelp(argparse.HelpFormatter):
@@ -57,6 +125,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="radsim", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (radsim --debug COMMAND ...)"
+    )
     sub = parser.add_subparsers(title="commands")
     hw = sub.add_parser("hw", help="hardware models").add_subparsers(title="hw commands")
     hw.add_parser("list", help="list hardware models").set_defaults(func=_hw_list)
@@ -97,7 +168,17 @@ def _hw_show(args: argparse.Namespace) -> None:
     print(f"{hw.stem}: {hw.name} ({hw.kind}, {hw.vendor})")
     print(f"dtypes with a matrix peak: {', '.join(hw.dtypes())}")
     for key, source in hw.sources.items():
+        if key == "kernel_tables":
+            continue
         print(f"  {key:<28} {getattr(hw, key):>12.6g}   {source}")
+    tables = hw.kernel_tables
+    if tables is None:
+        print("measured kernel tables: none (GEMMs and all-reduces priced by the roofline)")
+    else:
+        print(f"measured kernel tables: {tables.path.name}, {hw.sources['kernel_tables']}")
+        print(
+            f"  GEMM dtypes {', '.join(sorted(tables.gemm))}; all-reduce {', '.join(sorted(tables.allreduce))}"
+        )
 
 
 def _arch_list(args: argparse.Namespace) -> None:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from radsim.cli.scenario_args import add_scenario_arguments, scenario_from_args
-from radsim.errors import ConfigError
+from radsim.files import atomic_write, json_text, output_file
 
 
 def add_simulate_command(sub) -> None:
@@ -25,16 +23,16 @@ def add_simulate_command(sub) -> None:
 
 def run_simulate(args: argparse.Namespace) -> None:
     """Build the scenario from the flags, simulate, print the metrics."""
-    from radsim.scenario.run import run_simulation
+    from radsim.scenario.run import resolve, run_simulation
     from radsim.sim.metrics import timeline_table
 
     scenario = scenario_from_args(args, "simulate")
-    timeline = Path(args.timeline) if args.timeline else None
-    if timeline is not None and timeline.suffix != ".parquet":
-        raise ConfigError(f"--timeline {timeline}: the timeline is written as Parquet; name it *.parquet")
+    timeline = output_file(args.timeline, "--timeline", (".parquet",)) if args.timeline else None
+    resolve(scenario)  # hardware, architecture, trace and replay file, before anything runs
     sim, metrics = run_simulation(scenario)
     result = {
         "hw": sim.cfg.hw.stem,
+        "kernel_tables": sim.cfg.hw.kernel_tables.source if sim.cfg.hw.kernel_tables else "",
         "arch": sim.cfg.arch.name,
         "routes": sim.routes.source,
         "kv_policy": sim.cfg.exe.kv_policy,
@@ -44,9 +42,10 @@ def run_simulate(args: argparse.Namespace) -> None:
         **metrics,
     }
     if timeline is not None:
-        _write_parquet(timeline_table(sim), timeline)
+        table = timeline_table(sim)
+        atomic_write(timeline, lambda tmp: table.to_parquet(tmp, index=False))
     if args.json:
-        print(json.dumps(result))
+        print(json_text(result))
     else:
         width = max(len(k) for k in result)
         print(
@@ -55,10 +54,3 @@ def run_simulate(args: argparse.Namespace) -> None:
                 for k, v in result.items()
             )
         )
-
-
-def _write_parquet(table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(path)

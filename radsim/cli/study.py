@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from radsim.errors import ConfigError
+from radsim.files import output_dir, output_file
+from radsim.study.load import DEFAULT_MAX_POINTS
 
 DEFAULT_RESULTS = Path("results")
+DASK_CONNECT_TIMEOUT_S = 10
 
 
 def add_study_commands(sub) -> None:
@@ -28,6 +34,12 @@ def add_study_commands(sub) -> None:
     )
     run.add_argument("--plot", action="store_true", help="then draw the plots and write the report")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--max-points",
+        type=int,
+        default=DEFAULT_MAX_POINTS,
+        help="refuse a study of more points (counted from the axes before anything runs)",
+    )
     run.set_defaults(func=_run)
     plot = commands.add_parser("plot", help="draw a study's plots (HTML and PNG) from its result table")
     plot.add_argument("results", help="result folder, results.parquet or results.csv")
@@ -46,32 +58,73 @@ def _workers(requested: int | None) -> int:
     return requested or len(os.sched_getaffinity(0))
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> int:
+    """Check everything, run the points; exit status 1 when any point failed (its row says why)."""
     from radsim.study.load import load_study
-    from radsim.study.sweep import dask_runner, process_runner, run_study, serial_runner
+    from radsim.study.sweep import process_runner, run_study, serial_runner
 
-    study = load_study(args.file)
-    out = Path(args.out) if args.out else DEFAULT_RESULTS / study.name
+    if args.max_points < 1:
+        raise ConfigError(f"--max-points must be >= 1, got {args.max_points}")
     workers = _workers(args.workers)
+    study = load_study(args.file, max_points=args.max_points)
+    for warning in study.warnings:
+        print(f"radsim: warning: {warning}", file=sys.stderr)
+    out = output_dir(Path(args.out) if args.out else DEFAULT_RESULTS / study.name, "--out")
+    if args.plot:
+        output_dir(out / "plots", "--plot: folder")
     stream = None if args.quiet else sys.stderr
     if args.scheduler or args.dask_local:
-        from distributed import Client, LocalCluster
+        with _dask_client(args, workers) as client:
+            from radsim.study.sweep import dask_runner
 
-        if args.scheduler:
-            client = Client(args.scheduler)
-        else:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None)
-            client = Client(cluster)
-        with client:
             table = run_study(study, out, dask_runner(client), stream, args.retry_failed)
     else:
         runner = serial_runner if workers == 1 else process_runner(workers)
         table = run_study(study, out, runner, stream, args.retry_failed)
-    failed = int((table["error"] != "").sum())
-    print(f"{len(table)} points ({failed} failed) -> {out / 'results.parquet'}, {out / 'results.csv'}")
+    failed = table[table["error"] != ""]
+    print(f"{len(table)} points ({len(failed)} failed) -> {out / 'results.parquet'}, {out / 'results.csv'}")
     if args.plot:
         _draw(out, out / "plots", ("html", "png"))
         _write_report(out, out / "report.html")
+    if len(failed):
+        _report_failures(failed, out / "results.csv")
+        return 1
+    return 0
+
+
+def _report_failures(failed, csv: Path) -> None:
+    """How many points failed, the commonest errors, and where every error is recorded."""
+    counts = failed["error"].value_counts()
+    print(
+        f"radsim: {len(failed)} point(s) failed; every error is in the 'error' column of {csv} "
+        f"(rerun with --retry-failed after a fix)",
+        file=sys.stderr,
+    )
+    for error, n in counts.head(3).items():
+        print(f"  {n} x {error}", file=sys.stderr)
+    if len(counts) > 3:
+        print(f"  ... and {len(counts) - 3} other error(s)", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _dask_client(args: argparse.Namespace, workers: int) -> Iterator[Any]:
+    """A Dask client on --scheduler or on a local cluster; a connection failure is a clear error."""
+    from distributed import Client, LocalCluster
+
+    if args.dask_local:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None)
+        with cluster, Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = Client(args.scheduler, timeout=DASK_CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"--scheduler {args.scheduler}: cannot connect to a Dask scheduler within "
+            f"{DASK_CONNECT_TIMEOUT_S} s ({type(exc).__name__}: {exc}); give its address as tcp://HOST:PORT"
+        ) from exc
+    with client:
+        yield client
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -80,11 +133,13 @@ def _plot(args: argparse.Namespace) -> None:
     if bad or not formats:
         raise ConfigError(f"--format {args.format!r}: allowed formats are html, png")
     folder = _folder(args.results)
-    _draw(Path(args.results), Path(args.out) if args.out else folder / "plots", formats)
+    out = output_dir(Path(args.out) if args.out else folder / "plots", "--out")
+    _draw(Path(args.results), out, formats)
 
 
 def _report(args: argparse.Namespace) -> None:
-    _write_report(Path(args.results), Path(args.out) if args.out else _folder(args.results) / "report.html")
+    out = Path(args.out) if args.out else _folder(args.results) / "report.html"
+    _write_report(Path(args.results), output_file(out, "--out", (".html", ".htm")))
 
 
 def _folder(results: str | Path) -> Path:
@@ -96,7 +151,8 @@ def _draw(results: Path, out: Path, formats: tuple[str, ...]) -> None:
     from radsim.study.plots import build_figures, write_figures
     from radsim.study.sweep import read_results
 
-    figures = build_figures(read_results(results))
+    table = read_results(results)
+    figures = _from_table(results, lambda: build_figures(table), "draw the plots")
     for path in write_figures(figures, out, formats):
         print(f"wrote {path}")
 
@@ -105,4 +161,16 @@ def _write_report(results: Path, out: Path) -> None:
     from radsim.study.report import write_report
     from radsim.study.sweep import read_results
 
-    print(f"wrote {write_report(read_results(results), out)}")
+    table = read_results(results)  # the page is built before anything is written
+    print(f"wrote {_from_table(results, lambda: write_report(table, out), 'write the report')}")
+
+
+def _from_table(results: Path, make: Callable[[], Any], what: str) -> Any:
+    """`make()`, with a table whose columns do not hold what they should reported as a bad input."""
+    try:
+        return make()
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise ConfigError(
+            f"{results}: cannot {what} from this table ({type(exc).__name__}: {exc}); "
+            "is it a radsim result table, whole and of this version?"
+        ) from exc

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from radsim.errors import ConfigError
+from radsim.files import json_text
 from radsim.routes.stats import format_stats, trace_stats
 from radsim.routes.trace import read_trace
 
 
 def _stats_command(args: argparse.Namespace) -> None:
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be an integer >= 0, got {args.seed}")
     stats = trace_stats(read_trace(args.file), seed=args.seed)
-    print(json.dumps(stats) if args.json else format_stats(stats))
+    print(json_text(stats) if args.json else format_stats(stats))
 
 
 def add_trace_commands(subparsers: Any) -> Any:

@@ -181,6 +181,7 @@ def _metrics(hw, arch, exe, work, k, memory, prefill, decode, first_token_at, pr
     cost = pricing.cost_usd(hw, exe.tp, e2e, energy)
     return {
         "hw": hw.stem,
+        "kernel_tables": hw.kernel_tables.source if hw.kernel_tables else "",
         "arch": arch.name,
         **{key: value for key, value in asdict(exe).items()},
         **asdict(work),

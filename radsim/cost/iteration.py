@@ -69,7 +69,7 @@ def head_cost(
         elementwise(
             hw, logit_rows, arch.hidden_size, NORM_FLOPS_PER_ELEMENT, exe.act_bytes, reads=2.0, resident=res
         ),
-        gemm(hw, peak, logit_rows, int(vocab), width, exe.weight_bytes, exe.act_bytes, res),
+        gemm(hw, peak, logit_rows, int(vocab), width, exe.weight_bytes, exe.act_bytes, res, dtype=exe.dtype),
         elementwise(hw, logit_rows, vocab, SAMPLING_FLOPS_PER_LOGIT, 4.0, reads=1.0, resident=res),
     ]
     return stack_ops(HEAD_OPS, ops)

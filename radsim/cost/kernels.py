@@ -101,13 +101,17 @@ def roofline(
     link_time=0.0,
     resident: bool = False,
     launch_s: float | None = None,
+    measured_s: np.ndarray | None = None,
     **fields,
 ) -> KernelCost:
-    """Combine compute, memory and link time of an operator that runs `launches` kernels when `runs`."""
+    """Combine compute, memory and link time of an operator that runs `launches` kernels when `runs`.
+
+    `measured_s`, a measured latency of the whole launch (a kernel table), replaces the roofline's
+    time; compute, memory and link times stay the roofline's, so that boundedness is still told."""
     memory_time = memory_bytes / bandwidth_Bps(hw, resident)
     busy = np.maximum(np.maximum(flops_time, memory_time), link_time)
     overhead = hw.kernel_launch_overhead_s if launch_s is None else launch_s
-    time = np.where(runs, busy + launches * overhead, 0.0)
+    time = np.where(runs, busy + launches * overhead if measured_s is None else measured_s, 0.0)
     zero = np.zeros_like(time)
     base: dict[str, Any] = dict(
         weight_bytes=zero, kv_read_bytes=zero, kv_write_bytes=zero, act_bytes=zero, link_bytes=zero
@@ -136,10 +140,16 @@ def gemm(
     a_bytes: float,
     resident: bool = False,
     launch_s: float | None = None,
+    dtype: str | None = None,
 ) -> KernelCost:
-    """One GEMM launch: `rows` tokens (summed over the batch) times a (k x n) weight matrix."""
+    """One GEMM launch: `rows` tokens (summed over the batch) times a (k x n) weight matrix.
+
+    With a `dtype` the device's kernel tables cover (`radsim.spec.kernel_tables`), the launch takes
+    its measured latency; otherwise the roofline of padded FLOPs and bytes."""
     rows = np.asarray(rows, dtype=np.float64)
     runs = rows > 0
+    tables = hw.kernel_tables
+    measured = None if tables is None or dtype is None else tables.gemm_time_s(dtype, rows, n, k)
     flops = 2.0 * rows * n * k
     padded = 2.0 * ceil_to(rows, hw.gemm_tile_m) * ceil_to(np.float64(n), hw.gemm_tile_n) * k
     weight = np.where(runs, float(n) * k * w_bytes, 0.0)
@@ -153,6 +163,7 @@ def gemm(
         1.0,
         resident=resident,
         launch_s=launch_s,
+        measured_s=measured,
         flops=flops,
         weight_bytes=weight,
         act_bytes=act,
@@ -208,6 +219,10 @@ def allreduce(hw: Hardware, rows, width: int, a_bytes: float, tp: int) -> Kernel
     link = 2.0 * (tp - 1) / tp * message
     steps = 2.0 if hw.scale_up_bandwidth_Bps else 2.0 * (tp - 1)
     link_time = link / hw.collective_bandwidth_Bps + steps * hw.link_latency_s
+    measured = None
+    if hw.kernel_tables is not None:  # the algorithm an engine picks for the largest message here
+        curve = hw.kernel_tables.allreduce_curve(tp, float(np.max(message, initial=0.0)))
+        measured = None if curve is None else curve.time_s(message)
     # Each device reads its buffer and writes the reduced result: local DRAM traffic too.
     act = 2.0 * message
     flops = (tp - 1) / tp * rows * width
@@ -218,6 +233,7 @@ def allreduce(hw: Hardware, rows, width: int, a_bytes: float, tp: int) -> Kernel
         rows > 0,
         1.0,
         link_time=link_time,
+        measured_s=measured,
         flops=flops,
         act_bytes=act,
         link_bytes=link,

@@ -277,7 +277,7 @@ def row_ops(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> list[K
     """Every operator but attention, each a function of one row count (see `LayerLoad`)."""
     _check_tp(arch, exe)
     d, tp = arch.hidden_size, exe.tp
-    ab, wb = exe.act_bytes, exe.weight_bytes
+    ab, wb, dt = exe.act_bytes, exe.weight_bytes, exe.dtype
     peak = exe.gemm_peak_flops(hw)
     q_width, kv_width = arch.q_width // tp, int(np.ceil(arch.num_kv_heads / tp)) * arch.head_dim
     ffn = arch.ffn_size // tp
@@ -289,17 +289,17 @@ def row_ops(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> list[K
         # Q, K, V of the visitors in one launch; K, V of skippers (copy/compute) in another
         sum_kernels(
             [
-                gemm(hw, peak, load.q_rows, q_width + 2 * kv_width, d, wb, ab, res),
-                gemm(hw, peak, skippers, 2 * kv_width, d, wb, ab, res),
+                gemm(hw, peak, load.q_rows, q_width + 2 * kv_width, d, wb, ab, res, dtype=dt),
+                gemm(hw, peak, skippers, 2 * kv_width, d, wb, ab, res, dtype=dt),
             ]
         ),
-        gemm(hw, peak, load.q_rows, d, q_width, wb, ab, res),
+        gemm(hw, peak, load.q_rows, d, q_width, wb, ab, res, dtype=dt),
         allreduce(hw, load.q_rows, d, ab, tp),
         elementwise(hw, load.mlp_rows, d, NORM_FLOPS_PER_ELEMENT, ab, reads=2.0, resident=res),
         (
             _finedeep_mlp(hw, arch, exe, load.mlp_rows, res)
             if arch.finedeep
-            else _mlp(hw, peak, load.mlp_rows, d, ffn, up_width, arch.ffn_kind, wb, ab, res)
+            else _mlp(hw, peak, load.mlp_rows, d, ffn, up_width, arch.ffn_kind, wb, ab, res, dt)
         ),
         allreduce(hw, load.mlp_rows, d, ab, tp),
         _router(hw, arch, exe, load.visitors),
@@ -315,13 +315,13 @@ def _check_tp(arch: Arch, exe: Execution) -> None:
         )
 
 
-def _mlp(hw, peak, rows, d, ffn, up_width, ffn_kind, wb, ab, res=False) -> KernelCost:
+def _mlp(hw, peak, rows, d, ffn, up_width, ffn_kind, wb, ab, res=False, dt=None) -> KernelCost:
     """Up (and gate) projection, activation, down projection: three launches."""
     act_reads = 2.0 if ffn_kind == "swiglu" else 1.0
     parts = [
-        gemm(hw, peak, rows, up_width, d, wb, ab, res),
+        gemm(hw, peak, rows, up_width, d, wb, ab, res, dtype=dt),
         elementwise(hw, rows, ffn, ACT_FLOPS_PER_ELEMENT, ab, reads=act_reads, resident=res),
-        gemm(hw, peak, rows, d, ffn, wb, ab, res),
+        gemm(hw, peak, rows, d, ffn, wb, ab, res, dtype=dt),
     ]
     return sum_kernels(parts)
 
@@ -339,10 +339,10 @@ def _finedeep_mlp(hw: Hardware, arch: Arch, exe: Execution, rows, res: bool) -> 
     act_reads = 2.0 if arch.ffn_kind == "swiglu" else 1.0
     # gate and up are separate GEMMs of e columns each, as the experts' weights are stored
     # (radsim/models/finedeep.py): each is padded to the tile on its own
-    ups = [gemm(hw, peak, rows, e, d, wb, ab, res)] * (up // e)
+    ups = [gemm(hw, peak, rows, e, d, wb, ab, res, dtype=exe.dtype)] * (up // e)
     act = elementwise(hw, rows, e, ACT_FLOPS_PER_ELEMENT, ab, reads=act_reads, resident=res)
     if exe.expert_launch == "per_expert":
-        down = gemm(hw, peak, rows, d, e, wb, ab, res)
+        down = gemm(hw, peak, rows, d, e, wb, ab, res, dtype=exe.dtype)
         experts = [*ups, act, down] * k
         # out = x + sum_k g_k y_k: reads the K outputs and the residual, writes one tensor
         combine = elementwise(hw, rows, d, 2.0 * k + 1.0, ab, reads=k + 1.0, resident=res)
@@ -351,10 +351,10 @@ def _finedeep_mlp(hw: Hardware, arch: Arch, exe: Execution, rows, res: bool) -> 
         # the gates scale the activations and the down projection contracts over (expert, unit)
         # at once (einsum "btke,ked->btd"), so only the residual add is left
         gated = elementwise(hw, rows, e, ACT_FLOPS_PER_ELEMENT + 1.0, ab, reads=act_reads, resident=res)
-        down = gemm(hw, peak, rows, d, k * e, wb, ab, res)
+        down = gemm(hw, peak, rows, d, k * e, wb, ab, res, dtype=exe.dtype)
         experts = [*(_grouped(hw, kernel, k) for kernel in (*ups, gated)), down]
         combine = elementwise(hw, rows, d, 1.0, ab, reads=2.0, resident=res)
-    router = gemm(hw, peak, rows, k, d, wb, ab, res)
+    router = gemm(hw, peak, rows, k, d, wb, ab, res, dtype=exe.dtype)
     gate = elementwise(hw, rows, k, ACT_FLOPS_PER_ELEMENT, ab, reads=1.0, resident=res)
     sublayer = sum_kernels([*experts, router, gate, combine])
     norm = elementwise(hw, rows, d, NORM_FLOPS_PER_ELEMENT, ab, reads=2.0, resident=res)
@@ -380,7 +380,19 @@ def _router(hw: Hardware, arch: Arch, exe: Execution, visitors) -> KernelCost:
     choices = arch.num_layers + 1
     peak = exe.gemm_peak_flops(hw) if exe.dtype != "fp8" else exe.attention_peak_flops(hw)
     res, launch = weights_resident(hw, arch, exe), hw.routing_launch_overhead_s
-    logits = gemm(hw, peak, visitors, choices, arch.hidden_size, exe.act_bytes, exe.act_bytes, res, launch)
+    act_dtype = "fp32" if exe.dtype == "fp32" else "bf16"  # the router runs on 16-bit activations
+    logits = gemm(
+        hw,
+        peak,
+        visitors,
+        choices,
+        arch.hidden_size,
+        exe.act_bytes,
+        exe.act_bytes,
+        res,
+        launch,
+        dtype=act_dtype,
+    )
     pick = elementwise(
         hw, visitors, choices, NORM_FLOPS_PER_ELEMENT, 4.0, reads=1.0, resident=res, launch_s=launch
     )

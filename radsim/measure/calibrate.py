@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from radsim.errors import ConfigError
+from radsim.files import atomic_write_text, check_text, json_text
 from radsim.measure.timing import host_environment
 from radsim.spec.hardware import Hardware, hw_dir, load_hardware, parse_hardware
 
@@ -334,10 +335,21 @@ def write_toml(
         text = str(int(value)) if isinstance(value, int) else repr(float(f"{value:.6g}"))
         lines.append(f"{key} = {{ value = {text}, source = {json.dumps(source)} }}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    parse_hardware(tomllib.loads(tmp.read_text()), path)  # refuse to write a file the loader rejects
-    tmp.replace(path)
+    text = "\n".join(lines) + "\n"
+    parse_hardware(tomllib.loads(text), path)  # refuse to write a file the loader rejects
+    atomic_write_text(path, text)
+
+
+def load_prior(name: str) -> Hardware:
+    """The host hardware file a calibration starts from: a registry name or a TOML path."""
+    if Path(name).suffix == ".toml":
+        check_text(name, "hardware file")
+        return load_hardware(name)
+    path = hw_dir() / f"{name}.toml"
+    if not path.exists():
+        names = ", ".join(p.stem for p in sorted(hw_dir().glob("*.toml")))
+        raise ConfigError(f"--prior {name!r}: unknown hardware; allowed: {names}, or a TOML path")
+    return load_hardware(path)
 
 
 def calibrate(
@@ -349,13 +361,22 @@ def calibrate(
     compute_units: int = 1,
     log=print,
 ) -> Path:
-    """Benchmark, fit and write `out` (a hardware TOML) plus `out`'s benchmarks JSON and split."""
-    from radsim.measure.harness import read_csv
+    """Benchmark, fit and write `out` (a hardware TOML) plus `out`'s benchmarks JSON and split.
+
+    The prior, the measurement table and the output are checked before any benchmark runs.
+    """
+    from radsim.files import output_file
+    from radsim.measure.harness import read_measurements
     from radsim.measure.validate import group_configs, split_configs
 
-    prior = load_hardware(
-        prior_name if Path(prior_name).suffix == ".toml" else hw_dir() / f"{prior_name}.toml"
-    )
+    prior = load_prior(prior_name)
+    rows = read_measurements(measurements) if measurements is not None else None
+    if rows is not None and "calibrate" not in split_configs(group_configs(rows)).values():
+        raise ConfigError(
+            f"{measurements}: no calibration configuration (the split needs at least two batch sizes "
+            "or lengths per model and phase)"
+        )
+    output_file(out, "--out", (".toml",))
     env = host_environment()
     note = (
         f"{env['date'][:10]}, {env['host']}, {env['cpu_model']}, torch {env['torch_version']}, "
@@ -373,8 +394,7 @@ def calibrate(
     )
     write_toml(out, name, prior, figures, header)
     record: dict[str, Any] = dict(environment=env, prior=prior.stem, benchmarks=bench)
-    if measurements is not None:
-        rows = read_csv(measurements)
+    if measurements is not None and rows is not None:
         split = split_configs(group_configs(rows))
         figures["routing_launch_overhead_s"] = (bench["launch_s"], "measured: one-element add")
         write_toml(out, name, prior, figures, header)
@@ -388,7 +408,7 @@ def calibrate(
             )
         write_toml(out, name, prior, figures, header)
         record.update(split=split, measurements=str(measurements), calibration_configs=used)
-    out.with_name(out.stem + "-benchmarks.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out.with_name(out.stem + "-benchmarks.json"), json_text(record, indent=2) + "\n")
     for key, (value, source) in figures.items():
         if source.startswith(("measured", "fitted")):
             log(f"{key:28s} {value:.4g}   (prior {getattr(prior, key, None)})")

@@ -14,7 +14,9 @@ torch and numpy alone, so a bare GPU machine can run `radsim measure`.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -471,6 +473,46 @@ def _stats(times) -> dict[str, float]:
     return dict(time_s=statistics.median(t), time_s_p10=q[0], time_s_p90=q[-1])
 
 
+PHASES = ("prefill", "decode")
+SCOPES = ("step", "embed", "slot", "head")
+KINDS = ("sequential", "radial")
+_KV_POLICIES = ("none", "copy", "compute")  # radsim.spec.kv.KV_POLICIES (kept free of other imports)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How `measure` times: device, threads, dtype, warm-up and repeats (checked on construction)."""
+
+    device: str = "cpu"
+    threads: int | None = 1
+    dtype: str = "fp32"
+    warmup: int = 3
+    repeats: int = 10
+    min_time_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_device(self.device)
+        if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
+            raise ConfigError(f"--threads must be an integer >= 1, got {self.threads}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype is {self.dtype!r}; allowed: {', '.join(DTYPES)}")
+        if self.warmup < 0:
+            raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.repeats < 1:
+            raise ConfigError(f"--repeats must be >= 1, got {self.repeats}")
+        if not math.isfinite(self.min_time_s) or self.min_time_s < 0:
+            raise ConfigError(f"--min-time must be a finite number of seconds >= 0, got {self.min_time_s}")
+
+
+def check_device(name: str) -> None:
+    """Raise ConfigError unless `name` is 'cpu', 'cuda' or 'cuda:N' (N >= 0)."""
+    if name in ("cpu", "cuda"):
+        return
+    head, _, index = name.partition(":")
+    if head != "cuda" or not index.isdigit():
+        raise ConfigError(f"--device is {name!r}; allowed: cpu, cuda, cuda:N (N = 0, 1, ...)")
+
+
 def grid(
     models: list[str],
     phases: list[str],
@@ -479,16 +521,51 @@ def grid(
     contexts: list[int],
     prefill_batches: list[int] | None = None,
 ) -> list[Config]:
-    """Every (model, phase, batch, length) combination (prefill may use its own batch sizes)."""
+    """Every (model, phase, batch, length) combination (prefill may use its own batch sizes).
+
+    Models must be known (`SPECS`), phases prefill or decode, every batch and length >= 1 and
+    within the model's positions, and every list non-empty; ConfigError names the option.
+    """
+    _check_grid(models, phases, batches, prompts, contexts, prefill_batches)
     out = []
     for m in models:
-        if m not in SPECS:
-            raise ConfigError(f"unknown model {m!r}; valid: {', '.join(SPECS)}")
         for ph in phases:
             for b in (prefill_batches or batches) if ph == "prefill" else batches:
                 for t in prompts if ph == "prefill" else contexts:
                     out.append(Config(m, ph, b, t))
     return out
+
+
+def _check_grid(
+    models: list[str],
+    phases: list[str],
+    batches: list[int],
+    prompts: list[int],
+    contexts: list[int],
+    prefill_batches: list[int] | None,
+) -> None:
+    for option, values, allowed in (("--models", models, SPECS), ("--phases", phases, PHASES)):
+        if not values:
+            raise ConfigError(f"{option} is empty; allowed: {', '.join(allowed)}")
+        for v in values:
+            if v not in allowed:
+                raise ConfigError(f"{option}: unknown {option[2:-1]} {v!r}; allowed: {', '.join(allowed)}")
+    lists = {"--batch": batches, "--prefill-batch": prefill_batches or batches}
+    lists |= {"--prompt": prompts} if "prefill" in phases else {}
+    lists |= {"--context": contexts} if "decode" in phases else {}
+    for option, values in lists.items():
+        if not values:
+            raise ConfigError(f"{option} is empty; allowed: comma-separated integers >= 1")
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+        if bad:
+            raise ConfigError(f"{option}: {bad[0]!r}; allowed: integers >= 1")
+    longest = max([*(prompts if "prefill" in phases else []), *(c + 1 for c in contexts if "decode" in phases)])
+    for m in models:
+        limit = spec_arch(SPECS[m]).max_position_embeddings
+        if longest > limit:
+            raise ConfigError(
+                f"--prompt/--context: {longest} positions exceed the {limit} of model {m!r} ({SPECS[m].arch})"
+            )
 
 
 def measure(
@@ -504,7 +581,21 @@ def measure(
     use_graphs: bool = True,
     min_time_s: float = 0.0,
 ) -> Path:
-    """Measure every configuration; write `measurements.csv` and `environment.json` to `out_dir`."""
+    """Measure every configuration; write `measurements.csv` and `environment.json` to `out_dir`.
+
+    The settings and the output folder are checked before anything is timed.
+    """
+    Settings(device_name, threads, dtype, warmup, repeats, min_time_s)
+    if not configs:
+        raise ConfigError("nothing to measure: no configuration")
+    for spec in {SPECS[c.model] for c in configs}:
+        if spec.trace and not os.path.exists(os.path.join(root, spec.trace)):
+            raise ConfigError(
+                f"--models {spec.name} replays the routes of {spec.trace}, which is not in {os.path.abspath(root)} "
+                "(run from the repository root)"
+            )
+    out = Path(out_dir)
+    _writable_dir(out)
     device = get_device(device_name, threads, use_graphs)
     rows: list[dict[str, Any]] = []
     for cfg in configs:
@@ -514,8 +605,6 @@ def measure(
             f"{cfg.config_id:40s} {step['time_s'] * 1e3:9.3f} ms  (p10 {step['time_s_p10'] * 1e3:.3f}, "
             f"p90 {step['time_s_p90'] * 1e3:.3f})  peak {step['peak_memory_bytes'] / 1e6:.1f} MB"
         )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     env = dict(
         device.environment(),
         dtype=dtype,
@@ -534,23 +623,158 @@ def _last_step(rows: list[dict[str, Any]]) -> int:
 
 def write_csv(rows: list[dict[str, Any]], path: Path, columns: tuple[str, ...] = COLUMNS) -> None:
     """Write rows atomically as CSV (missing fields empty)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="raise")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="raise")
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _writable_dir(out: Path) -> None:
+    from radsim.files import output_dir
+
+    output_dir(out, "--out")
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
     """The rows of a measurement table, as strings."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+#: Columns `radsim validate` and `radsim calibrate` read from a measurement table.
+REQUIRED = (
+    "config_id",
+    "model",
+    "kind",
+    "phase",
+    "batch",
+    "tokens",
+    "dtype",
+    "scope",
+    "kv_policy",
+    "new_tokens",
+    "context_tokens",
+    "visiting_tokens",
+    "time_s",
+    "time_s_p10",
+    "time_s_p90",
+    "peak_memory_bytes",
+    "activation_bytes",
+)
+
+
+def read_measurements(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a measurement table, checked: ConfigError names the file, line and column.
+
+    A table has the columns `REQUIRED`; every row a known model, kind, phase, dtype and scope,
+    batch and tokens >= 1 and finite times > 0; each configuration one step row (finite memory
+    >= 0) and rows that agree on model, phase, batch, tokens and dtype; slot rows a KV policy
+    and `batch` non-negative token counts per sequence. An empty, truncated or corrupt table fails.
+    """
+    from radsim.files import read_text
+
+    path = Path(path)
+    text = read_text(path, "measurement table")
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as exc:
+        raise ConfigError(f"{path}: not a readable CSV file ({exc})") from exc
+    missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ConfigError(
+            f"{path}: not a measurement table (missing column(s) {', '.join(missing)}; "
+            "`radsim measure` writes one)"
+        )
+    if not rows:
+        raise ConfigError(f"{path}: the measurement table has no rows")
+    first: dict[str, tuple[int, dict[str, str]]] = {}
+    steps: dict[str, int] = {}
+    for line, row in rows:
+        _check_row(path, line, row)
+        cid = row["config_id"]
+        line0, row0 = first.setdefault(cid, (line, row))
+        for key in ("model", "kind", "phase", "batch", "tokens", "dtype"):
+            if row[key] != row0[key]:
+                raise ConfigError(
+                    f"{path}:{line}: configuration {cid!r} has {key} {row[key]!r} here and {row0[key]!r} on line {line0}"
+                )
+        steps[cid] = steps.get(cid, 0) + (row["scope"] == "step")
+    for cid, n in steps.items():
+        if n != 1:
+            raise ConfigError(f"{path}: configuration {cid!r} has {n} step rows; allowed: exactly 1")
+    return [row for _, row in rows]
+
+
+def _check_row(path: Path, line: int, row: dict[str, Any]) -> None:
+    where = f"{path}:{line}"
+    if None in row:
+        raise ConfigError(f"{where}: the row has more fields than the header")
+    if None in row.values():
+        raise ConfigError(f"{where}: the row has fewer fields than the header (a truncated file?)")
+    for key, allowed in (
+        ("model", tuple(SPECS)),
+        ("kind", KINDS),
+        ("phase", PHASES),
+        ("dtype", tuple(DTYPES)),
+        ("scope", SCOPES),
+    ):
+        if row[key] not in allowed:
+            raise ConfigError(f"{where}: column '{key}' is {row[key]!r}; allowed: {', '.join(allowed)}")
+    if not row["config_id"]:
+        raise ConfigError(f"{where}: column 'config_id' is empty")
+    batch = _count(where, row, "batch")
+    _count(where, row, "tokens")
+    for key in ("time_s", "time_s_p10", "time_s_p90"):
+        _number(where, row, key, positive=True)
+    if row["scope"] == "step":
+        for key in ("peak_memory_bytes", "activation_bytes"):
+            _number(where, row, key, positive=False)
+    if row["scope"] == "slot":
+        if row["kv_policy"] not in _KV_POLICIES:
+            raise ConfigError(
+                f"{where}: column 'kv_policy' is {row['kv_policy']!r}; allowed: {', '.join(_KV_POLICIES)}"
+            )
+        for key in ("new_tokens", "context_tokens", "visiting_tokens"):
+            values = row[key].split()
+            if len(values) != batch or not all(v.isdigit() for v in values):
+                raise ConfigError(
+                    f"{where}: column '{key}' is {row[key]!r}; allowed: {batch} integers >= 0 "
+                    "(one per sequence), separated by spaces"
+                )
+
+
+def _count(where: str, row: dict[str, str], key: str) -> int:
+    value = row[key]
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{where}: column '{key}' is {value!r}; allowed: an integer >= 1")
+    return int(value)
+
+
+def _number(where: str, row: dict[str, str], key: str, positive: bool) -> float:
+    try:
+        value = float(row[key])
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        allowed = "a finite number > 0 (seconds)" if positive else "a finite number >= 0 (bytes)"
+        raise ConfigError(f"{where}: column '{key}' is {row[key]!r}; allowed: {allowed}")
+    return value

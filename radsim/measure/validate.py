@@ -21,6 +21,8 @@ import numpy as np
 from radsim.cost.iteration import head_cost
 from radsim.cost.layer import Execution, RoutedBatch, layer_cost
 from radsim.cost.memory import activation_bytes, kv_entry_bytes, weights_bytes
+from radsim.errors import ConfigError
+from radsim.files import read_text
 from radsim.measure.specs import SPECS, spec_arch
 from radsim.spec.hardware import Hardware
 
@@ -108,6 +110,12 @@ def error_table(
     """One row per configuration: measured and predicted step time and memory, their errors, split."""
     configs = group_configs(rows)
     split = split or split_configs(configs)
+    unsplit = sorted(set(configs) - set(split))
+    if unsplit:
+        raise ConfigError(
+            f"{len(unsplit)} configuration(s) of the table, e.g. {unsplit[0]!r}, are not in the split the "
+            "calibration recorded; validate the table the hardware file was calibrated with, or recalibrate"
+        )
     out = []
     for cid, group in configs.items():
         step = next(r for r in group if r["scope"] == "step")
@@ -251,5 +259,15 @@ def plot(table: list[dict[str, Any]], out_stem: Path) -> list[Path]:
 
 
 def load_split(path: Path) -> dict[str, str] | None:
-    """The split a calibration recorded, if any."""
-    return json.loads(path.read_text())["split"] if path.exists() else None
+    """The split a calibration recorded, if any (ConfigError naming the file when it is corrupt)."""
+    if not path.exists():
+        return None
+    try:
+        split = json.loads(read_text(path, "calibration record")).get("split")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ConfigError(f"{path}: not a calibration record (JSON with a 'split' object): {exc}") from exc
+    if split is None:
+        return None
+    if not isinstance(split, dict) or not all(v in SPLITS for v in split.values()):
+        raise ConfigError(f"{path}: 'split' must map configuration ids to {' or '.join(SPLITS)}")
+    return split

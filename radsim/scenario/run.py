@@ -10,11 +10,13 @@ it is run. Hardware, architectures and traces are cached per process: a sweep re
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from radsim.cost.layer import Execution
 from radsim.cost.money import Pricing
 from radsim.errors import ConfigError
+from radsim.files import check_text
 from radsim.routes.synthetic import is_routed
 from radsim.scenario.schema import Scenario
 from radsim.spec.arch import Arch, load_arch
@@ -27,14 +29,28 @@ if TYPE_CHECKING:
     from radsim.sim.workload import Request
 
 
+def load_hw(name: str) -> Hardware:
+    """A hardware model by registry name or TOML path (a path must be readable UTF-8 text)."""
+    if str(name).endswith(".toml"):
+        check_text(name, "hardware file")
+    return load_hardware(name)
+
+
+def load_architecture(name: str) -> Arch:
+    """An architecture by registry name or TOML path (a path must be readable UTF-8 text)."""
+    if str(name).endswith(".toml"):
+        check_text(name, "architecture file")
+    return load_arch(name)
+
+
 @lru_cache(maxsize=32)
 def _hardware(name: str) -> Hardware:
-    return load_hardware(name)
+    return load_hw(name)
 
 
 @lru_cache(maxsize=64)
 def _arch(name: str, layers: int) -> Arch:
-    arch = load_arch(name)
+    arch = load_architecture(name)
     return arch if layers in (0, arch.num_layers) else arch.with_layers(layers)
 
 
@@ -59,6 +75,33 @@ def depth_fraction(s: Scenario, arch: Arch) -> float:
             f"visited_layers {s.visited_layers} exceeds the {arch.num_layers} layers of {arch.name}"
         )
     return s.visited_layers / arch.num_layers
+
+
+def resolve(s: Scenario, trace_file: str | None = None) -> None:
+    """Load what the scenario names and check that it fits together, without running anything.
+
+    Hardware (with a matrix peak for the dtype), architecture (with `layers`), visited layers
+    within the depth, the trace (readable, valid, mappable onto the architecture) and the replay
+    CSV. ConfigError names the field. A study calls this for every point before the first runs.
+    """
+    _field("hw", lambda: _hardware(s.hw))
+    _field("dtype", lambda: hardware(s))
+    _field("arch", lambda: _arch(s.arch, 0))
+    arch = _field("layers", lambda: architecture(s))
+    _field("visited_layers", lambda: depth_fraction(s, arch))
+    if s.trace:
+        _field("trace", lambda: route_book(s, arch, trace_file))
+    if s.replay:
+        from radsim.sim.workload import read_replay
+
+        _field("replay", lambda: read_replay(Path(s.replay)))
+
+
+def _field(name: str, check: Any) -> Any:
+    try:
+        return check()
+    except ConfigError as exc:
+        raise ConfigError(f"'{name}': {exc}") from None
 
 
 def pricing(s: Scenario) -> Pricing:

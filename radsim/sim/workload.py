@@ -10,12 +10,15 @@ from one seeded generator, so the same configuration gives the same requests.
 from __future__ import annotations
 
 import csv
+import io
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from radsim.errors import ConfigError
+from radsim.files import read_text
 
 ARRIVALS = ("poisson", "gamma", "replay")
 LENGTH_KINDS = ("fixed", "uniform", "lognormal")
@@ -106,29 +109,52 @@ def generate(cfg: WorkloadConfig) -> list[Request]:
 
 
 def read_replay(path: Path) -> list[Request]:
-    """Requests from a CSV with columns arrival_s, prompt_tokens, output_tokens (any order)."""
-    try:
-        with path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read replay file: {exc}") from exc
+    """Requests from a CSV with columns arrival_s, prompt_tokens, output_tokens (any order).
+
+    Arrivals are finite seconds >= 0 and token counts integers >= 1; a bad row fails naming the
+    file, the line and the column.
+    """
     need = ("arrival_s", "prompt_tokens", "output_tokens")
-    if not rows or any(c not in rows[0] for c in need):
-        raise ConfigError(f"{path}: replay CSV needs columns {', '.join(need)}")
-    requests = []
-    for line, row in enumerate(rows, start=2):
-        try:
-            arrival, prompt, output = (
-                float(row["arrival_s"]),
-                int(row["prompt_tokens"]),
-                int(row["output_tokens"]),
-            )
-        except ValueError as exc:
-            raise ConfigError(
-                f"{path}:{line}: {exc}; arrival_s is seconds, token counts are integers"
-            ) from exc
-        if arrival < 0 or prompt < 1 or output < 1:
-            raise ConfigError(f"{path}:{line}: arrival_s must be >= 0 and token counts >= 1")
-        requests.append((arrival, prompt, output))
+    text = read_text(path, "replay file")
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = [(reader.line_num, row) for row in reader]
+    except csv.Error as exc:
+        raise ConfigError(f"{path}: not a readable CSV file ({exc})") from exc
+    header = reader.fieldnames or []
+    missing = [c for c in need if c not in header]
+    if missing:
+        raise ConfigError(
+            f"{path}: replay CSV lacks column(s) {', '.join(missing)}; it needs {', '.join(need)}"
+        )
+    if not rows:
+        raise ConfigError(f"{path}: replay CSV has no requests (one row per request after the header)")
+    requests = [_replay_row(path, line, row) for line, row in rows]
     requests.sort(key=lambda r: r[0])
     return [Request(i, a, p, o) for i, (a, p, o) in enumerate(requests)]
+
+
+def _replay_row(path: Path, line: int, row: dict) -> tuple[float, int, int]:
+    if None in row:
+        raise ConfigError(f"{path}:{line}: the row has more fields than the header")
+    if None in row.values():
+        raise ConfigError(f"{path}:{line}: the row has fewer fields than the header (a truncated file?)")
+    try:
+        arrival = float(row["arrival_s"])
+    except ValueError:
+        raise ConfigError(
+            f"{path}:{line}: arrival_s is {row['arrival_s']!r}; allowed: seconds, a finite number >= 0"
+        ) from None
+    if not math.isfinite(arrival) or arrival < 0:
+        raise ConfigError(
+            f"{path}:{line}: arrival_s is {row['arrival_s']!r}; allowed: seconds, a finite number >= 0"
+        )
+    counts = []
+    for column in ("prompt_tokens", "output_tokens"):
+        try:
+            counts.append(int(row[column]))
+        except ValueError:
+            counts.append(0)
+        if counts[-1] < 1:
+            raise ConfigError(f"{path}:{line}: {column} is {row[column]!r}; allowed: an integer >= 1")
+    return arrival, counts[0], counts[1]

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from radsim.errors import ConfigError
+from radsim.spec.kernel_tables import KernelTables, load_kernel_tables
+from radsim.spec.kernel_tables import resolve as resolve_tables
 
 #: Dtypes whose dense matrix peak a file may give, and the key that holds each.
 PEAK_KEYS: dict[str, str] = {
@@ -98,6 +100,8 @@ class Hardware:
     # fixed time per launch of the router and the gather/scatter (else `kernel_launch_overhead_s`)
     routing_launch_overhead_s: float | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # measured GEMM and all-reduce tables (`radsim.spec.kernel_tables`); None: the roofline prices all
+    kernel_tables: KernelTables | None = field(default=None, compare=False, repr=False)
 
     def peak_flops(self, dtype: str) -> float:
         """Dense matrix peak for `dtype`; raises if the device has none."""
@@ -120,7 +124,10 @@ class Hardware:
         return self.scale_up_bandwidth_Bps or self.pcie_bandwidth_Bps
 
 
-_FIGURE_KEYS = tuple(f.name for f in fields(Hardware) if f.name not in (*_TEXT_KEYS, "stem", "sources"))
+_TABLES_KEY = "kernel_tables"
+_FIGURE_KEYS = tuple(
+    f.name for f in fields(Hardware) if f.name not in (*_TEXT_KEYS, "stem", "sources", _TABLES_KEY)
+)
 
 
 def list_hardware(directory: Path | None = None) -> list[str]:
@@ -146,10 +153,10 @@ def load_hardware(name_or_path: str | Path) -> Hardware:
 
 def parse_hardware(raw: dict[str, Any], path: Path) -> Hardware:
     """Validate the parsed TOML of a hardware file and build the dataclass."""
-    unknown = sorted(set(raw) - set(_TEXT_KEYS) - set(_FIGURE_KEYS))
+    unknown = sorted(set(raw) - set(_TEXT_KEYS) - set(_FIGURE_KEYS) - {_TABLES_KEY})
     if unknown:
         raise ConfigError(
-            f"{path}: unknown key(s) {unknown}; allowed: {sorted((*_TEXT_KEYS, *_FIGURE_KEYS))}"
+            f"{path}: unknown key(s) {unknown}; allowed: {sorted((*_TEXT_KEYS, *_FIGURE_KEYS, _TABLES_KEY))}"
         )
     values: dict[str, Any] = {"stem": path.stem}
     sources: dict[str, str] = {}
@@ -164,7 +171,23 @@ def parse_hardware(raw: dict[str, Any], path: Path) -> Hardware:
             raise ConfigError(f"{path}: missing required figure '{key}'")
         values[key], sources[key] = _figure(raw[key], key, path)
     _check_consistency(values, path)
+    if _TABLES_KEY in raw:
+        values[_TABLES_KEY], sources[_TABLES_KEY] = _tables(raw[_TABLES_KEY], path)
     return Hardware(**values, sources=sources)
+
+
+def _tables(entry: Any, path: Path) -> tuple[KernelTables, str]:
+    """The measured kernel tables a hardware file names: {value = "<device>/<file>.npz", source = "..."}."""
+    if (
+        not isinstance(entry, dict)
+        or set(entry) != {"value", "source"}
+        or not isinstance(entry["value"], str)
+    ):
+        raise ConfigError(
+            f'{path}: \'{_TABLES_KEY}\' must be {{value = "<device>/<file>.npz", source = "..."}}, got {entry!r}'
+        )
+    tables = load_kernel_tables(resolve_tables(entry["value"], path))
+    return tables, f"{entry['source']} [{tables.source}]"
 
 
 def _text(raw: dict[str, Any], key: str, path: Path) -> str:

@@ -13,12 +13,20 @@ from __future__ import annotations
 
 import itertools
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from radsim.errors import ConfigError
-from radsim.scenario.schema import INPUTS, check_value, scenario_from
+from radsim.files import read_text
+from radsim.scenario.schema import INPUTS, SCENARIO_FIELDS, check_value, scenario_from
+
+#: Most points a study may expand to unless the caller raises the limit (`radsim study run --max-points`).
+DEFAULT_MAX_POINTS = 100_000
+
+#: Inputs that name files or registry entries, or must fit the architecture: checked once per combination.
+_RESOURCE_KEYS = ("engine", "hw", "dtype", "arch", "layers", "visited_layers", "trace", "replay")
 
 #: Inputs that may not vary along an axis together (a trace fixes the depth).
 _DEPTH_KEYS = ("depth_fraction", "visited_layers", "trace")
@@ -49,20 +57,39 @@ class Study:
     path: Path
     fixed: tuple[tuple[str, Any], ...]
     grids: tuple[Grid, ...]
+    #: what the file asks that has no effect (a fixed input no grid's engine reads), for stderr
+    warnings: tuple[str, ...] = ()
+    #: one point per combination of the inputs that name files or registry entries, with its grid
+    resources: tuple[tuple[int, tuple[tuple[str, Any], ...]], ...] = ()
+
+    @property
+    def size(self) -> int:
+        """Points of every grid together (before overlapping grids are merged)."""
+        return sum(g.size for g in self.grids)
 
 
-def load_study(path: str | Path) -> Study:
-    """Read and validate a study file; raise ConfigError naming the file and the field."""
+def load_study(path: str | Path, max_points: int = DEFAULT_MAX_POINTS, check_files: bool = True) -> Study:
+    """Read and validate a study file; raise ConfigError naming the file, grid and field.
+
+    Everything is checked before any point runs: the file's keys and values, the number of points
+    (at most `max_points`, counted from the axes before anything is expanded), every point's
+    inputs and their combination and, with `check_files`, what the points name (hardware,
+    architectures, traces, replay files: `check_resources`).
+    """
     path = Path(path)
+    text = read_text(path, "study file")
     try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read study file: {exc}") from exc
-    return parse_study(raw, path)
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    study = parse_study(raw, path, max_points)
+    if check_files:
+        check_resources(study)
+    return study
 
 
-def parse_study(raw: dict[str, Any], path: Path) -> Study:
-    """Validate the parsed TOML of a study file and build the dataclass."""
+def parse_study(raw: dict[str, Any], path: Path, max_points: int = DEFAULT_MAX_POINTS) -> Study:
+    """Validate the parsed TOML of a study file and build the dataclass (no file is opened)."""
     _check_keys(raw, {"study", "fixed", "grid"}, str(path))
     head = raw.get("study", {})
     _check_keys(head, {"name", "description", "seed"}, f"{path}: [study]")
@@ -78,15 +105,59 @@ def parse_study(raw: dict[str, Any], path: Path) -> Study:
         raise ConfigError(
             f"{path}: a study needs at least one [[grid]] table (with an engine and [grid.axes])"
         )
-    study = Study(
-        name,
-        str(head.get("description", "")),
-        path,
-        tuple(fixed.items()),
-        tuple(_grid(g, fixed, f"{path}: grid {i + 1}") for i, g in enumerate(grids)),
+    parsed = tuple(_grid(g, fixed, f"{path}: grid {i + 1}") for i, g in enumerate(grids))
+    _check_size(parsed, path, max_points)
+    study = Study(name, str(head.get("description", "")), path, tuple(fixed.items()), parsed)
+    resources: dict[tuple, tuple[int, tuple[tuple[str, Any], ...]]] = {}
+    for number, point in _grid_points(study):  # every point must be valid before anything runs
+        resources.setdefault(tuple(point[k] for k in _RESOURCE_KEYS), (number, tuple(point.items())))
+    warnings = _unread_fixed(fixed, parsed, path)
+    return Study(study.name, study.description, path, study.fixed, parsed, warnings, tuple(resources.values()))
+
+
+def _check_size(grids: tuple[Grid, ...], path: Path, max_points: int) -> None:
+    """Refuse a study above `max_points` points, counted from the axes' lengths (nothing expanded)."""
+    total = sum(g.size for g in grids)
+    if total <= max_points:
+        return
+    shapes = "; ".join(
+        f"grid {i}: {' x '.join(f'{len(v)} {k}' for k, v in g.axes) or '1'} = {g.size:,}"
+        for i, g in enumerate(grids, start=1)
     )
-    expand(study)  # every point must be valid before anything runs
-    return study
+    raise ConfigError(
+        f"{path}: {total:,} points ({shapes}), above the limit of {max_points:,}; "
+        f"shorten the axes or raise the limit (radsim study run --max-points {total})"
+    )
+
+
+def _unread_fixed(fixed: dict[str, Any], grids: tuple[Grid, ...], path: Path) -> tuple[str, ...]:
+    """A warning for every [fixed] input that no grid's engine reads (it is left out of every point)."""
+    engines = {dict(g.fixed).get("engine", fixed.get("engine")) for g in grids}
+    unread = [k for k in fixed if not engines & set(INPUTS[k].engines)]
+    return tuple(
+        f"{path}: [fixed] '{k}' is read by engine {', '.join(INPUTS[k].engines)} only and no grid runs "
+        f"{'it' if len(INPUTS[k].engines) == 1 else 'them'} (grids run {', '.join(sorted(map(str, engines)))}); "
+        "it has no effect"
+        for k in unread
+    )
+
+
+def check_resources(study: Study) -> None:
+    """Load what the points name, once per combination: hardware (and its dtype's peak),
+    architecture (and layer count), traces (readable, valid, mappable), replay files.
+
+    ConfigError names the file, the grid and the field; nothing has run yet.
+    """
+    from radsim.scenario.run import resolve
+
+    for number, items in study.resources:
+        point = dict(items)
+        where = f"{study.path}: grid {number}"
+        try:
+            trace_file = str(resolve_trace(point["trace"], study.path)) if point["trace"] else None
+            resolve(scenario_from({k: point[k] for k in SCENARIO_FIELDS}, where), trace_file)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 def _grid(raw: Any, shared: dict[str, Any], where: str) -> Grid:
@@ -139,19 +210,23 @@ def expand(study: Study) -> list[dict[str, Any]]:
     """Every point of the study, in file order: inputs with defaults filled, plus `point_id`."""
     points: list[dict[str, Any]] = []
     seen: set[str] = set()
+    for _, point in _grid_points(study):
+        if point["point_id"] not in seen:  # grids may overlap; a point runs once
+            seen.add(point["point_id"])
+            points.append(point)
+    return points
+
+
+def _grid_points(study: Study) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(grid number, point) for every combination of every grid's axes, in file order."""
     for number, grid in enumerate(study.grids, start=1):
         names = [k for k, _ in grid.axes]
         for combo in itertools.product(*(v for _, v in grid.axes)):
             own = {**dict(grid.fixed), **dict(zip(names, combo, strict=True))}
             engine = own.get("engine", dict(study.fixed).get("engine"))
-            # a shared value that the point's engine does not read is left out, not an error
+            # a shared value that the point's engine does not read is left out (with a warning at load)
             shared = {k: v for k, v in study.fixed if engine in INPUTS[k].engines}
-            values = {**shared, **own}
-            point = make_point(values, f"{study.path}: grid {number}")
-            if point["point_id"] not in seen:  # grids may overlap; a point runs once
-                seen.add(point["point_id"])
-                points.append(point)
-    return points
+            yield number, make_point({**shared, **own}, f"{study.path}: grid {number}")
 
 
 def make_point(values: dict[str, Any], where: str = "<point>") -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
+from radsim.files import atomic_write
 from radsim.study.load import INPUTS
 
 #: Inputs that make up the routes label (shown once, as `routes`).
@@ -614,19 +616,27 @@ def write_figures(
     if "html" in formats:
         for name, fig in figures.items():
             path = out / f"{name}.html"
-            tmp = out / f".{name}.{os.getpid()}.html"
-            fig.write_html(tmp, include_plotlyjs="directory", full_html=True, div_id=name)  # stable ids
-            os.replace(tmp, path)
+            atomic_write(
+                path,
+                lambda tmp, fig=fig, name=name: fig.write_html(
+                    tmp, include_plotlyjs="directory", full_html=True, div_id=name  # stable ids
+                ),
+            )
             written.append(path)
     if "png" in formats and figures:
         paths = [out / f"{name}.png" for name in figures]
-        tmps = [out / f".{name}.{os.getpid()}.png" for name in figures]
+        tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"  # unique: kaleido names the format by suffix
+        tmps = [out / f".{name}.{tag}.png" for name in figures]
         figs = list(figures.values())
-        pio.write_images(
-            figs, tmps, width=[f.layout.width for f in figs], height=[f.layout.height for f in figs]
-        )
-        for tmp, path in zip(tmps, paths, strict=True):
-            os.replace(tmp, path)
+        try:
+            pio.write_images(
+                figs, tmps, width=[f.layout.width for f in figs], height=[f.layout.height for f in figs]
+            )
+            for tmp, path in zip(tmps, paths, strict=True):
+                os.replace(tmp, path)
+        finally:
+            for tmp in tmps:
+                tmp.unlink(missing_ok=True)
         written += paths
     return written
 

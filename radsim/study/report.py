@@ -7,13 +7,13 @@ drawn by it; the tables show the inputs that vary and the main metrics in displa
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
 
 import pandas as pd
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from radsim.files import atomic_write_text
 from radsim.study.plots import _varying, build_figures
 
 #: Metric columns shown in the report's table: column -> (heading, scale to display units).
@@ -86,11 +86,6 @@ def _number(value: float) -> str:
 def write_report(table: pd.DataFrame, out: str | Path) -> Path:
     """Write the page atomically and return its path."""
     out = Path(out)
+    page = report_html(table)  # built before anything is written
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(report_html(table), encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return atomic_write_text(out, page)

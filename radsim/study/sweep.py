@@ -3,15 +3,25 @@
 Points run in local processes by default (`concurrent.futures`), or on a Dask cluster (a
 `dask.distributed.Client`). Whatever runs them, each point is evaluated alone from its own inputs and
 seed, and the table lists the points in the order the study expands them, so every runner gives
-the same table. The table (`results.parquet` and `results.csv` in the output folder) is rewritten
-through a temporary file and `os.replace` as points finish (at most once a second), so an interrupted
-run leaves a whole table behind; the next run keeps its rows and evaluates only the missing points.
+the same table. Both files of the table (`results.parquet` and `results.csv` in the output folder)
+are rewritten through uniquely named temporary files and `os.replace` as points finish (at most once
+a second), so an interrupted or killed run leaves whole tables behind; the next run keeps their rows
+and evaluates only the missing points.
+
+A run holds a lock on its output folder (`.radsim.lock`, a POSIX record lock that the kernel
+releases when the process ends, however it ends): a second run on the same folder is refused,
+naming the process that holds it; the lock of a process that has ended is simply taken. Local
+worker processes watch their parent and exit when it is gone, so a killed run leaves none behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -21,12 +31,16 @@ from typing import Any, TextIO
 import pandas as pd
 
 from radsim.errors import ConfigError
+from radsim.files import atomic_write
 from radsim.study.load import INPUTS, Study, expand, resolve_trace
 from radsim.study.point import evaluate
 
 RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
+LOCK_FILE = ".radsim.lock"
 CHECKPOINT_INTERVAL_S = 1.0
+PARENT_POLL_S = 0.2  # how often a worker checks that the process that started it is alive
+_HELD: set[Path] = set()  # folders this process holds (POSIX locks do not exclude their own process)
 
 #: A runner takes the points to evaluate and the resolved trace files, and yields rows as they finish.
 Runner = Callable[[list[dict[str, Any]], dict[str, str]], Iterator[dict[str, Any]]]
@@ -42,7 +56,9 @@ def process_runner(workers: int) -> Runner:
     """Evaluate the points in `workers` local processes."""
 
     def run(points: list[dict[str, Any]], traces: dict[str, str]) -> Iterator[dict[str, Any]]:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, initializer=watch_parent, initargs=(os.getpid(),)
+        ) as pool:
             futures = {pool.submit(evaluate, p, traces.get(p["trace"])): p for p in points}
             try:
                 for future in as_completed(futures):
@@ -51,6 +67,21 @@ def process_runner(workers: int) -> Runner:
                 pool.shutdown(wait=True, cancel_futures=True)
 
     return run
+
+
+def watch_parent(parent: int, poll_s: float = PARENT_POLL_S) -> None:
+    """In a worker: exit as soon as `parent` (the process that started the pool) is gone.
+
+    A pool's workers otherwise outlive a parent killed with SIGKILL, computing for nobody. A daemon
+    thread compares `os.getppid()` with the parent's id (an orphan is adopted by another process).
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="radsim-watch-parent", daemon=True).start()
 
 
 def dask_runner(client: Any) -> Runner:
@@ -123,27 +154,85 @@ def run_study(
     stream: TextIO | None = sys.stderr,
     retry_failed: bool = False,
 ) -> pd.DataFrame:
-    """Evaluate the study's missing points with `runner`, write and return the whole table."""
+    """Evaluate the study's missing points with `runner`, write and return the whole table.
+
+    The output folder is locked for the run (`folder_lock`); the table is checkpointed as points
+    finish and written once more at the end, also when the run is interrupted.
+    """
     out = Path(out_dir)
     points = expand(study)
     order = {p["point_id"]: i for i, p in enumerate(points)}
     traces = {p["trace"]: str(resolve_trace(p["trace"], study.path)) for p in points if p["trace"]}
-    rows = _finished_rows(out, study.name, order, retry_failed)
-    todo = [p for p in points if p["point_id"] not in rows]
-    progress = Progress(len(points), len(rows), stream)
-    last_write = time.perf_counter()
-    try:
-        for row in runner(todo, traces):
-            rows[row["point_id"]] = {"study": study.name, **row}
-            progress.update(row)
-            if time.perf_counter() - last_write >= CHECKPOINT_INTERVAL_S:
-                write_table(results_table(rows.values(), order), out, csv=False)
-                last_write = time.perf_counter()
-    finally:
-        progress.close()
-        table = results_table(rows.values(), order)
-        write_table(table, out)
+    with folder_lock(out, study.name):
+        rows = _finished_rows(out, study.name, order, retry_failed)
+        todo = [p for p in points if p["point_id"] not in rows]
+        progress = Progress(len(points), len(rows), stream)
+        last_write = time.perf_counter()
+        try:
+            for row in runner(todo, traces):
+                rows[row["point_id"]] = {"study": study.name, **row}
+                progress.update(row)
+                if time.perf_counter() - last_write >= CHECKPOINT_INTERVAL_S:
+                    write_table(results_table(rows.values(), order), out)
+                    last_write = time.perf_counter()
+        finally:
+            progress.close()
+            table = results_table(rows.values(), order)
+            write_table(table, out)
     return table
+
+
+@contextlib.contextmanager
+def folder_lock(out: Path, study: str) -> Iterator[Path]:
+    """Hold `out/.radsim.lock` for a run: refuse a folder another live process holds.
+
+    The lock is a POSIX record lock (`fcntl.lockf`): the kernel drops it when the holder exits, even
+    by SIGKILL, so a lock file left by a dead run is taken over. The file names the holder (process
+    id, host, study) for the message another run shows.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    path = (out / LOCK_FILE).resolve()
+    if path in _HELD:
+        raise ConfigError(f"{out}: this process is already running a study into this folder")
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise ConfigError(
+                f"{out} is in use by another `radsim study run` ({holder}); wait for it to finish, "
+                "stop it, or choose another --out folder"
+            ) from None
+        if _same_file(fd, path):  # not unlinked by a run that finished meanwhile
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, study '{study}'\n".encode())
+    _HELD.add(path)
+    try:
+        yield path
+    finally:
+        _HELD.discard(path)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)  # closing drops the lock
+
+
+def _holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return f"process {text}" if text else "a process that has not yet written its id"
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except OSError:
+        return False
 
 
 def _finished_rows(
@@ -159,7 +248,13 @@ def _finished_rows(
         raise ConfigError(
             f"{path}: cannot read earlier results ({exc}); remove the file to start over"
         ) from exc
-    studies = set(old["study"]) if "study" in old else set()
+    missing = {"point_id", "study", "error"} - set(old.columns)
+    if missing:
+        raise ConfigError(
+            f"{path}: not a radsim result table (no column(s) {', '.join(sorted(missing))}); "
+            "remove it or choose another --out folder"
+        )
+    studies = set(old["study"])
     if studies - {name}:
         raise ConfigError(
             f"{path} holds results of study {sorted(studies)}, not '{name}'; choose another --out folder"
@@ -183,38 +278,57 @@ def results_table(rows: Iterable[dict[str, Any]], order: dict[str, int]) -> pd.D
 
 
 def write_table(table: pd.DataFrame, out: Path, csv: bool = True) -> None:
-    """Write the table as Parquet (and CSV) through temporary files and an atomic rename."""
+    """Write the table as Parquet (and CSV) through uniquely named temporary files and atomic renames."""
     out.mkdir(parents=True, exist_ok=True)
-    _atomic(out / RESULTS_PARQUET, lambda tmp: table.to_parquet(tmp, index=False))
+    atomic_write(out / RESULTS_PARQUET, lambda tmp: table.to_parquet(tmp, index=False))
     if csv:
-        _atomic(out / RESULTS_CSV, lambda tmp: table.to_csv(tmp, index=False))
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        atomic_write(out / RESULTS_CSV, lambda tmp: table.to_csv(tmp, index=False))
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
-    """A result table from its Parquet or CSV file, or from the folder that holds it."""
+    """A result table from its Parquet or CSV file, or from the folder that holds it.
+
+    ConfigError names the file when it is missing, unreadable, not Parquet/CSV or not a result table.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS_PARQUET
     if not path.exists():
         raise ConfigError(f"{path}: no result table (run `radsim study run STUDY --out DIR` first)")
-    table = (
-        pd.read_csv(path, keep_default_na=False, na_values=[""])
-        if path.suffix == ".csv"
-        else pd.read_parquet(path)
-    )
+    if path.suffix not in (".csv", ".parquet"):
+        raise ConfigError(f"{path}: a result table is results.parquet or results.csv (or their folder)")
+    try:
+        table = (
+            pd.read_csv(path, keep_default_na=False, na_values=[""], encoding="utf-8")
+            if path.suffix == ".csv"
+            else pd.read_parquet(path)
+        )
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        kind = "CSV" if path.suffix == ".csv" else "Parquet"
+        raise ConfigError(f"{path}: not a readable {kind} result table ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # pyarrow's errors are not all OSError/ValueError
+        if type(exc).__module__.split(".")[0] != "pyarrow":
+            raise
+        raise ConfigError(f"{path}: not a readable Parquet result table ({exc})") from exc
     missing = {"point_id", "engine", "error"} - set(table.columns)
     if missing:
         raise ConfigError(f"{path}: not a study result table (missing columns {sorted(missing)})")
     for key in ["error", "routes", *(k for k, spec in INPUTS.items() if spec.kind is str)]:
         if key in table:  # CSV reads an empty string as missing
             table[key] = table[key].astype(object).fillna("").astype(str)
+    _check_result_columns(table, path)
     return table
+
+
+def _check_result_columns(table: pd.DataFrame, path: Path) -> None:
+    """Inputs of the numeric kinds must be numbers; engines must be known (a corrupt table fails here)."""
+    from radsim.scenario.schema import ENGINES
+
+    bad_engines = sorted(set(table["engine"]) - set(ENGINES))
+    if bad_engines:
+        raise ConfigError(
+            f"{path}: column 'engine' holds {bad_engines[:3]}; allowed: {', '.join(ENGINES)}"
+        )
+    for key, spec in INPUTS.items():
+        if key in table and spec.kind in (int, float) and not pd.api.types.is_numeric_dtype(table[key]):
+            raise ConfigError(f"{path}: column '{key}' must hold numbers ({spec.kind.__name__})")

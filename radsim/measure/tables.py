@@ -1,0 +1,304 @@
+"""Import published kernel-level measurement tables into radsim's compact kernel-table format.
+
+Source: NVIDIA's `aiconfigurator-core` (Apache-2.0, on the package index), which ships per-GPU
+Parquet tables measured on each serving framework: GEMM latency over (m, n, k) per dtype, and
+all-reduce latency over message size at 2, 4 and 8 GPUs (NCCL and each framework's custom
+all-reduce). `import_tables` reads one device and one framework version from the package's
+`systems/data/<device>/` folder (or any folder of the same layout) and writes one `.npz` file
+(numpy only at run time: `radsim.spec.kernel_tables`) with the provenance of every table, plus a
+NOTICE with the licence. Units are converted here: milliseconds to seconds, all-reduce sizes from
+elements (16-bit) to bytes. The package is needed only to import (`pip install radsim[tables]`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radsim.errors import ConfigError
+
+SOURCE_PACKAGE = "aiconfigurator-core"
+LICENCE = "Apache-2.0"
+#: radsim device stems and the device folders of the source package.
+DEVICES = {"h100_sxm": "h100_sxm", "h200_sxm": "h200_sxm", "a100_sxm_80gb": "a100_sxm", "l40s": "l40s"}
+FRAMEWORKS = ("vllm", "sglang", "trtllm")
+#: GEMM dtypes of the source and the radsim dtypes they price (fp8: per-tensor scaled FP8 GEMM).
+GEMM_DTYPES = {"bfloat16": "bf16", "fp8": "fp8"}
+#: The GEMM kernels each framework runs for a dense linear layer, per source dtype (first found wins).
+GEMM_KERNELS = {
+    "bfloat16": ("torch.nn.functional.linear", "sglang_torch_linear", "torch_flow", "sglang", "vllm_default"),
+    "fp8": ("CutlassFP8ScaledMMLinearKernel", "sglang_sgl_kernel_fp8_scaled", "torch_flow", "sglang"),
+}
+S_PER_MS = 1e-3
+ALLREDUCE_ELEMENT_BYTES = 2.0  # the tables' messages are 16-bit elements (bf16/half)
+
+
+def package_data_dir() -> Path:
+    """`systems/data` of the installed source package."""
+    try:
+        import aiconfigurator_core  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise ConfigError(
+            f"importing kernel tables needs {SOURCE_PACKAGE}: pip install -e '.[tables]' "
+            "(or pass --from DIR, a folder laid out as its systems/data)"
+        ) from exc
+    return Path(aiconfigurator_core.__file__).resolve().parent / "systems" / "data"
+
+
+def _versions(folder: Path) -> list[str]:
+    return (
+        sorted((p.name for p in folder.iterdir() if p.is_dir()), key=_version_key) if folder.is_dir() else []
+    )
+
+
+def _version_key(text: str) -> tuple:
+    parts = []
+    for piece in text.replace("rc", ".").replace("post", ".").split("."):
+        parts.append(int(piece) if piece.isdigit() else -1)
+    return tuple(parts)
+
+
+def _read(path: Path):
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read the table: {exc}") from exc
+
+
+def gemm_grids(table) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]:
+    """Per radsim dtype, the (m, n, k) grid of latencies in seconds; and the kernel each came from.
+
+    Grid points the source lacks (a few at the largest n x k) are filled from the nearest smaller
+    k, scaled by k (a GEMM that large is compute-bound: time follows k).
+    """
+    grids: dict[str, dict[str, np.ndarray]] = {}
+    kernels: dict[str, str] = {}
+    for source_dtype, dtype in GEMM_DTYPES.items():
+        rows = table[table["gemm_dtype"] == source_dtype]
+        kernel = next((k for k in GEMM_KERNELS[source_dtype] if (rows["kernel_source"] == k).any()), None)
+        if kernel is None:
+            continue
+        rows = rows[rows["kernel_source"] == kernel]
+        axes = [np.sort(rows[c].unique()).astype(np.float64) for c in ("m", "n", "k")]
+        latency = np.full(tuple(a.size for a in axes), np.nan)
+        index = [np.searchsorted(a, rows[c].to_numpy()) for a, c in zip(axes, ("m", "n", "k"), strict=True)]
+        latency[tuple(index)] = rows["latency"].to_numpy() * S_PER_MS
+        for j in range(1, latency.shape[2]):  # fill along k
+            gap = np.isnan(latency[:, :, j])
+            latency[:, :, j][gap] = latency[:, :, j - 1][gap] * axes[2][j] / axes[2][j - 1]
+        if np.isnan(latency).any():
+            raise ConfigError(
+                f"GEMM table {dtype}: {int(np.isnan(latency).sum())} grid points cannot be filled"
+            )
+        grids[dtype] = {"m": axes[0], "n": axes[1], "k": axes[2], "latency_s": latency}
+        kernels[dtype] = str(kernel)
+    return grids, kernels
+
+
+def allreduce_curves(
+    table, kernel_column: str = "kernel_source"
+) -> dict[str, dict[int, dict[str, np.ndarray]]]:
+    """Per algorithm (kernel source), per GPU count: message bytes and latency in seconds."""
+    out: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    if "op_name" in table:
+        table = table[table["op_name"] == "all_reduce"]
+    for dtype_column in ("nccl_dtype", "allreduce_dtype"):
+        if dtype_column in table:
+            table = table[table[dtype_column].isin(["half", "bfloat16", "float16"])]
+    for (kernel, gpus), rows in table.groupby([kernel_column, "num_gpus"]):
+        rows = rows.sort_values("message_size")
+        out.setdefault(str(kernel), {})[int(gpus)] = {
+            "message_bytes": rows["message_size"].to_numpy(np.float64) * ALLREDUCE_ELEMENT_BYTES,
+            "latency_s": rows["latency"].to_numpy(np.float64) * S_PER_MS,
+        }
+    return out
+
+
+def import_tables(
+    device: str,
+    framework: str,
+    data_dir: Path,
+    out_dir: Path,
+    version: str | None = None,
+    source_version: str | None = None,
+) -> Path:
+    """Convert one device's tables of one framework version into `out_dir/<framework>-<version>.npz`."""
+    if device not in DEVICES:
+        raise ConfigError(f"device '{device}' has no source tables; allowed: {', '.join(DEVICES)}")
+    if framework not in FRAMEWORKS:
+        raise ConfigError(f"framework '{framework}'; allowed: {', '.join(FRAMEWORKS)}")
+    root = Path(data_dir) / DEVICES[device]
+    gemm_versions = _versions(root / "gemm" / framework)
+    if not gemm_versions:
+        raise ConfigError(f"{root / 'gemm' / framework}: no GEMM tables of {framework} for {device}")
+    version = version or gemm_versions[-1]
+    if version not in gemm_versions:
+        raise ConfigError(
+            f"{framework} {version}: no GEMM tables; allowed versions: {', '.join(gemm_versions)}"
+        )
+    gemm_table = _read(root / "gemm" / framework / version / "gemm_perf.parquet")
+    grids, kernels = gemm_grids(gemm_table)
+    curves: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    sources: dict[str, str] = {"gemm": f"{framework} {version} gemm_perf.parquet"}
+    custom = _versions(root / "comm" / framework)
+    if custom:
+        path = root / "comm" / framework / custom[-1] / "custom_allreduce_perf.parquet"
+        if path.exists():
+            curves.update(allreduce_curves(_read(path)))
+            sources["custom_allreduce"] = f"{framework} {custom[-1]} custom_allreduce_perf.parquet"
+    nccl = _versions(root / "comm" / "nccl")
+    if nccl:
+        path = root / "comm" / "nccl" / nccl[-1] / "nccl_perf.parquet"
+        curves.update(allreduce_curves(_read(path)))
+        sources["nccl"] = f"nccl {nccl[-1]} nccl_perf.parquet"
+    meta = {
+        "source_package": SOURCE_PACKAGE,
+        "source_version": source_version or _package_version(),
+        "licence": LICENCE,
+        "source_device": str(gemm_table["device"].iloc[0]),
+        "device": device,
+        "framework": framework,
+        "framework_version": version,
+        "gemm_kernels": kernels,
+        "tables": sources,
+        "imported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "units": "latency_s in seconds; message_bytes in bytes (16-bit elements x 2)",
+    }
+    arrays: dict[str, Any] = {"meta_json": np.array(json.dumps(meta, sort_keys=True))}
+    for dtype, grid in grids.items():
+        for key, value in grid.items():
+            arrays[f"gemm/{dtype}/{key}"] = value
+    for kernel, by_gpus in curves.items():
+        for gpus, curve in by_gpus.items():
+            for key, value in curve.items():
+                arrays[f"allreduce/{kernel}/{gpus}/{key}"] = value
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{framework}-{version}.npz"
+    _atomic_savez(path, arrays)
+    _write_notice(out_dir, meta)
+    return path
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(SOURCE_PACKAGE)
+    except Exception:  # noqa: BLE001 - imported from a folder, not the installed package
+        return "unknown (imported from a folder)"
+
+
+def _atomic_savez(path: Path, arrays: dict[str, Any]) -> None:
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".npz.tmp")
+    os.close(handle)
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _write_notice(out_dir: Path, meta: dict[str, Any]) -> None:
+    """NOTICE.md of a device folder: the licence and one line per table file, from the files' own meta."""
+    lines = []
+    for npz in sorted(out_dir.glob("*.npz")):
+        with np.load(npz, allow_pickle=False) as data:
+            m = json.loads(str(data["meta_json"]))
+        lines.append(
+            f"- `{npz.name}`: {m['source_device']}, converted from {m['source_package']} {m['source_version']} "
+            f"({'; '.join(m['tables'].values())}) on {m['imported_at'][:10]}\n"
+        )
+    (out_dir / "NOTICE.md").write_text(
+        f"# Kernel tables of {meta['device']}\n\n"
+        "Derived from the measurement tables of NVIDIA's `aiconfigurator-core` "
+        "(https://github.com/ai-dynamo/aiconfigurator), Copyright (c) NVIDIA CORPORATION & AFFILIATES, "
+        "licensed under the Apache License, Version 2.0 (https://www.apache.org/licenses/LICENSE-2.0). "
+        "Converted by `radsim tables import` (radsim/measure/tables.py): latencies to seconds, all-reduce "
+        "sizes to bytes, GEMM grids filled where the source lacks a point (see the module docstring); "
+        "no figure was fitted or altered otherwise.\n\n" + "".join(lines)
+    )
+
+
+# ---- held-out error of the interpolation ---------------------------------------------------------
+
+
+def _halves(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grid indices kept (even, and the last, so that nothing is extrapolated) and held out (odd)."""
+    index = np.arange(size)
+    held = index[(index % 2 == 1) & (index < size - 1)]
+    return np.setdiff1d(index, held), held
+
+
+def _summary(errors: np.ndarray) -> dict[str, float]:
+    return {
+        "points": int(errors.size),
+        "median_ape": float(np.median(errors)),
+        "p90_ape": float(np.percentile(errors, 90)),
+    }
+
+
+def held_out_errors(tables) -> list[dict[str, Any]]:
+    """Interpolation error on half of each table: every other grid value of one axis (m, n or k of
+    a GEMM; message size of an all-reduce) is left out, interpolated from the rest, and compared
+    with its measurement. Absolute percentage errors, per op, dtype or algorithm, and axis."""
+    from radsim.spec.kernel_tables import AllReduceCurve, GemmTable
+
+    rows: list[dict[str, Any]] = []
+    for dtype, grid in sorted(tables.gemm.items()):
+        pooled: list[np.ndarray] = []
+        for axis, name in enumerate(("m", "n", "k")):
+            keep, held = _halves(grid.latency_s.shape[axis])
+            if not held.size:  # an axis of two values: nothing to leave out
+                continue
+            axes = [grid.m, grid.n, grid.k]
+            kept = [a[keep] if i == axis else a for i, a in enumerate(axes)]
+            sub = GemmTable(kept[0], kept[1], kept[2], np.take(grid.latency_s, keep, axis))
+            truth = np.take(grid.latency_s, held, axis)
+            m, n, k = np.meshgrid(*(a[held] if i == axis else a for i, a in enumerate(axes)), indexing="ij")
+            predicted = sub.time_s(m, n, k)
+            errors = np.abs(predicted.ravel() / truth.ravel() - 1.0) * 100.0
+            rows.append({"op": "gemm", "kind": dtype, "axis": name, **_summary(errors)})
+            pooled.append(errors)
+        if pooled:
+            rows.append({"op": "gemm", "kind": dtype, "axis": "all", **_summary(np.concatenate(pooled))})
+    for algorithm, by_gpus in sorted(tables.allreduce.items()):
+        errors_all = []
+        for _, curve in sorted(by_gpus.items()):
+            keep, held = _halves(curve.message_bytes.size)
+            if not held.size:
+                continue
+            sub_curve = AllReduceCurve(curve.message_bytes[keep], curve.latency_s[keep])
+            predicted = sub_curve.time_s(curve.message_bytes[held])
+            errors_all.append(np.abs(predicted / curve.latency_s[held] - 1.0) * 100.0)
+        if not errors_all:
+            continue
+        rows.append(
+            {
+                "op": "all_reduce",
+                "kind": algorithm,
+                "axis": "message_bytes",
+                **_summary(np.concatenate(errors_all)),
+            }
+        )
+    return rows
+
+
+def format_errors(rows: list[dict[str, Any]], title: str) -> str:
+    """A Markdown table of `held_out_errors`."""
+    lines = [
+        f"{title}",
+        "",
+        "| op | dtype / algorithm | held-out axis | points | median APE | p90 APE |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['op']} | {r['kind']} | {r['axis']} | {r['points']} | {r['median_ape']:.1f}% | {r['p90_ape']:.1f}% |"
+        )
+    return "\n".join(lines)

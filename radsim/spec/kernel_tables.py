@@ -1,0 +1,169 @@
+"""Measured kernel tables of a device: GEMM latency over (m, n, k) per dtype, all-reduce latency over
+message size per algorithm and group size, loaded from one `.npz` file (numpy and scipy only).
+
+The files are converted once from published kernel-level measurements (`radsim tables import`,
+`radsim/measure/tables.py`) and shipped in `radsim/spec/kernel_tables/<device>/`, each with its
+provenance (source package and version, framework and version, kernel, licence; NOTICE.md beside
+them). A hardware file names its tables with `kernel_tables = { value = "<device>/<file>.npz",
+source = "..." }`; the cost model then prices GEMMs and all-reduces from them and falls back to
+the roofline for anything they do not cover (other dtypes, no table for the group size).
+
+Interpolation: GEMM latency is made monotone (the least measured time at or above a shape: a GEMM
+can be padded to a larger one) and interpolated linearly in m (row counts just above a tile multiple
+are sampled, so the steps of tile quantisation are kept) and in log2 n and log2 k, on the logarithm
+of the latency; beyond the largest sampled m, n or k the latency grows in proportion (those GEMMs
+are compute-bound), below the smallest n or k it is the smallest measured. All-reduce latency is
+made monotone the same way and interpolated log-log in the message size, floored at the smallest message's latency and grown in
+proportion beyond the largest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radsim.errors import ConfigError
+
+TABLES_DIR = Path(__file__).resolve().parent / "kernel_tables"
+#: The table dtype each radsim dtype's GEMMs use (fp16 runs on the same tensor cores as bf16).
+GEMM_TABLE_DTYPE = {"bf16": "bf16", "fp16": "bf16", "fp8": "fp8"}
+#: Messages up to this size use the framework's custom all-reduce (vLLM's CustomAllreduce default
+#: max_size of 8 MiB, vllm/distributed/device_communicators/custom_all_reduce.py), larger ones NCCL.
+CUSTOM_ALLREDUCE_MAX_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GemmTable:
+    """GEMM latency (s) on the grid m x n x k."""
+
+    m: np.ndarray
+    n: np.ndarray
+    k: np.ndarray
+    latency_s: np.ndarray
+
+    @cached_property
+    def envelope_s(self) -> np.ndarray:
+        """The latencies made monotone: a GEMM can always be padded to a larger measured shape, so
+        its time is the least measured at or above its (m, n, k); this drops slow outliers and
+        makes more work never cost less."""
+        out = self.latency_s
+        for axis in range(3):
+            out = np.flip(np.minimum.accumulate(np.flip(out, axis), axis=axis), axis)
+        return out
+
+    @cached_property
+    def _interpolator(self) -> Any:
+        from scipy.interpolate import RegularGridInterpolator
+
+        axes = (self.m, np.log2(self.n), np.log2(self.k))
+        return RegularGridInterpolator(axes, np.log(self.envelope_s))
+
+    def time_s(self, m: Any, n: Any, k: Any) -> np.ndarray:
+        """Latency of GEMMs of `m` rows against (k x n) weights (arrays broadcast); 0 where m is 0."""
+        m, n, k = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (m, n, k)))
+        axes = (self.m, self.n, self.k)
+        clipped = [np.clip(x, a[0], a[-1]) for x, a in zip((m, n, k), axes, strict=True)]
+        points = np.stack([clipped[0], np.log2(clipped[1]), np.log2(clipped[2])], axis=-1)
+        t = np.exp(self._interpolator(points.reshape(-1, 3))).reshape(m.shape)
+        grow = np.ones_like(t)
+        for x, a in zip((m, n, k), axes, strict=True):
+            grow *= np.maximum(x / a[-1], 1.0)
+        return np.where(m > 0, t * grow, 0.0)
+
+
+@dataclass(frozen=True)
+class AllReduceCurve:
+    """All-reduce latency (s) against message bytes, for one algorithm and group size."""
+
+    message_bytes: np.ndarray
+    latency_s: np.ndarray
+
+    @cached_property
+    def envelope_s(self) -> np.ndarray:
+        """The latencies made monotone (a message can be padded to a larger measured size)."""
+        return np.minimum.accumulate(self.latency_s[::-1])[::-1]
+
+    def time_s(self, message_bytes: Any) -> np.ndarray:
+        """Latency of all-reduces of `message_bytes` (array); 0 where the message is empty."""
+        b = np.asarray(message_bytes, dtype=np.float64)
+        x = np.log(np.clip(b, self.message_bytes[0], self.message_bytes[-1]))
+        t = np.exp(np.interp(x, np.log(self.message_bytes), np.log(self.envelope_s)))
+        return np.where(b > 0, t * np.maximum(b / self.message_bytes[-1], 1.0), 0.0)
+
+
+@dataclass(frozen=True)
+class KernelTables:
+    """One device's measured tables under one serving framework, with their provenance."""
+
+    path: Path
+    meta: dict[str, Any] = field(repr=False)
+    gemm: dict[str, GemmTable] = field(repr=False)
+    allreduce: dict[str, dict[int, AllReduceCurve]] = field(repr=False)
+
+    @property
+    def source(self) -> str:
+        """One line: what was measured, on which framework, from which package."""
+        m = self.meta
+        return (
+            f"{m['source_device']}, {m['framework']} {m['framework_version']} "
+            f"({m['source_package']} {m['source_version']}, {m['licence']})"
+        )
+
+    def gemm_time_s(self, dtype: str, m: Any, n: float, k: float) -> np.ndarray | None:
+        """Measured latency of GEMMs in `dtype` (a radsim dtype), or None where no table covers it."""
+        table = self.gemm.get(GEMM_TABLE_DTYPE.get(dtype, ""))
+        return None if table is None else table.time_s(m, n, k)
+
+    def allreduce_curve(self, tp: int, message_bytes: float) -> AllReduceCurve | None:
+        """The curve of the algorithm a serving engine uses for this message and group size."""
+        custom = [a for a in self.allreduce if "graph" in a.lower()]
+        order = [*custom, "NCCL"] if message_bytes <= CUSTOM_ALLREDUCE_MAX_BYTES else ["NCCL", *custom]
+        for algorithm in order:
+            curve = self.allreduce.get(algorithm, {}).get(tp)
+            if curve is not None:
+                return curve
+        return None
+
+
+def resolve(value: str, hw_file: Path) -> Path:
+    """A kernel-table path as a hardware file names it: absolute, beside the file, or in the registry."""
+    for candidate in (Path(value), hw_file.parent / value, TABLES_DIR / value):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ConfigError(
+        f"{hw_file}: kernel_tables '{value}' not found (looked beside the file and in {TABLES_DIR})"
+    )
+
+
+@lru_cache(maxsize=16)
+def load_kernel_tables(path: Path) -> KernelTables:
+    """Read one `.npz` of kernel tables (cached: a sweep reads each file once)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read kernel tables: {exc}") from exc
+    if "meta_json" not in arrays:
+        raise ConfigError(
+            f"{path}: not a radsim kernel-table file (no meta_json); write one with radsim tables import"
+        )
+    meta = json.loads(str(arrays.pop("meta_json")))
+    gemm: dict[str, dict[str, np.ndarray]] = {}
+    allreduce: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    for key, value in arrays.items():
+        parts = key.split("/")
+        if parts[0] == "gemm" and len(parts) == 3:
+            gemm.setdefault(parts[1], {})[parts[2]] = value
+        elif parts[0] == "allreduce" and len(parts) == 4:
+            allreduce.setdefault(parts[1], {}).setdefault(int(parts[2]), {})[parts[3]] = value
+    return KernelTables(
+        path,
+        meta,
+        {dtype: GemmTable(**grid) for dtype, grid in gemm.items()},
+        {a: {g: AllReduceCurve(**c) for g, c in by_gpus.items()} for a, by_gpus in allreduce.items()},
+    )
