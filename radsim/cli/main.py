@@ -74,7 +74,10 @@ def failure(exc: BaseException) -> tuple[str, int]:
         hint = _EXTRAS.get(root, f"{root} (pip install {root})")
         return f"this command needs the module '{exc.name}', which is not installed; install {hint}", 2
     if isinstance(exc, ImportError):
-        return f"an optional dependency is missing or broken ({exc}); install radsim[models] (pip install -e '.[models]')", 2
+        return (
+            f"an optional dependency is missing or broken ({exc}); install radsim[models] (pip install -e '.[models]')",
+            2,
+        )
     if isinstance(exc, UnicodeDecodeError):
         return f"an input file is not UTF-8 text ({exc})", 2
     if isinstance(exc, OSError):
@@ -126,7 +129,9 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="radsim", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--debug", action="store_true", help="show the full traceback of an error (radsim --debug COMMAND ...)"
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error (radsim --debug COMMAND ...)",
     )
     sub = parser.add_subparsers(title="commands")
     hw = sub.add_parser("hw", help="hardware models").add_subparsers(title="hw commands")

@@ -6,14 +6,36 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from radsim.errors import ConfigError
+from radsim.files import json_text, output_dir, output_file
 
 DEFAULT_DIR = "measurements/epyc-genoa-vm"
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
+def _ints(text: str, option: str = "--batch") -> list[int]:
+    """Comma-separated integers >= 1; ConfigError naming the option."""
+    values = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if not part.isdigit() or int(part) < 1:
+            raise ConfigError(
+                f"{option} {text!r}: {part!r} is not allowed; give comma-separated integers >= 1"
+            )
+        values.append(int(part))
+    return values
+
+
+def _names(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _threads(value: int, option: str = "--threads") -> int:
+    if value < 1:
+        raise ConfigError(f"{option} must be an integer >= 1, got {value}")
+    return value
 
 
 def add_measure_commands(sub) -> None:
@@ -67,16 +89,18 @@ def add_measure_commands(sub) -> None:
 
 
 def _measure(args: argparse.Namespace) -> None:
-    from radsim.measure.harness import grid, measure
+    from radsim.measure.harness import Settings, grid, measure
 
     configs = grid(
-        args.models.split(","),
-        args.phases.split(","),
-        _ints(args.batch),
-        _ints(args.prompt),
-        _ints(args.context),
-        _ints(args.prefill_batch) or None,
+        _names(args.models),
+        _names(args.phases),
+        _ints(args.batch, "--batch"),
+        _ints(args.prompt, "--prompt"),
+        _ints(args.context, "--context"),
+        _ints(args.prefill_batch, "--prefill-batch") or None,
     )
+    Settings(args.device, _threads(args.threads), args.dtype, args.warmup, args.repeats, args.min_time)
+    output_dir(args.out, "--out")
     path = measure(
         configs,
         args.out,
@@ -92,35 +116,42 @@ def _measure(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
-    from radsim.measure.calibrate import calibrate
+    from radsim.measure.calibrate import calibrate, load_prior
+    from radsim.measure.harness import check_device, read_measurements
     from radsim.measure.timing import get_device
 
-    device = get_device(args.device, args.threads)
+    check_device(args.device)
+    threads = _threads(args.threads)
+    load_prior(args.prior)
     table = Path(args.measurements) if args.measurements else None
-    out = calibrate(device, args.prior, Path(args.out), table, quick=args.quick, compute_units=args.threads)
+    if table is not None:
+        read_measurements(table)
+    output_file(args.out, "--out", (".toml",))
+    device = get_device(args.device, threads)
+    out = calibrate(device, args.prior, Path(args.out), table, quick=args.quick, compute_units=threads)
     print(f"wrote {out}")
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from radsim.measure.harness import read_csv, write_csv
+    from radsim.measure.harness import read_measurements, write_csv
     from radsim.measure.validate import error_table, format_summary, format_table, load_split, plot, summary
-    from radsim.spec.hardware import load_hardware
+    from radsim.scenario.run import load_hw
 
     table_path = Path(args.measurements)
-    hw = load_hardware(args.hw)
+    hw = load_hw(args.hw)
     split = (
         load_split(Path(args.hw).with_name(Path(args.hw).stem + "-benchmarks.json"))
         if Path(args.hw).suffix == ".toml"
         else None
     )
-    table = error_table(hw, read_csv(table_path), split)
+    measured = read_measurements(table_path)
+    out = output_dir(Path(args.out) if args.out else table_path.parent, "--out")
+    table = error_table(hw, measured, split)
     rows = summary(table)
-    out = Path(args.out) if args.out else table_path.parent
-    out.mkdir(parents=True, exist_ok=True)
     write_csv(table, out / "validation.csv", tuple(table[0]))
     paths = plot(table, out / "predicted_vs_measured")
     if args.json:
-        print(json.dumps(dict(summary=rows, configs=table), indent=2))
+        print(json_text(dict(summary=rows, configs=table), indent=2))
         return
     print(
         f"hardware {hw.stem}; {sum(r['split'] == 'validate' for r in table)} held-out of {len(table)} "

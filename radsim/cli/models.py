@@ -1,14 +1,47 @@
-"""Command-line entry points that need torch: train, profile, capture. torch is imported only when run."""
+"""Command-line entry points that need torch: train, profile, capture. torch is imported only when run.
+
+Every option and the run config are checked, the optional dependencies (the `models` extra) looked
+up and the outputs probed before a model is loaded: a missing extra is one line saying what to install.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.util
 import math
 import sys
 from pathlib import Path
 
 from radsim.errors import ConfigError
+from radsim.files import atomic_write_text, json_text, output_dir, output_file
+
+#: What train, profile and capture import: torch, and transformers for the SmolLM2 tokenizer.
+MODEL_MODULES = ("torch", "transformers")
+MODELS_HINT = "install radsim[models] (pip install -e '.[models]')"
+
+
+def require_models(command: str, modules: tuple[str, ...] = MODEL_MODULES) -> None:
+    """ConfigError unless the modules of the `models` extra can be imported."""
+    missing = [m for m in modules if not _installed(m)]
+    if missing:
+        raise ConfigError(
+            f"radsim {command} needs the 'models' extra ({', '.join(missing)} not installed); {MODELS_HINT}"
+        )
+
+
+def _installed(module: str) -> bool:
+    if module in sys.modules:
+        return sys.modules[module] is not None  # None: import refused (as when it is absent)
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _at_least(args: argparse.Namespace, name: str, low: int) -> None:
+    value = getattr(args, name)
+    if value is not None and value < low:
+        raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value}")
 
 
 def add_model_commands(sub) -> None:
@@ -57,6 +90,22 @@ def _model_args(parser, routers: bool) -> None:
     _threads(parser)
 
 
+def _check_model_args(args: argparse.Namespace) -> None:
+    """The options of profile and capture: counts in range, named files present."""
+    for name, low in (("tokens", 1), ("seq_len", 2), ("batch", 1), ("seed", 0), ("threads", 0)):
+        if hasattr(args, name):
+            _at_least(args, name, low)
+    if getattr(args, "router", None):
+        if args.run:
+            raise ConfigError(
+                "--router routes the pretrained SmolLM2: use it with --model smollm2, not --run"
+            )
+        if not Path(args.router).is_file():
+            raise ConfigError(f"--router {args.router}: no such file (router weights, router-tau*.pt)")
+    if args.run and not (Path(args.run) / "model.pt").is_file():
+        raise ConfigError(f"--run {args.run}: no model.pt; train it first with `radsim train CONFIG`")
+
+
 def _setup(args) -> None:
     import torch
 
@@ -69,8 +118,10 @@ def _train(args: argparse.Namespace) -> None:
     from radsim.train.config import load_run_config
 
     cfg = load_run_config(args.config)
+    _at_least(args, "threads", 0)
+    out = output_dir(Path(args.out) / cfg.name, "--out")
+    require_models("train")
     _setup(args)
-    out = Path(args.out) / cfg.name
     if cfg.kind == "radial_distill":
         from radsim.train.distill import distill
 
@@ -83,7 +134,7 @@ def _train(args: argparse.Namespace) -> None:
         from radsim.train.loop import train_scratch
 
         result = train_scratch(cfg, out)
-    print(json.dumps(result, indent=2))
+    print(json_text(result, indent=2))
 
 
 def _load(args):
@@ -136,6 +187,9 @@ def _windows(args, mapping, split: str):
 
 
 def _profile(args: argparse.Namespace) -> None:
+    _check_model_args(args)
+    out = output_dir(args.out, "--out")
+    require_models("profile")
     from radsim.models.llama import Llama
     from radsim.train.profile import contributions, write_profile
 
@@ -147,13 +201,16 @@ def _profile(args: argparse.Namespace) -> None:
     result = write_profile(
         rows,
         name,
-        Path(args.out),
+        out,
         {"split": args.split, "params": sum(p.numel() for p in model.parameters())},
     )
-    print(json.dumps(result, indent=2))
+    print(json_text(result, indent=2))
 
 
 def _capture(args: argparse.Namespace) -> None:
+    _check_model_args(args)
+    output_file(args.out, "--out", (".parquet",))
+    require_models("capture")
     from radsim.routes.trace import write_trace
     from radsim.train.capture import capture, model_meta, run_meta
 
@@ -173,7 +230,7 @@ def _capture(args: argparse.Namespace) -> None:
     path = write_trace(trace, args.out)
     card = write_card(trace, path, "radsim " + " ".join(sys.argv[1:]))
     summary = {"trace": str(path), "card": str(card), "tokens": trace.tokens, "rows": len(trace.visits)}
-    print(json.dumps({**summary, **trace.meta["quality"]}))
+    print(json_text({**summary, **trace.meta["quality"]}))
 
 
 def write_card(trace, path: Path, command: str) -> Path:
@@ -202,11 +259,7 @@ def write_card(trace, path: Path, command: str) -> Path:
         "```",
         "",
     ]
-    card = path.with_suffix(".md")
-    tmp = card.with_name(card.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(card)
-    return card
+    return atomic_write_text(path.with_suffix(".md"), "\n".join(lines))
 
 
 def _kind_lines(trace) -> list[str]:

@@ -549,7 +549,7 @@ def _check_grid(
             raise ConfigError(f"{option} is empty; allowed: {', '.join(allowed)}")
         for v in values:
             if v not in allowed:
-                raise ConfigError(f"{option}: unknown {option[2:-1]} {v!r}; allowed: {', '.join(allowed)}")
+                raise ConfigError(f"{option}: unknown {option[2:-1]} {v!r}; valid: {', '.join(allowed)}")
     lists = {"--batch": batches, "--prefill-batch": prefill_batches or batches}
     lists |= {"--prompt": prompts} if "prefill" in phases else {}
     lists |= {"--context": contexts} if "decode" in phases else {}
@@ -559,7 +559,9 @@ def _check_grid(
         bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < 1]
         if bad:
             raise ConfigError(f"{option}: {bad[0]!r}; allowed: integers >= 1")
-    longest = max([*(prompts if "prefill" in phases else []), *(c + 1 for c in contexts if "decode" in phases)])
+    longest = max(
+        [*(prompts if "prefill" in phases else []), *(c + 1 for c in contexts if "decode" in phases)]
+    )
     for m in models:
         limit = spec_arch(SPECS[m]).max_position_embeddings
         if longest > limit:

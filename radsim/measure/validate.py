@@ -22,7 +22,7 @@ from radsim.cost.iteration import head_cost
 from radsim.cost.layer import Execution, RoutedBatch, layer_cost
 from radsim.cost.memory import activation_bytes, kv_entry_bytes, weights_bytes
 from radsim.errors import ConfigError
-from radsim.files import read_text
+from radsim.files import atomic_write, read_text
 from radsim.measure.specs import SPECS, spec_arch
 from radsim.spec.hardware import Hardware
 
@@ -249,9 +249,11 @@ def plot(table: list[dict[str, Any]], out_stem: Path) -> list[Path]:
     )
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [out_stem.with_suffix(".html")]
-    fig.write_html(paths[0], include_plotlyjs="cdn", div_id="predicted-vs-measured")  # stable across runs
+    atomic_write(  # stable div id across runs
+        paths[0], lambda tmp: fig.write_html(tmp, include_plotlyjs="cdn", div_id="predicted-vs-measured")
+    )
     try:
-        fig.write_image(out_stem.with_suffix(".png"))
+        atomic_write(out_stem.with_suffix(".png"), lambda tmp: fig.write_image(tmp, format="png"))
         paths.append(out_stem.with_suffix(".png"))
     except Exception as exc:  # noqa: BLE001 - kaleido needs a browser; HTML is the plot then
         print(f"radsim validate: PNG not written ({type(exc).__name__}: {exc}); HTML only")

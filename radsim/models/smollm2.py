@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from radsim.errors import ConfigError
+from radsim.files import atomic_write
 from radsim.models.llama import Llama, LlamaConfig
 from radsim.spec.arch import load_arch
 
@@ -65,7 +66,5 @@ def load_model() -> Llama:
         hf = AutoModelForCausalLM.from_pretrained(gguf_dir(), gguf_file=GGUF_FILE, dtype=torch.float32)
         state = {k: v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(cached)
+        atomic_write(cached, lambda tmp: torch.save(state, tmp))
     return Llama(CONFIG).from_hf_state_dict(state).eval()

@@ -125,7 +125,7 @@ def read_replay(path: Path) -> list[Request]:
     missing = [c for c in need if c not in header]
     if missing:
         raise ConfigError(
-            f"{path}: replay CSV lacks column(s) {', '.join(missing)}; it needs {', '.join(need)}"
+            f"{path}: replay CSV needs columns {', '.join(need)} (missing: {', '.join(missing)})"
         )
     if not rows:
         raise ConfigError(f"{path}: replay CSV has no requests (one row per request after the header)")
@@ -156,5 +156,7 @@ def _replay_row(path: Path, line: int, row: dict) -> tuple[float, int, int]:
         except ValueError:
             counts.append(0)
         if counts[-1] < 1:
-            raise ConfigError(f"{path}:{line}: {column} is {row[column]!r}; allowed: an integer >= 1")
+            raise ConfigError(
+                f"{path}:{line}: {column} is {row[column]!r}; allowed: token counts >= 1 (integers)"
+            )
     return arrival, counts[0], counts[1]

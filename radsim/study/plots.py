@@ -619,7 +619,10 @@ def write_figures(
             atomic_write(
                 path,
                 lambda tmp, fig=fig, name=name: fig.write_html(
-                    tmp, include_plotlyjs="directory", full_html=True, div_id=name  # stable ids
+                    tmp,
+                    include_plotlyjs="directory",
+                    full_html=True,
+                    div_id=name,  # stable ids
                 ),
             )
             written.append(path)

@@ -305,7 +305,9 @@ def read_results(path: str | Path) -> pd.DataFrame:
         )
     except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         kind = "CSV" if path.suffix == ".csv" else "Parquet"
-        raise ConfigError(f"{path}: not a readable {kind} result table ({type(exc).__name__}: {exc})") from exc
+        raise ConfigError(
+            f"{path}: not a readable {kind} result table ({type(exc).__name__}: {exc})"
+        ) from exc
     except Exception as exc:  # pyarrow's errors are not all OSError/ValueError
         if type(exc).__module__.split(".")[0] != "pyarrow":
             raise
@@ -326,9 +328,7 @@ def _check_result_columns(table: pd.DataFrame, path: Path) -> None:
 
     bad_engines = sorted(set(table["engine"]) - set(ENGINES))
     if bad_engines:
-        raise ConfigError(
-            f"{path}: column 'engine' holds {bad_engines[:3]}; allowed: {', '.join(ENGINES)}"
-        )
+        raise ConfigError(f"{path}: column 'engine' holds {bad_engines[:3]}; allowed: {', '.join(ENGINES)}")
     for key, spec in INPUTS.items():
         if key in table and spec.kind in (int, float) and not pd.api.types.is_numeric_dtype(table[key]):
             raise ConfigError(f"{path}: column '{key}' must hold numbers ({spec.kind.__name__})")

@@ -20,12 +20,16 @@ seed = 0
 
 from __future__ import annotations
 
+import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from radsim.errors import ConfigError
+from radsim.files import read_text
+from radsim.spec.kv import KV_POLICIES
 
 KINDS = (
     "radial_scratch",
@@ -174,12 +178,13 @@ def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:
 
 
 def load_run_config(path: str | Path) -> RunConfig:
-    """Parse and validate a run config file."""
+    """Parse and validate a run config file: keys, types, ranges and the model's shape."""
     path = Path(path)
+    text = read_text(path, "run config")
     try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read run config: {exc}") from exc
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read run config: not valid TOML ({exc})") from exc
     allowed = {"name", "kind", "seed", *_SECTIONS}
     unknown = sorted(set(raw) - allowed)
     if unknown:
@@ -189,8 +194,101 @@ def load_run_config(path: str | Path) -> RunConfig:
             raise ConfigError(f"{path}: '{key}' must be a string")
     if raw["kind"] not in KINDS:
         raise ConfigError(f"{path}: 'kind' is {raw['kind']!r}; allowed: {', '.join(KINDS)}")
+    name = raw["name"]
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise ConfigError(f"{path}: 'name' is {name!r}; allowed: a folder name (no '/'), runs/<name>/")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"{path}: 'seed' must be an integer >= 0, got {seed!r}")
     sections = {name: _section(path, name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
-    return RunConfig(name=raw["name"], kind=raw["kind"], seed=int(raw.get("seed", 0)), **sections)
+    cfg = RunConfig(name=name, kind=raw["kind"], seed=seed, **sections)
+    check_run_config(cfg, str(path))
+    return cfg
+
+
+def _at_least(n: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= n), f">= {n:g}"
+
+
+def _within(low: float, high: float, open_low: bool = False) -> tuple[Callable[[Any], bool], str]:
+    if open_low:
+        return (lambda v: low < v <= high), f"in ({low:g}, {high:g}]"
+    return (lambda v: low <= v <= high), f"in [{low:g}, {high:g}]"
+
+
+#: Ranges of the numbers of a run config, beyond ">= 0" (section, key) -> (check, allowed).
+_RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    ("data", "seq_len"): _at_least(2),  # a window predicts its next tokens: two at least
+    ("data", "batch"): _at_least(1),
+    ("model", "hidden_size"): _at_least(1),
+    ("model", "num_layers"): _at_least(1),
+    ("model", "num_heads"): _at_least(1),
+    ("model", "num_kv_heads"): _at_least(1),
+    ("model", "ffn_size"): _at_least(1),
+    ("train", "steps"): _at_least(1),
+    ("train", "lr"): ((lambda v: v > 0), "> 0"),
+    ("train", "eval_tokens"): _at_least(1),
+    ("radial", "max_steps"): _at_least(1),
+    ("radial", "max_passes"): _at_least(1),
+    ("mod", "capacity"): _within(0.0, 1.0, open_low=True),
+    ("mod", "every"): _at_least(1),
+    ("distill", "train_tokens"): _at_least(1),
+    ("distill", "eval_tokens"): _at_least(1),
+    ("distill", "router_epochs"): _at_least(1),
+    ("finedeep", "sub_layers"): _at_least(1),
+    ("finedeep", "experts"): _at_least(1),
+    ("dlo", "skip_target"): _within(0.0, 1.0),
+    ("dlo", "sim_threshold"): _within(-1.0, 1.0),
+    ("dlo", "router_lr"): ((lambda v: v > 0), "> 0"),
+    ("dlo", "eval_tokens"): _at_least(1),
+    ("dlo", "eval_seq_len"): _at_least(2),
+}
+
+
+def check_run_config(cfg: RunConfig, where: str = "<run config>") -> None:
+    """Raise ConfigError naming the section and key unless every value is in range and the model's
+    shape is buildable (heads divide the width into an even head size, KV heads divide the heads)."""
+    for (section, key), (ok, allowed) in _RANGES.items():
+        value = getattr(getattr(cfg, section), key)
+        if not ok(value):
+            raise ConfigError(f"{where}: [{section}].{key} is {value!r}; allowed: {allowed}")
+    if cfg.data.vocab == 1:
+        raise ConfigError(f"{where}: [data].vocab is 1; allowed: 0 (SmolLM2's vocabulary) or >= 2")
+    m = cfg.model
+    if m.hidden_size % m.num_heads or (m.hidden_size // m.num_heads) % 2:
+        raise ConfigError(
+            f"{where}: [model].num_heads {m.num_heads} must divide hidden_size {m.hidden_size} into an "
+            "even head size (rotary embeddings rotate pairs)"
+        )
+    if m.num_heads % m.num_kv_heads:
+        raise ConfigError(
+            f"{where}: [model].num_kv_heads {m.num_kv_heads} must divide num_heads {m.num_heads}"
+        )
+    for section in ("radial", "distill"):
+        policy = getattr(cfg, section).kv_policy
+        if policy not in KV_POLICIES:
+            raise ConfigError(
+                f"{where}: [{section}].kv_policy is {policy!r}; allowed: {', '.join(KV_POLICIES)}"
+            )
+    if not cfg.distill.thresholds:
+        raise ConfigError(f"{where}: [distill].thresholds is empty; allowed: a list of numbers > 0")
+    f = cfg.finedeep
+    if not f.expert_size and m.ffn_size < f.sub_layers * f.experts:
+        raise ConfigError(
+            f"{where}: [finedeep] {f.sub_layers} sub-layers x {f.experts} experts leave no unit of "
+            f"ffn_size {m.ffn_size} per expert; give expert_size"
+        )
+    if any(v != int(v) for v in cfg.dlo.insert_after):
+        raise ConfigError(f"{where}: [dlo].insert_after must list layer indices (whole numbers)")
+    _check_finite(cfg, where)
+
+
+def _check_finite(cfg: RunConfig, where: str) -> None:
+    for section in _SECTIONS:
+        for key, value in vars(getattr(cfg, section)).items():
+            values = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ConfigError(f"{where}: [{section}].{key} is {value!r}; allowed: finite numbers")
 
 
 def _section(path: Path, name: str, cls: type, raw: Any) -> Any:
@@ -211,7 +309,10 @@ def _section(path: Path, name: str, cls: type, raw: Any) -> Any:
             value = float(value)
         elif type(value) is not type(default):
             raise ConfigError(f"{path}: [{name}].{key} must be {type(default).__name__}, got {value!r}")
-        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        numbers = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise ConfigError(f"{path}: [{name}].{key} must be finite, got {value}")
+        if any(isinstance(v, int | float) and not isinstance(v, bool) and v < 0 for v in numbers):
             raise ConfigError(f"{path}: [{name}].{key} must be >= 0, got {value}")
         values[key] = value
     return cls(**values)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from radsim.errors import ConfigError
+from radsim.files import atomic_write
 
 PYDOC_DIR = Path("/usr/share/doc/python3.11/html/_sources")
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
@@ -104,10 +105,14 @@ def build_splits(tokenize: Callable[[str], list[int]], eos: int, cache_dir: Path
     for doc in documents():
         ids[doc.split].extend(tokenize(doc.text) + [eos])
     for split, path in paths.items():
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, np.asarray(ids[split], dtype=np.uint16))
-        tmp.replace(path)
+        array = np.asarray(ids[split], dtype=np.uint16)
+        atomic_write(path, lambda tmp, array=array: _save(tmp, array))
     return paths
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as handle:  # a handle: np.save would add .npy to the temporary's name
+        np.save(handle, array)
 
 
 def load_split(paths: dict[str, Path], split: str) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from radsim.files import atomic_write
 from radsim.models.finedeep import Finedeep, FinedeepConfig
 from radsim.models.llama import Llama, LlamaConfig, lm_loss
 from radsim.models.mod import MoD, MoDConfig
@@ -203,9 +204,7 @@ def save_run(out_dir: Path, cfg: RunConfig, model, mapping, metrics: dict, log: 
 
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
+    atomic_write(path, write)  # a uniquely named temporary beside the file, then os.replace
 
 
 def load_run(run_dir: Path) -> tuple[RunConfig, torch.nn.Module, np.ndarray | None]:

@@ -218,10 +218,12 @@ def test_local_processes_and_dask_give_identical_tables(tmp_path):
 
 def test_cli_runs_a_study_and_shows_progress(tmp_path, capsys):
     path = write_tiny(tmp_path)
-    assert main(["study", "run", str(path), "--out", str(tmp_path / "cli"), "--workers", "1"]) == 0
+    # a failed point fails the run (exit 1), after every other point ran
+    assert main(["study", "run", str(path), "--out", str(tmp_path / "cli"), "--workers", "1"]) == 1
     captured = capsys.readouterr()
     assert "13 points (1 failed)" in captured.out
     assert "13/13 points, 1 failed" in captured.err
+    assert "1 point(s) failed" in captured.err and "'error' column" in captured.err
     assert main(["study", "run", str(tmp_path / "missing.toml")]) == 2
     assert "cannot read study file" in capsys.readouterr().err
 
@@ -254,7 +256,10 @@ if __name__ == "__main__" and sys.argv[1:] == ["regenerate"]:
     import os
 
     os.chdir(ROOT)
-    fresh = run_study(load_study(QUICKSTART), ROOT / "results" / "quickstart", process_runner(2))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:  # computed afresh, never resumed from results/
+        fresh = run_study(load_study(QUICKSTART), Path(out) / "quickstart", process_runner(2))
     _golden(fresh).to_csv(EXPECTED, index=False)
     print(f"wrote {EXPECTED}")
 
