@@ -73,17 +73,35 @@ def output_file(path: str | Path, option: str, suffixes: tuple[str, ...] = ()) -
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a uniquely named temporary beside `path`, then rename it onto `path`."""
+    """Call `write(tmp)` on a uniquely named temporary beside `path`, then rename it onto `path`.
+
+    The file gets the permissions a plain `open` would give it (mkstemp's are owner-only).
+    """
     path = Path(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def umask() -> int:
+    """The process's file-creation mask (read from /proc where it can be, without changing it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -6,7 +6,7 @@ import argparse
 
 from radsim.cli.scenario_args import add_scenario_arguments, scenario_from_args
 from radsim.files import json_text
-from radsim.scenario.run import run_estimate
+from radsim.scenario.run import resolve, run_estimate
 
 
 def add_estimate_command(sub) -> None:
@@ -22,7 +22,9 @@ def add_estimate_command(sub) -> None:
 
 
 def _estimate(args: argparse.Namespace) -> None:
-    result = run_estimate(scenario_from_args(args, "estimate"))
+    scenario = scenario_from_args(args, "estimate")
+    resolve(scenario)  # what it names exists and fits (errors name the flag's input)
+    result = run_estimate(scenario)
     print(json_text(result) if args.json else format_estimate(result))
 
 

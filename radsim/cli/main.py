@@ -169,7 +169,9 @@ def _hw_list(args: argparse.Namespace) -> None:
 
 
 def _hw_show(args: argparse.Namespace) -> None:
-    hw = load_hardware(args.name)
+    from radsim.scenario.run import load_hw
+
+    hw = load_hw(args.name)
     print(f"{hw.stem}: {hw.name} ({hw.kind}, {hw.vendor})")
     print(f"dtypes with a matrix peak: {', '.join(hw.dtypes())}")
     for key, source in hw.sources.items():
@@ -197,7 +199,9 @@ def _arch_list(args: argparse.Namespace) -> None:
 
 
 def _arch_show(args: argparse.Namespace) -> None:
-    a = load_arch(args.name)
+    from radsim.scenario.run import load_architecture
+
+    a = load_architecture(args.name)
     for key, value in vars(a).items():
         print(f"  {key:<24} {value}")
     print(f"  {'params per layer':<24} {a.layer_params:,}")

@@ -138,7 +138,10 @@ def _validate(args: argparse.Namespace) -> None:
     from radsim.scenario.run import load_hw
 
     table_path = Path(args.measurements)
-    hw = load_hw(args.hw)
+    try:
+        hw = load_hw(args.hw)
+    except ConfigError as exc:
+        raise ConfigError(f"--hw {args.hw}: {exc}") from None
     split = (
         load_split(Path(args.hw).with_name(Path(args.hw).stem + "-benchmarks.json"))
         if Path(args.hw).suffix == ".toml"

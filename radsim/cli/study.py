@@ -120,8 +120,8 @@ def _dask_client(args: argparse.Namespace, workers: int) -> Iterator[Any]:
         client = Client(args.scheduler, timeout=DASK_CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError, ValueError, TypeError) as exc:
         raise ConfigError(
-            f"--scheduler {args.scheduler}: cannot connect to a Dask scheduler within "
-            f"{DASK_CONNECT_TIMEOUT_S} s ({type(exc).__name__}: {exc}); give its address as tcp://HOST:PORT"
+            f"--scheduler {args.scheduler}: cannot connect to a Dask scheduler ({type(exc).__name__}: "
+            f"{exc}); give the address of a running one as tcp://HOST:PORT (tried for {DASK_CONNECT_TIMEOUT_S} s)"
         ) from exc
     with client:
         yield client

@@ -107,11 +107,15 @@ def roofline(
     """Combine compute, memory and link time of an operator that runs `launches` kernels when `runs`.
 
     `measured_s`, a measured latency of the whole launch (a kernel table), replaces the roofline's
-    time; compute, memory and link times stay the roofline's, so that boundedness is still told."""
+    time where it is not NaN; compute, memory and link times stay the roofline's, so that
+    boundedness is still told."""
     memory_time = memory_bytes / bandwidth_Bps(hw, resident)
     busy = np.maximum(np.maximum(flops_time, memory_time), link_time)
     overhead = hw.kernel_launch_overhead_s if launch_s is None else launch_s
-    time = np.where(runs, busy + launches * overhead if measured_s is None else measured_s, 0.0)
+    time = busy + launches * overhead
+    if measured_s is not None:
+        time = np.where(np.isnan(measured_s), time, measured_s)
+    time = np.where(runs, time, 0.0)
     zero = np.zeros_like(time)
     base: dict[str, Any] = dict(
         weight_bytes=zero, kv_read_bytes=zero, kv_write_bytes=zero, act_bytes=zero, link_bytes=zero

@@ -632,6 +632,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path, columns: tuple[str, ...] =
             writer.writeheader()
             for r in rows:
                 writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+        _readable(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -643,10 +644,18 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        _readable(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _readable(path: str) -> None:
+    """The permissions of a plain `open` (mkstemp's temporaries are owner-only)."""
+    from radsim.files import umask
+
+    os.chmod(path, 0o666 & ~umask())
 
 
 def _writable_dir(out: Path) -> None:

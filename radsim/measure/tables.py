@@ -103,6 +103,45 @@ def gemm_grids(table) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]
     return grids, kernels
 
 
+#: Decode-attention kernels, in order of preference (FlashAttention 3 on Hopper, 2 before it).
+ATTENTION_KERNELS = ("vllm_flash_attn_fa3", "vllm_flash_attn", "flashinfer", "trtllm")
+KV_DTYPES = {"bfloat16": "bf16", "fp8": "fp8"}
+
+
+def generation_attention_grids(table) -> tuple[dict[str, dict[str, np.ndarray]], str]:
+    """Decode attention of one layer: per (heads, KV heads, head dim, KV dtype), latency (s) on the
+    grid batch x context (the KV entries each sequence holds before its new token).
+
+    Full attention only (window 0). The source leaves the largest batch x context corner out (the
+    KV cache would not fit); those points are filled by doubling the latency of half the batch,
+    as memory-bound decode attention scales."""
+    if "window_size" in table:
+        table = table[table["window_size"] == 0]
+    kernel = next((k for k in ATTENTION_KERNELS if (table["kernel_source"] == k).any()), None)
+    if kernel is None:
+        kernel = str(table["kernel_source"].mode().iloc[0])
+    table = table[(table["kernel_source"] == kernel) & table["kv_cache_dtype"].isin(list(KV_DTYPES))]
+    grids: dict[str, dict[str, np.ndarray]] = {}
+    keys = ["num_heads", "num_key_value_heads", "head_dim", "kv_cache_dtype"]
+    for (heads, kv_heads, head_dim, kv_dtype), rows in table.groupby(keys):
+        batch = np.sort(rows["batch_size"].unique()).astype(np.float64)
+        context = np.sort(rows["step"].unique()).astype(np.float64)
+        if batch.size < 2 or context.size < 2:
+            continue
+        latency = np.full((batch.size, context.size), np.nan)
+        latency[np.searchsorted(batch, rows["batch_size"]), np.searchsorted(context, rows["step"])] = (
+            rows["latency"].to_numpy() * S_PER_MS
+        )
+        for i in range(1, batch.size):
+            gap = np.isnan(latency[i])
+            latency[i][gap] = latency[i - 1][gap] * batch[i] / batch[i - 1]
+        if np.isnan(latency).any():
+            continue  # a configuration measured too sparsely to fill
+        name = f"{int(heads)}_{int(kv_heads)}_{int(head_dim)}_{KV_DTYPES[str(kv_dtype)]}"
+        grids[name] = {"batch": batch, "context": context, "latency_s": latency}
+    return grids, str(kernel)
+
+
 def allreduce_curves(
     table, kernel_column: str = "kernel_source"
 ) -> dict[str, dict[int, dict[str, np.ndarray]]]:
@@ -148,6 +187,15 @@ def import_tables(
     grids, kernels = gemm_grids(gemm_table)
     curves: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     sources: dict[str, str] = {"gemm": f"{framework} {version} gemm_perf.parquet"}
+    attention: dict[str, dict[str, np.ndarray]] = {}
+    attention_kernel = ""
+    attention_versions = _versions(root / "attention" / framework)
+    if attention_versions:
+        chosen = version if version in attention_versions else attention_versions[-1]
+        path = root / "attention" / framework / chosen / "generation_attention_perf.parquet"
+        if path.exists():
+            attention, attention_kernel = generation_attention_grids(_read(path))
+            sources["generation_attention"] = f"{framework} {chosen} generation_attention_perf.parquet"
     custom = _versions(root / "comm" / framework)
     if custom:
         path = root / "comm" / framework / custom[-1] / "custom_allreduce_perf.parquet"
@@ -168,6 +216,7 @@ def import_tables(
         "framework": framework,
         "framework_version": version,
         "gemm_kernels": kernels,
+        "attention_kernel": attention_kernel,
         "tables": sources,
         "imported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "units": "latency_s in seconds; message_bytes in bytes (16-bit elements x 2)",
@@ -176,6 +225,9 @@ def import_tables(
     for dtype, grid in grids.items():
         for key, value in grid.items():
             arrays[f"gemm/{dtype}/{key}"] = value
+    for name, grid in attention.items():
+        for key, value in grid.items():
+            arrays[f"generation_attention/{name}/{key}"] = value
     for kernel, by_gpus in curves.items():
         for gpus, curve in by_gpus.items():
             for key, value in curve.items():
@@ -267,6 +319,7 @@ def held_out_errors(tables) -> list[dict[str, Any]]:
             pooled.append(errors)
         if pooled:
             rows.append({"op": "gemm", "kind": dtype, "axis": "all", **_summary(np.concatenate(pooled))})
+    rows.extend(_attention_errors(tables))
     for algorithm, by_gpus in sorted(tables.allreduce.items()):
         errors_all = []
         for _, curve in sorted(by_gpus.items()):
@@ -285,6 +338,44 @@ def held_out_errors(tables) -> list[dict[str, Any]]:
                 "axis": "message_bytes",
                 **_summary(np.concatenate(errors_all)),
             }
+        )
+    return rows
+
+
+def _attention_errors(tables) -> list[dict[str, Any]]:
+    """Held-out error of decode attention per KV dtype, over every head geometry: every other batch
+    size or context length left out and interpolated from the rest."""
+    from radsim.spec.kernel_tables import AttentionTable
+
+    by_dtype: dict[str, dict[str, list[np.ndarray]]] = {}
+    for name, grid in sorted(tables.generation_attention.items()):
+        kv_dtype = name.rsplit("_", 1)[1]
+        for axis, axis_name in enumerate(("batch", "context")):
+            keep, held = _halves(grid.latency_s.shape[axis])
+            if not held.size:
+                continue
+            axes = [grid.batch, grid.context]
+            kept = [a[keep] if i == axis else a for i, a in enumerate(axes)]
+            sub = AttentionTable(kept[0], kept[1], np.take(grid.latency_s, keep, axis))
+            b, c = np.meshgrid(*(a[held] if i == axis else a for i, a in enumerate(axes)), indexing="ij")
+            truth = np.take(grid.latency_s, held, axis)
+            errors = np.abs(sub.time_s(b, c) / truth - 1.0).ravel() * 100.0
+            by_dtype.setdefault(kv_dtype, {}).setdefault(axis_name, []).append(errors)
+    rows = []
+    for kv_dtype, axes_errors in sorted(by_dtype.items()):
+        pooled = []
+        for axis_name, errors in axes_errors.items():
+            rows.append(
+                {
+                    "op": "decode_attention",
+                    "kind": kv_dtype,
+                    "axis": axis_name,
+                    **_summary(np.concatenate(errors)),
+                }
+            )
+            pooled.extend(errors)
+        rows.append(
+            {"op": "decode_attention", "kind": kv_dtype, "axis": "all", **_summary(np.concatenate(pooled))}
         )
     return rows
 

@@ -97,6 +97,40 @@ class AllReduceCurve:
 
 
 @dataclass(frozen=True)
+class AttentionTable:
+    """Decode attention latency (s) of one layer on the grid batch x context (KV entries held)."""
+
+    batch: np.ndarray
+    context: np.ndarray
+    latency_s: np.ndarray
+
+    @cached_property
+    def envelope_s(self) -> np.ndarray:
+        """Monotone in batch and context (a launch can be padded to a larger measured one)."""
+        out = self.latency_s
+        for axis in range(2):
+            out = np.flip(np.minimum.accumulate(np.flip(out, axis), axis=axis), axis)
+        return out
+
+    @cached_property
+    def _interpolator(self) -> Any:
+        from scipy.interpolate import RegularGridInterpolator
+
+        return RegularGridInterpolator((np.log2(self.batch), np.log2(self.context)), np.log(self.envelope_s))
+
+    def time_s(self, batch: Any, context: Any) -> np.ndarray:
+        """Latency for `batch` sequences each holding `context` entries (arrays broadcast); beyond the
+        largest measured batch or context it grows in proportion (memory-bound); 0 for no sequence."""
+        b, c = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (batch, context)))
+        bq = np.clip(b, self.batch[0], self.batch[-1])
+        cq = np.clip(c, self.context[0], self.context[-1])
+        points = np.stack([np.log2(bq), np.log2(cq)], axis=-1).reshape(-1, 2)
+        t = np.exp(self._interpolator(points)).reshape(b.shape)
+        grow = np.maximum(b / self.batch[-1], 1.0) * np.maximum(c / self.context[-1], 1.0)
+        return np.where(b > 0, t * grow, 0.0)
+
+
+@dataclass(frozen=True)
 class KernelTables:
     """One device's measured tables under one serving framework, with their provenance."""
 
@@ -104,6 +138,15 @@ class KernelTables:
     meta: dict[str, Any] = field(repr=False)
     gemm: dict[str, GemmTable] = field(repr=False)
     allreduce: dict[str, dict[int, AllReduceCurve]] = field(repr=False)
+    generation_attention: dict[str, AttentionTable] = field(default_factory=dict, repr=False)
+
+    def attention_table(
+        self, heads: int, kv_heads: int, head_dim: int, kv_dtype: str
+    ) -> AttentionTable | None:
+        """Decode attention of this head geometry (per device) and KV dtype, if measured."""
+        return self.generation_attention.get(
+            f"{heads}_{kv_heads}_{head_dim}_{GEMM_TABLE_DTYPE.get(kv_dtype, kv_dtype)}"
+        )
 
     @property
     def source(self) -> str:
@@ -155,10 +198,13 @@ def load_kernel_tables(path: Path) -> KernelTables:
     meta = json.loads(str(arrays.pop("meta_json")))
     gemm: dict[str, dict[str, np.ndarray]] = {}
     allreduce: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    attention: dict[str, dict[str, np.ndarray]] = {}
     for key, value in arrays.items():
         parts = key.split("/")
         if parts[0] == "gemm" and len(parts) == 3:
             gemm.setdefault(parts[1], {})[parts[2]] = value
+        elif parts[0] == "generation_attention" and len(parts) == 3:
+            attention.setdefault(parts[1], {})[parts[2]] = value
         elif parts[0] == "allreduce" and len(parts) == 4:
             allreduce.setdefault(parts[1], {}).setdefault(int(parts[2]), {})[parts[3]] = value
     return KernelTables(
@@ -166,4 +212,5 @@ def load_kernel_tables(path: Path) -> KernelTables:
         meta,
         {dtype: GemmTable(**grid) for dtype, grid in gemm.items()},
         {a: {g: AllReduceCurve(**c) for g, c in by_gpus.items()} for a, by_gpus in allreduce.items()},
+        {name: AttentionTable(**grid) for name, grid in attention.items()},
     )

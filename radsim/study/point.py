@@ -12,7 +12,6 @@ the error instead of raising, so that one bad point does not stop a study.
 
 from __future__ import annotations
 
-import json
 import traceback
 from typing import Any
 
@@ -22,6 +21,7 @@ from scipy.stats import binom
 from radsim.cost.iteration import iteration_cost
 from radsim.cost.layer import Execution
 from radsim.errors import ConfigError
+from radsim.files import json_text
 from radsim.routes.synthetic import depth_visits
 from radsim.scenario import run
 from radsim.scenario.schema import SCENARIO_FIELDS, Scenario, scenario_from
@@ -212,4 +212,4 @@ def _json(value: dict) -> str:
             return _round(v)
         return v
 
-    return json.dumps({k: convert(v) for k, v in value.items()}, separators=(",", ":"))
+    return json_text({k: convert(v) for k, v in value.items()}, separators=(",", ":"))  # NaN as null
