@@ -72,7 +72,7 @@ def output_file(path: str | Path, option: str, suffixes: tuple[str, ...] = ()) -
     return path
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call `write(tmp)` on a uniquely named temporary beside `path`, then rename it onto `path`.
 
     The file gets the permissions a plain `open` would give it (mkstemp's are owner-only).
@@ -106,7 +106,11 @@ def umask() -> int:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+
+    return atomic_write(path, write)
 
 
 def finite(value: Any) -> Any:

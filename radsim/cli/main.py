@@ -73,11 +73,8 @@ def failure(exc: BaseException) -> tuple[str, int]:
         root = exc.name.split(".")[0]
         hint = _EXTRAS.get(root, f"{root} (pip install {root})")
         return f"this command needs the module '{exc.name}', which is not installed; install {hint}", 2
-    if isinstance(exc, ImportError):
-        return (
-            f"an optional dependency is missing or broken ({exc}); install radsim[models] (pip install -e '.[models]')",
-            2,
-        )
+    if isinstance(exc, ImportError):  # e.g. transformers without gguf: its message names the package
+        return f"a dependency failed to import ({exc}); install what it names, or radsim[models]", 2
     if isinstance(exc, UnicodeDecodeError):
         return f"an input file is not UTF-8 text ({exc})", 2
     if isinstance(exc, OSError):

@@ -53,7 +53,6 @@ from radsim.cost.power import op_energy_J
 from radsim.errors import ConfigError
 from radsim.spec.arch import Arch
 from radsim.spec.hardware import Hardware
-from radsim.spec.kernel_tables import AttentionTable
 from radsim.spec.kv import KV_POLICIES
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0}
@@ -198,25 +197,6 @@ class AttentionCoefficients:
     bandwidth_Bps: float  # achievable bandwidth of the traffic (`radsim.cost.kernels.bandwidth_Bps`)
     launch_s: float  # fixed time of each launch
     peak_flops: float  # matrix peak attention runs at (prices its FLOPs' energy too)
-    decode_table: AttentionTable | None = None  # measured decode attention of this head geometry
-
-    def measured_s(
-        self, q_rows: np.ndarray, kv_rows: np.ndarray, pairs: np.ndarray, held: np.ndarray
-    ) -> np.ndarray | None:
-        """Measured time of launch groups that only decode, NaN for the others (None without a table).
-
-        A group only decodes when each of its sequences brings one query: then the (query, key)
-        pairs equal the entries held (each query sees its context and itself), and the table gives
-        the attention kernel for that many sequences holding held / queries - 1 entries each; the
-        RoPE/KV-write launch adds its launch time. Any group with a longer chunk keeps the roofline.
-        """
-        if self.decode_table is None:
-            return None
-        decode = (q_rows > 0) & (pairs == held)
-        batch = np.where(decode, q_rows, 1.0)
-        context = np.maximum(np.where(decode, held / np.maximum(q_rows, 1.0) - 1.0, 1.0), 1.0)
-        kernel = self.decode_table.time_s(batch, context) + self.launch_s * (kv_rows > 0)
-        return np.where(decode, kernel, np.nan)
 
     def work(self, load: LayerLoad) -> dict[str, np.ndarray]:
         """Compute time, FLOPs and bytes of a load, each linear in it (no constant term)."""
@@ -247,9 +227,6 @@ def attention_coefficients(hw: Hardware, arch: Arch, exe: Execution) -> Attentio
     flops_per_pair = 4.0 * heads * arch.head_dim
     efficiency = hw.attention_efficiency or hw.gemm_efficiency
     resident = weights_resident(hw, arch, exe)
-    tables = hw.kernel_tables
-    geometry = (int(heads), int(np.ceil(arch.num_kv_heads / exe.tp)), arch.head_dim, exe.dtype)
-    decode_table = None if tables is None or heads != int(heads) else tables.attention_table(*geometry)
     return AttentionCoefficients(
         flops_per_pair=flops_per_pair,
         s_per_pair=flops_per_pair / (peak * efficiency) + heads / hw.exp_ops_per_s,
@@ -261,18 +238,16 @@ def attention_coefficients(hw: Hardware, arch: Arch, exe: Execution) -> Attentio
         bandwidth_Bps=bandwidth_Bps(hw, resident),
         launch_s=hw.kernel_launch_overhead_s,
         peak_flops=peak,
-        decode_table=decode_table,
     )
 
 
 def attention(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> KernelCost:
     """Attention of the queries over the layer's KV cache, with RoPE and the KV write: a roofline
-    of the terms of `attention_coefficients`, or the measured decode kernel where the device has it."""
+    of the terms of `attention_coefficients`."""
     coefficients = attention_coefficients(hw, arch, exe)
     work = coefficients.work(load)
     compute_time = work.pop("compute_time_s")
     launches = coefficients.launches(load)
-    measured = coefficients.measured_s(load.q_rows, load.kv_rows, load.pairs, load.held)
     return roofline(
         hw,
         compute_time,
@@ -281,7 +256,6 @@ def attention(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> Kern
         launches,
         resident=coefficients.resident,
         launch_s=coefficients.launch_s,
-        measured_s=measured,
         peak_flops=coefficients.peak_flops,
         **work,
     )

@@ -25,7 +25,7 @@ from radsim.cost.layer import (
     load_cost,
     row_ops,
 )
-from radsim.cost.loads import HELD, KV, LOAD_ROWS, PAIRS, VISITORS, Q, as_layer_load, ones
+from radsim.cost.loads import KV, LOAD_ROWS, VISITORS, as_layer_load, ones
 from radsim.cost.power import capped_energy_J, work_energy_J
 from radsim.spec.arch import Arch
 from radsim.spec.hardware import Hardware
@@ -101,7 +101,6 @@ class CostTable:
         launches = coefficients.launches(units)
         assert not launches[VISITORS:].any(), "attention launches depend only on Q and K/V rows"
         self._launch_s = coefficients.launch_s * launches[:VISITORS]
-        self._coefficients = coefficients  # its measured decode kernel, where the device has one
 
     def layers(self, load: LayerLoad, tokens: int | None = None) -> IterationCost:
         """Summed cost of the layer launches described by `load` (arrays over launch groups).
@@ -136,9 +135,6 @@ class CostTable:
         time = out[0]
         np.maximum(time, out[1], out=time)
         time += self._launch_s @ np.minimum(load[:VISITORS], 1.0)  # zero where nothing runs
-        measured = self._coefficients.measured_s(load[Q], load[KV], load[PAIRS], load[HELD])
-        if measured is not None:
-            np.copyto(time, measured, where=~np.isnan(measured))
         capped_energy_J(self.hw, time, out[4], out=out[1])
         return out[:4]
 

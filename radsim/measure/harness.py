@@ -544,13 +544,13 @@ def _check_grid(
     contexts: list[int],
     prefill_batches: list[int] | None,
 ) -> None:
-    for option, values, allowed in (("--models", models, SPECS), ("--phases", phases, PHASES)):
-        if not values:
+    for option, names, allowed in (("--models", models, SPECS), ("--phases", phases, PHASES)):
+        if not names:
             raise ConfigError(f"{option} is empty; allowed: {', '.join(allowed)}")
-        for v in values:
+        for v in names:
             if v not in allowed:
                 raise ConfigError(f"{option}: unknown {option[2:-1]} {v!r}; valid: {', '.join(allowed)}")
-    lists = {"--batch": batches, "--prefill-batch": prefill_batches or batches}
+    lists: dict[str, list[int]] = {"--batch": batches, "--prefill-batch": prefill_batches or batches}
     lists |= {"--prompt": prompts} if "prefill" in phases else {}
     lists |= {"--context": contexts} if "decode" in phases else {}
     for option, values in lists.items():

@@ -108,13 +108,14 @@ ATTENTION_KERNELS = ("vllm_flash_attn_fa3", "vllm_flash_attn", "flashinfer", "tr
 KV_DTYPES = {"bfloat16": "bf16", "fp8": "fp8"}
 
 
-def generation_attention_grids(table) -> tuple[dict[str, dict[str, np.ndarray]], str]:
-    """Decode attention of one layer: per (heads, KV heads, head dim, KV dtype), latency (s) on the
-    grid batch x context (the KV entries each sequence holds before its new token).
+def attention_grids(table, length: str = "step") -> tuple[dict[str, dict[str, np.ndarray]], str]:
+    """Attention of one layer per (heads, KV heads, head dim, KV dtype): latency (s) on the grid
+    batch x length. Decode (`length` "step"): the KV entries each sequence holds before its new
+    token; prefill (`length` "isl"): the prompt tokens of each sequence, causal, no prior context.
 
-    Full attention only (window 0). The source leaves the largest batch x context corner out (the
+    Full attention only (window 0). The source leaves the largest batch x length corner out (the
     KV cache would not fit); those points are filled by doubling the latency of half the batch,
-    as memory-bound decode attention scales."""
+    as attention scales with the batch at a fixed length."""
     if "window_size" in table:
         table = table[table["window_size"] == 0]
     kernel = next((k for k in ATTENTION_KERNELS if (table["kernel_source"] == k).any()), None)
@@ -125,11 +126,11 @@ def generation_attention_grids(table) -> tuple[dict[str, dict[str, np.ndarray]],
     keys = ["num_heads", "num_key_value_heads", "head_dim", "kv_cache_dtype"]
     for (heads, kv_heads, head_dim, kv_dtype), rows in table.groupby(keys):
         batch = np.sort(rows["batch_size"].unique()).astype(np.float64)
-        context = np.sort(rows["step"].unique()).astype(np.float64)
+        context = np.sort(rows[length].unique()).astype(np.float64)
         if batch.size < 2 or context.size < 2:
             continue
         latency = np.full((batch.size, context.size), np.nan)
-        latency[np.searchsorted(batch, rows["batch_size"]), np.searchsorted(context, rows["step"])] = (
+        latency[np.searchsorted(batch, rows["batch_size"]), np.searchsorted(context, rows[length])] = (
             rows["latency"].to_numpy() * S_PER_MS
         )
         for i in range(1, batch.size):
@@ -187,15 +188,16 @@ def import_tables(
     grids, kernels = gemm_grids(gemm_table)
     curves: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     sources: dict[str, str] = {"gemm": f"{framework} {version} gemm_perf.parquet"}
-    attention: dict[str, dict[str, np.ndarray]] = {}
+    attention: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     attention_kernel = ""
     attention_versions = _versions(root / "attention" / framework)
     if attention_versions:
         chosen = version if version in attention_versions else attention_versions[-1]
-        path = root / "attention" / framework / chosen / "generation_attention_perf.parquet"
-        if path.exists():
-            attention, attention_kernel = generation_attention_grids(_read(path))
-            sources["generation_attention"] = f"{framework} {chosen} generation_attention_perf.parquet"
+        for phase, length in (("generation", "step"), ("context", "isl")):
+            path = root / "attention" / framework / chosen / f"{phase}_attention_perf.parquet"
+            if path.exists():
+                attention[phase], attention_kernel = attention_grids(_read(path), length)
+                sources[f"{phase}_attention"] = f"{framework} {chosen} {phase}_attention_perf.parquet"
     custom = _versions(root / "comm" / framework)
     if custom:
         path = root / "comm" / framework / custom[-1] / "custom_allreduce_perf.parquet"
@@ -225,9 +227,10 @@ def import_tables(
     for dtype, grid in grids.items():
         for key, value in grid.items():
             arrays[f"gemm/{dtype}/{key}"] = value
-    for name, grid in attention.items():
-        for key, value in grid.items():
-            arrays[f"generation_attention/{name}/{key}"] = value
+    for phase, grids in attention.items():
+        for name, grid in grids.items():
+            for key, value in grid.items():
+                arrays[f"{phase}_attention/{name}/{key}"] = value
     for kernel, by_gpus in curves.items():
         for gpus, curve in by_gpus.items():
             for key, value in curve.items():
@@ -343,12 +346,18 @@ def held_out_errors(tables) -> list[dict[str, Any]]:
 
 
 def _attention_errors(tables) -> list[dict[str, Any]]:
-    """Held-out error of decode attention per KV dtype, over every head geometry: every other batch
-    size or context length left out and interpolated from the rest."""
+    """Held-out error of decode and prefill attention per KV dtype, over every head geometry: every
+    other batch size or length left out and interpolated from the rest."""
+    return _phase_errors(tables.generation_attention, "decode_attention") + _phase_errors(
+        tables.context_attention, "prefill_attention"
+    )
+
+
+def _phase_errors(grids, op: str) -> list[dict[str, Any]]:
     from radsim.spec.kernel_tables import AttentionTable
 
     by_dtype: dict[str, dict[str, list[np.ndarray]]] = {}
-    for name, grid in sorted(tables.generation_attention.items()):
+    for name, grid in sorted(grids.items()):
         kv_dtype = name.rsplit("_", 1)[1]
         for axis, axis_name in enumerate(("batch", "context")):
             keep, held = _halves(grid.latency_s.shape[axis])
@@ -367,16 +376,14 @@ def _attention_errors(tables) -> list[dict[str, Any]]:
         for axis_name, errors in axes_errors.items():
             rows.append(
                 {
-                    "op": "decode_attention",
+                    "op": op,
                     "kind": kv_dtype,
                     "axis": axis_name,
                     **_summary(np.concatenate(errors)),
                 }
             )
             pooled.extend(errors)
-        rows.append(
-            {"op": "decode_attention", "kind": kv_dtype, "axis": "all", **_summary(np.concatenate(pooled))}
-        )
+        rows.append({"op": op, "kind": kv_dtype, "axis": "all", **_summary(np.concatenate(pooled))})
     return rows
 
 

@@ -22,6 +22,7 @@ from radsim.files import read_text
 
 ARRIVALS = ("poisson", "gamma", "replay")
 LENGTH_KINDS = ("fixed", "uniform", "lognormal")
+MAX_REQUESTS = 10_000_000  # most requests one workload draws (an hour at 40/s is 144,000)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,11 @@ class WorkloadConfig:
             raise ConfigError("--rate and --duration must be > 0")
         if self.burstiness <= 0:
             raise ConfigError("--burstiness must be > 0")
+        if self.arrival != "replay" and self.rate_per_s * self.duration_s > MAX_REQUESTS:
+            raise ConfigError(
+                f"'rate_per_s' x 'duration_s' = {self.rate_per_s * self.duration_s:.3g} requests; "
+                f"allowed: at most {MAX_REQUESTS:,} per run (lower the rate or the duration)"
+            )
 
 
 def generate(cfg: WorkloadConfig) -> list[Request]:

@@ -139,14 +139,15 @@ class KernelTables:
     gemm: dict[str, GemmTable] = field(repr=False)
     allreduce: dict[str, dict[int, AllReduceCurve]] = field(repr=False)
     generation_attention: dict[str, AttentionTable] = field(default_factory=dict, repr=False)
+    context_attention: dict[str, AttentionTable] = field(default_factory=dict, repr=False)
 
     def attention_table(
-        self, heads: int, kv_heads: int, head_dim: int, kv_dtype: str
+        self, heads: int, kv_heads: int, head_dim: int, kv_dtype: str, phase: str = "generation"
     ) -> AttentionTable | None:
-        """Decode attention of this head geometry (per device) and KV dtype, if measured."""
-        return self.generation_attention.get(
-            f"{heads}_{kv_heads}_{head_dim}_{GEMM_TABLE_DTYPE.get(kv_dtype, kv_dtype)}"
-        )
+        """Decode (`generation`) or prefill (`context`) attention of this head geometry (per device)
+        and KV dtype, if measured. A prefill table's `context` axis is the prompt length."""
+        grids = self.generation_attention if phase == "generation" else self.context_attention
+        return grids.get(f"{heads}_{kv_heads}_{head_dim}_{GEMM_TABLE_DTYPE.get(kv_dtype, kv_dtype)}")
 
     @property
     def source(self) -> str:
@@ -198,13 +199,13 @@ def load_kernel_tables(path: Path) -> KernelTables:
     meta = json.loads(str(arrays.pop("meta_json")))
     gemm: dict[str, dict[str, np.ndarray]] = {}
     allreduce: dict[str, dict[int, dict[str, np.ndarray]]] = {}
-    attention: dict[str, dict[str, np.ndarray]] = {}
+    attention: dict[str, dict[str, dict[str, np.ndarray]]] = {"generation": {}, "context": {}}
     for key, value in arrays.items():
         parts = key.split("/")
         if parts[0] == "gemm" and len(parts) == 3:
             gemm.setdefault(parts[1], {})[parts[2]] = value
-        elif parts[0] == "generation_attention" and len(parts) == 3:
-            attention.setdefault(parts[1], {})[parts[2]] = value
+        elif parts[0] in ("generation_attention", "context_attention") and len(parts) == 3:
+            attention[parts[0].split("_")[0]].setdefault(parts[1], {})[parts[2]] = value
         elif parts[0] == "allreduce" and len(parts) == 4:
             allreduce.setdefault(parts[1], {}).setdefault(int(parts[2]), {})[parts[3]] = value
     return KernelTables(
@@ -212,5 +213,6 @@ def load_kernel_tables(path: Path) -> KernelTables:
         meta,
         {dtype: GemmTable(**grid) for dtype, grid in gemm.items()},
         {a: {g: AllReduceCurve(**c) for g, c in by_gpus.items()} for a, by_gpus in allreduce.items()},
-        {name: AttentionTable(**grid) for name, grid in attention.items()},
+        {name: AttentionTable(**grid) for name, grid in attention["generation"].items()},
+        {name: AttentionTable(**grid) for name, grid in attention["context"].items()},
     )

@@ -9,6 +9,7 @@ every marker's hover text lists the point's inputs.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
@@ -616,15 +617,13 @@ def write_figures(
     if "html" in formats:
         for name, fig in figures.items():
             path = out / f"{name}.html"
-            atomic_write(
-                path,
-                lambda tmp, fig=fig, name=name: fig.write_html(
-                    tmp,
-                    include_plotlyjs="directory",
-                    full_html=True,
-                    div_id=name,  # stable ids
-                ),
+            write = functools.partial(
+                fig.write_html,
+                include_plotlyjs="directory",
+                full_html=True,
+                div_id=name,  # stable ids
             )
+            atomic_write(path, write)
             written.append(path)
     if "png" in formats and figures:
         paths = [out / f"{name}.png" for name in figures]

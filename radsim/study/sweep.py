@@ -164,6 +164,7 @@ def run_study(
     order = {p["point_id"]: i for i, p in enumerate(points)}
     traces = {p["trace"]: str(resolve_trace(p["trace"], study.path)) for p in points if p["trace"]}
     with folder_lock(out, study.name):
+        _remove_stale_temporaries(out)
         rows = _finished_rows(out, study.name, order, retry_failed)
         todo = [p for p in points if p["point_id"] not in rows]
         progress = Progress(len(points), len(rows), stream)
@@ -218,6 +219,13 @@ def folder_lock(out: Path, study: str) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)  # closing drops the lock
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temporaries of the table left by a killed run (the lock says no one else writes them now)."""
+    for name in (RESULTS_PARQUET, RESULTS_CSV):
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _holder(fd: int) -> str:

@@ -9,6 +9,7 @@ so held-out text never overlaps training text. Token ids are cached as uint16 `.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import subprocess
@@ -105,8 +106,7 @@ def build_splits(tokenize: Callable[[str], list[int]], eos: int, cache_dir: Path
     for doc in documents():
         ids[doc.split].extend(tokenize(doc.text) + [eos])
     for split, path in paths.items():
-        array = np.asarray(ids[split], dtype=np.uint16)
-        atomic_write(path, lambda tmp, array=array: _save(tmp, array))
+        atomic_write(path, functools.partial(_save, array=np.asarray(ids[split], dtype=np.uint16)))
     return paths
 
 
