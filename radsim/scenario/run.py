@@ -9,9 +9,10 @@ it is run. Hardware, architectures and traces are cached per process: a sweep re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from radsim.cost.layer import Execution
 from radsim.cost.money import Pricing
@@ -41,6 +42,9 @@ def load_architecture(name: str) -> Arch:
     if str(name).endswith(".toml"):
         check_text(name, "architecture file")
     return load_arch(name)
+
+
+T = TypeVar("T")
 
 
 @lru_cache(maxsize=32)
@@ -82,7 +86,8 @@ def resolve(s: Scenario, trace_file: str | None = None) -> None:
 
     Hardware (with a matrix peak for the dtype), architecture (with `layers`), visited layers
     within the depth, the trace (readable, valid, mappable onto the architecture) and the replay
-    CSV. ConfigError names the field. A study calls this for every point before the first runs.
+    CSV. ConfigError names the field. A study calls this for each combination of these inputs
+    among its points before the first point runs.
     """
     _field("hw", lambda: _hardware(s.hw))
     _field("dtype", lambda: hardware(s))
@@ -97,7 +102,8 @@ def resolve(s: Scenario, trace_file: str | None = None) -> None:
         _field("replay", lambda: read_replay(Path(s.replay)))
 
 
-def _field(name: str, check: Any) -> Any:
+def _field(name: str, check: Callable[[], T]) -> T:
+    """`check()`, its ConfigError prefixed with the input it concerns."""
     try:
         return check()
     except ConfigError as exc:

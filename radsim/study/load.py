@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,9 +112,7 @@ def parse_study(raw: dict[str, Any], path: Path, max_points: int = DEFAULT_MAX_P
     for number, point in _grid_points(study):  # every point must be valid before anything runs
         resources.setdefault(tuple(point[k] for k in _RESOURCE_KEYS), (number, tuple(point.items())))
     warnings = _unread_fixed(fixed, parsed, path)
-    return Study(
-        study.name, study.description, path, study.fixed, parsed, warnings, tuple(resources.values())
-    )
+    return replace(study, warnings=warnings, resources=tuple(resources.values()))
 
 
 def _check_size(grids: tuple[Grid, ...], path: Path, max_points: int) -> None:
