@@ -8,10 +8,10 @@ file; `show` lists what a file holds and where it came from.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from radsim.errors import ConfigError
+from radsim.files import json_text, output_dir
 
 
 def add_tables_commands(sub) -> None:
@@ -45,7 +45,7 @@ def _import(args: argparse.Namespace) -> None:
     data = Path(args.source) if args.source else package_data_dir()
     if not data.is_dir():
         raise ConfigError(f"--from {data}: not a folder")
-    out = Path(args.out) if args.out else TABLES_DIR / args.device
+    out = output_dir(Path(args.out) if args.out else TABLES_DIR / args.device, "--out")
     path = import_tables(args.device, args.framework, data, out, args.version, args.source_version)
     print(f"wrote {path}")
 
@@ -68,7 +68,7 @@ def _error(args: argparse.Namespace) -> None:
     tables = _tables(args.file)
     rows = held_out_errors(tables)
     print(
-        json.dumps(rows)
+        json_text(rows)
         if args.json
         else format_errors(rows, f"held-out error of {tables.path.name}: {tables.source}")
     )

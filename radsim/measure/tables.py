@@ -13,8 +13,6 @@ elements (16-bit) to bytes. The package is needed only to import (`pip install r
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from radsim.errors import ConfigError
+from radsim.files import atomic_write, atomic_write_text
 
 SOURCE_PACKAGE = "aiconfigurator-core"
 LICENCE = "Apache-2.0"
@@ -252,11 +251,11 @@ def _package_version() -> str:
 
 
 def _atomic_savez(path: Path, arrays: dict[str, Any]) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".npz.tmp")
-    os.close(handle)
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a handle: np.savez would add .npz to a file name
+            np.savez_compressed(handle, **arrays)
+
+    atomic_write(path, write)
 
 
 def _write_notice(out_dir: Path, meta: dict[str, Any]) -> None:
@@ -269,14 +268,16 @@ def _write_notice(out_dir: Path, meta: dict[str, Any]) -> None:
             f"- `{npz.name}`: {m['source_device']}, converted from {m['source_package']} {m['source_version']} "
             f"({'; '.join(m['tables'].values())}) on {m['imported_at'][:10]}\n"
         )
-    (out_dir / "NOTICE.md").write_text(
+    atomic_write_text(
+        out_dir / "NOTICE.md",
         f"# Kernel tables of {meta['device']}\n\n"
         "Derived from the measurement tables of NVIDIA's `aiconfigurator-core` "
         "(https://github.com/ai-dynamo/aiconfigurator), Copyright (c) NVIDIA CORPORATION & AFFILIATES, "
         "licensed under the Apache License, Version 2.0 (https://www.apache.org/licenses/LICENSE-2.0). "
         "Converted by `radsim tables import` (radsim/measure/tables.py): latencies to seconds, all-reduce "
-        "sizes to bytes, GEMM grids filled where the source lacks a point (see the module docstring); "
-        "no figure was fitted or altered otherwise.\n\n" + "".join(lines)
+        "sizes to bytes, the few points the source lacks filled (GEMM along k, attention's largest batch x "
+        "length corner by doubling half the batch; see radsim/measure/tables.py); "
+        "no figure was fitted or altered otherwise.\n\n" + "".join(lines),
     )
 
 

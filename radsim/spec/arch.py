@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from radsim.errors import ConfigError
+from radsim.files import read_text
 
 ARCH_DIR = Path(__file__).resolve().parent / "archs"
 FFN_KINDS = ("swiglu", "relu", "gelu")
@@ -212,8 +213,8 @@ def load_arch(name_or_path: str | Path) -> Arch:
                 f"unknown architecture '{name_or_path}'; valid names: {', '.join(list_archs())}"
             )
     try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raw = tomllib.loads(read_text(path, "architecture file"))
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: cannot read architecture file: {exc}") from exc
     return parse_arch(raw, path)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from radsim.errors import ConfigError
+from radsim.files import read_text
 from radsim.spec.kernel_tables import KernelTables, load_kernel_tables
 from radsim.spec.kernel_tables import resolve as resolve_tables
 
@@ -145,8 +146,8 @@ def load_hardware(name_or_path: str | Path) -> Hardware:
             valid = ", ".join(list_hardware()) or "(none found)"
             raise ConfigError(f"unknown hardware '{name_or_path}'; valid names: {valid}")
     try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raw = tomllib.loads(read_text(path, "hardware file"))
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: cannot read hardware file: {exc}") from exc
     return parse_hardware(raw, path)
 
