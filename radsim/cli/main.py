@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from radsim.cli.capacity import add_capacity_command
 from radsim.cli.estimate import add_estimate_command
 from radsim.cli.measure import add_measure_commands
 from radsim.cli.models import add_model_commands
@@ -143,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     ashow.set_defaults(func=_arch_show)
     add_estimate_command(sub)
     add_simulate_command(sub)
+    add_capacity_command(sub)
     add_model_commands(sub)
     add_trace_commands(sub)
     add_study_commands(sub)

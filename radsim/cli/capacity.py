@@ -1,0 +1,76 @@
+"""`radsim capacity`: the highest request rate per replica that meets TTFT and TPOT SLOs, and with
+`--target-rate` the replicas and tensor parallelism a deployment needs."""
+
+from __future__ import annotations
+
+import argparse
+
+from radsim.cli.scenario_args import add_scenario_arguments, scenario_from_args
+from radsim.errors import ConfigError
+from radsim.files import json_text
+
+
+def add_capacity_command(sub) -> None:
+    """Register `capacity`: every input `simulate` reads, plus the search's own options."""
+    cap = sub.add_parser(
+        "capacity",
+        help="highest request rate per replica meeting TTFT/TPOT SLOs (search over rate with the simulator)",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    add_scenario_arguments(cap, "simulate")
+    search = cap.add_argument_group("capacity search")
+    search.add_argument("--percentile", type=int, default=90, help="percentile of TTFT and TPOT judged")
+    search.add_argument(
+        "--tolerance", type=float, default=0.02, help="relative width of the final rate bracket"
+    )
+    search.add_argument("--start-rate", type=float, default=1.0, help="first rate tried, requests/s")
+    search.add_argument("--max-rate", type=float, default=1.0e4, help="highest rate tried, requests/s")
+    search.add_argument("--target-rate", type=float, help="requests/s to serve: replicas and TP needed")
+    search.add_argument(
+        "--tp-options", default="1", help="tensor-parallel degrees to compare (comma-separated)"
+    )
+    cap.add_argument("--json", action="store_true", help="print one JSON object (SI units)")
+    cap.set_defaults(func=_capacity)
+
+
+def _capacity(args: argparse.Namespace) -> None:
+    from radsim.scenario.capacity import CapacitySearch, deployments, find_capacity
+
+    scenario = scenario_from_args(args, "simulate")
+    search = CapacitySearch(args.percentile, args.tolerance, args.start_rate, args.max_rate)
+    result = find_capacity(scenario, search)
+    result = {"hw": scenario.hw, "arch": scenario.arch, "routes": scenario.routes_label, **result}
+    if args.target_rate is not None:
+        try:
+            tps = tuple(int(x) for x in args.tp_options.split(","))
+        except ValueError as exc:
+            raise ConfigError(
+                f"--tp-options {args.tp_options!r}: comma-separated whole numbers, e.g. 1,2,4"
+            ) from exc
+        result["deployment"] = deployments(scenario, args.target_rate, tps, search)
+    if args.json:
+        print(json_text(result))
+        return
+    p = result["percentile"]
+    print(
+        f"capacity of one replica ({result['hw']}, {result['arch']}, {result['routes']}): "
+        f"{result['max_rate_per_s']:.3g} requests/s with p{p} TTFT <= {result['slo_ttft_s']:g} s and "
+        f"p{p} TPOT <= {result['slo_tpot_s'] * 1e3:g} ms ({result['failing_rate_per_s']:.3g} requests/s fails; "
+        f"{result['simulations']} simulations of {result['duration_s']:g} s of arrivals, tolerance {result['tolerance']:.0%})"
+    )
+    print(
+        f"at that rate: p{p} TTFT {result[f'ttft_s_p{p}'] * 1e3:.1f} ms, p{p} TPOT {result[f'tpot_s_p{p}'] * 1e3:.2f} ms, "
+        f"{result['output_tokens_per_s']:.0f} output tokens/s, {result['energy_J_per_output_token']:.3f} J and "
+        f"${result['cost_usd_per_Mtok']:.3f} per 1M output tokens"
+    )
+    if "deployment" in result:
+        d = result["deployment"]
+        for o in d["options"]:
+            print(
+                f"  tp {o['tp']}: {o['max_rate_per_s']:.3g} requests/s per replica -> {o['replicas']} replicas, "
+                f"{o['devices']} devices, ${o['usd_per_hour']:.2f}/h"
+            )
+        c = d["cheapest"]
+        print(
+            f"cheapest for {d['target_rate_per_s']:g} requests/s: tp {c['tp']} x {c['replicas']} replicas (${c['usd_per_hour']:.2f}/h)"
+        )
