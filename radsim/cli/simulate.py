@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from radsim.cli.scenario_args import add_scenario_arguments, scenario_from_args
 from radsim.files import atomic_write, json_text, output_file
@@ -47,10 +48,13 @@ def run_simulate(args: argparse.Namespace) -> None:
     if args.json:
         print(json_text(result))
     else:
-        width = max(len(k) for k in result)
+        shown = {k: v for k, v in result.items() if k != "warnings"}
+        width = max(len(k) for k in shown)
         print(
             "\n".join(
                 f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}"
-                for k, v in result.items()
+                for k, v in shown.items()
             )
         )
+    for warning in result["warnings"]:
+        print(f"radsim: warning: {warning}", file=sys.stderr)

@@ -222,9 +222,72 @@ def build_simulation(s: Scenario, trace_file: str | None = None) -> Simulation:
 
 
 def run_simulation(s: Scenario, trace_file: str | None = None) -> tuple[Simulation, dict[str, Any]]:
-    """Simulate the scenario; the finished simulation and its metrics (`radsim.sim.metrics.summarize`)."""
+    """Simulate the scenario; the finished simulation and its metrics (`radsim.sim.metrics.summarize`),
+    with where its routes came from (`routes_source`) and what to be wary of (`warnings`)."""
     from radsim.sim.metrics import summarize
 
     sim = build_simulation(s, trace_file)
     sim.run()
-    return sim, summarize(sim, slo(s), pricing(s))
+    metrics = summarize(sim, slo(s), pricing(s))
+    source, warnings = routes_provenance(s, architecture(s), trace_file)
+    metrics["routes_source"] = source
+    metrics["warnings"] = warnings + overload_warnings(s, sim)
+    return sim, metrics
+
+
+#: A trace whose model has this many times fewer (or more) layers than the architecture is flagged.
+STRETCH_WARNING_RATIO = 2.0
+#: Requests still waiting when arrivals stop, as a share of all requests, that flag an overloaded run.
+OVERLOAD_WAITING_SHARE = 0.05
+
+
+def routes_provenance(s: Scenario, arch: Arch, trace_file: str | None = None) -> tuple[str, list[str]]:
+    """Where the routes come from, in one line, and warnings about how they were used."""
+    if not s.trace:
+        return f"parametric: {s.routes_label} ({s.depth_distribution} depths, seed {s.seed})", []
+    meta = _trace_meta(trace_file or s.trace)
+    model, quality, data = meta["model"], meta.get("quality", {}), meta.get("data", {})
+    ppl = quality.get("perplexity")
+    where = (
+        f"perplexity {ppl:.1f} on {data.get('tokens', '?')} held-out tokens" if ppl else "no quality recorded"
+    )
+    layers = int(model["num_layers"])
+    source = (
+        f"trace {s.trace}: {model['kind']} model {model.get('name', '?')}, {layers} layers, {where}; "
+        f"mapped onto the {arch.num_layers} layers of {arch.name}"
+        + (
+            ""
+            if layers == arch.num_layers
+            else f" (each of its layers stands for {arch.num_layers / layers:.3g})"
+        )
+    )
+    warnings = []
+    ratio = max(arch.num_layers / layers, layers / arch.num_layers)
+    if ratio > STRETCH_WARNING_RATIO:
+        warnings.append(
+            f"routes of a {layers}-layer model ({model.get('name', '?')}) stretched onto the {arch.num_layers} layers "
+            f"of {arch.name} ({ratio:.3g}x): every token's route is that small model's, block by block"
+        )
+    return source, warnings
+
+
+@lru_cache(maxsize=16)
+def _trace_meta(path: str) -> dict[str, Any]:
+    from radsim.routes.trace import read_trace
+
+    return read_trace(path).meta
+
+
+def overload_warnings(s: Scenario, sim: Simulation) -> list[str]:
+    """A warning when requests pile up: many still waiting when the arrivals stopped."""
+    if s.arrival == "batch" or not sim.timeline or not sim.requests:
+        return []
+    last_arrival = sim.requests[-1].arrival_at
+    waiting = max((it.waiting for it in sim.timeline if it.start_at <= last_arrival), default=0)
+    if waiting > max(10, OVERLOAD_WAITING_SHARE * len(sim.requests)):
+        return [
+            f"arrivals exceed capacity: up to {waiting} requests were waiting before the last arrival "
+            f"({len(sim.requests)} requests at {s.rate_per_s:g}/s); latencies grow with the run's length "
+            "(radsim capacity finds the rate that meets the SLOs)"
+        ]
+    return []

@@ -42,3 +42,47 @@ def test_both_depth_distributions_reach_both_engines():
         sim, _ = run_simulation(Scenario(engine="simulate", arrival="batch", depth_distribution=law, **base))
         depth = sim.routes.depth
         assert (depth == 16).all() if law == "exact" else depth.std() > 1.0
+
+
+def test_a_stretched_trace_names_its_model_and_quality_and_warns():
+    trace = str(ROOT / "traces/radial-scratch-p05.parquet")
+    s = Scenario(
+        engine="simulate",
+        hw="h100_sxm",
+        arch="llama3.1-8b",
+        trace=trace,
+        arrival="batch",
+        batch=2,
+        output_tokens=8,
+    )
+    _, metrics = run_simulation(s)
+    assert "radial-scratch-p05" in metrics["routes_source"] and "perplexity 58.0" in metrics["routes_source"]
+    assert any("8-layer model" in w and "32 layers" in w for w in metrics["warnings"])
+    same = str(ROOT / "traces/smollm2-135m-radial-distill-tau0.27.parquet")  # 30 layers onto 32: no warning
+    _, metrics = run_simulation(
+        Scenario(
+            engine="simulate",
+            hw="h100_sxm",
+            arch="llama3.1-8b",
+            trace=same,
+            arrival="batch",
+            batch=2,
+            output_tokens=8,
+        )
+    )
+    assert metrics["warnings"] == []
+
+
+def test_an_overloaded_run_warns_and_a_light_one_does_not():
+    base = dict(
+        engine="simulate",
+        hw="h100_sxm",
+        arch="llama3.1-8b",
+        duration_s=5.0,
+        prompt_tokens=256,
+        output_tokens=32,
+    )
+    _, heavy = run_simulation(Scenario(rate_per_s=20.0, max_batch=1, **base))
+    assert any("arrivals exceed capacity" in w for w in heavy["warnings"])
+    _, light = run_simulation(Scenario(rate_per_s=2.0, **base))
+    assert light["warnings"] == []
