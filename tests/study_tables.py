@@ -45,6 +45,14 @@ max_batch = 16
 [grid.axes]
 depth_fraction = [1.0, 0.5]
 
+# Capacity under the SLOs, for the sequential model and a trace.
+[[grid]]
+engine = "capacity"
+duration_s = 3.0
+slo_ttft_s = 0.5
+[grid.axes]
+trace = ["", "traces/radial-scratch-p05.parquet"]
+
 # Llama-3.1-70B needs 141 GB in bf16: this point fails and is recorded, the others run.
 [[grid]]
 engine = "estimate"

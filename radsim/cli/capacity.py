@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from radsim.cli.scenario_args import add_scenario_arguments, scenario_from_args
 from radsim.errors import ConfigError
@@ -17,9 +18,8 @@ def add_capacity_command(sub) -> None:
         help="highest request rate per replica meeting TTFT/TPOT SLOs (search over rate with the simulator)",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
-    add_scenario_arguments(cap, "simulate")
+    add_scenario_arguments(cap, "capacity")
     search = cap.add_argument_group("capacity search")
-    search.add_argument("--percentile", type=int, default=90, help="percentile of TTFT and TPOT judged")
     search.add_argument(
         "--tolerance", type=float, default=0.02, help="relative width of the final rate bracket"
     )
@@ -36,9 +36,11 @@ def add_capacity_command(sub) -> None:
 def _capacity(args: argparse.Namespace) -> None:
     from radsim.scenario.capacity import CapacitySearch, deployments, find_capacity
 
-    scenario = scenario_from_args(args, "simulate")
-    search = CapacitySearch(args.percentile, args.tolerance, args.start_rate, args.max_rate)
+    scenario = scenario_from_args(args, "capacity")
+    search = CapacitySearch(args.tolerance, args.start_rate, args.max_rate)
     result = find_capacity(scenario, search)
+    run = result.pop("rate_run")
+    result["routes_source"], result["warnings"] = run["routes_source"], run["warnings"]
     result = {"hw": scenario.hw, "arch": scenario.arch, "routes": scenario.routes_label, **result}
     if args.target_rate is not None:
         try:
@@ -48,6 +50,8 @@ def _capacity(args: argparse.Namespace) -> None:
                 f"--tp-options {args.tp_options!r}: comma-separated whole numbers, e.g. 1,2,4"
             ) from exc
         result["deployment"] = deployments(scenario, args.target_rate, tps, search)
+    for warning in result["warnings"]:
+        print(f"radsim: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json_text(result))
         return

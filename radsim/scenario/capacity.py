@@ -25,17 +25,15 @@ PERCENTILES = (50, 90, 99)
 
 @dataclass(frozen=True)
 class CapacitySearch:
-    """How the search runs: the percentile judged, the rate bracket and the relative tolerance."""
+    """How the search runs: the rate bracket and the relative tolerance (the percentile judged is
+    the scenario's `slo_percentile`)."""
 
-    percentile: int = 90
     tolerance: float = 0.02
     start_rate_per_s: float = 1.0
     max_rate_per_s: float = 1.0e4
     max_evaluations: int = 40
 
     def __post_init__(self) -> None:
-        if self.percentile not in PERCENTILES:
-            raise ConfigError(f"--percentile {self.percentile}; allowed: {', '.join(map(str, PERCENTILES))}")
         if not 0.0 < self.tolerance < 1.0 or not math.isfinite(self.tolerance):
             raise ConfigError(f"--tolerance must be in (0, 1), got {self.tolerance}")
         if not 0.0 < self.start_rate_per_s <= self.max_rate_per_s < math.inf:
@@ -58,18 +56,20 @@ def find_capacity(
     """The largest rate per replica meeting the SLOs, and the metrics of its run (see the module docstring)."""
     from radsim.scenario.run import run_simulation
 
-    if s.engine != "simulate" or s.arrival not in ("poisson", "gamma"):
-        raise ConfigError("capacity searches over the rate of poisson or gamma arrivals (engine simulate)")
+    if s.engine == "estimate" or s.arrival not in ("poisson", "gamma"):
+        raise ConfigError("capacity searches over the rate of poisson or gamma arrivals (engine capacity)")
     if s.replicas != 1:
         raise ConfigError("capacity is per replica: leave replicas at 1 (use --target-rate for a deployment)")
+    percentile = s.slo_percentile
+    simulated = replace(s, engine="simulate", slo_percentile=90)
     runs: dict[float, dict[str, Any]] = {}
 
     def evaluate(rate: float) -> bool:
         if rate not in runs:
             if len(runs) >= search.max_evaluations:
                 raise ConfigError(f"capacity search did not converge in {search.max_evaluations} simulations")
-            _, runs[rate] = run_simulation(replace(s, rate_per_s=rate), trace_file)
-        return meets_slo(runs[rate], s, search.percentile)
+            _, runs[rate] = run_simulation(replace(simulated, rate_per_s=rate), trace_file)
+        return meets_slo(runs[rate], s, percentile)
 
     low, high = 0.0, search.start_rate_per_s
     while evaluate(high):
@@ -83,8 +83,8 @@ def find_capacity(
             high /= 2.0
             if high < search.start_rate_per_s * 1e-4:
                 raise ConfigError(
-                    f"the SLOs fail even at {high:.3g} requests/s (p{search.percentile} TTFT "
-                    f"{runs[high]['ttft_s_p' + str(search.percentile)]}); loosen them or lower the lengths"
+                    f"the SLOs fail even at {high:.3g} requests/s (p{percentile} TTFT "
+                    f"{runs[high]['ttft_s_p' + str(percentile)]}); loosen them or lower the lengths"
                 )
         low, high = high / 2.0, high
     while (high - low) / high > search.tolerance:
@@ -94,7 +94,7 @@ def find_capacity(
         else:
             high = middle
     best = runs[low]
-    p = search.percentile
+    p = percentile
     return {
         "max_rate_per_s": low,
         "failing_rate_per_s": high,
@@ -112,6 +112,7 @@ def find_capacity(
         "avg_power_W": best["avg_power_W"],
         "cost_usd_per_Mtok": best["cost_usd_per_Mtok"],
         "busy_fraction": best["busy_fraction"],
+        "rate_run": best,
     }
 
 

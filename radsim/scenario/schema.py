@@ -30,9 +30,9 @@ from radsim.sim.scheduler import BATCHING_POLICIES
 from radsim.sim.workload import LENGTH_KINDS
 from radsim.spec.kv import KV_POLICIES
 
-ENGINES = ("estimate", "simulate")
+ENGINES = ("estimate", "simulate", "capacity")
 ARRIVALS = ("batch", "poisson", "gamma", "replay")
-_SIM = ("simulate",)
+_SIM = ("simulate", "capacity")  # capacity: a search over simulations
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,10 @@ class Scenario:
     """A run: every input with its default; construction checks each value and their combination."""
 
     engine: str = _input(
-        "estimate", str, "what runs: a static-batch estimate or the serving simulator", allowed=ENGINES
+        "estimate",
+        str,
+        "what runs: a static-batch estimate, the serving simulator, or a capacity search over simulations",
+        allowed=ENGINES,
     )
     hw: str = _input("", str, "hardware name (radsim hw list) or TOML path", required=True)
     arch: str = _input("", str, "architecture name (radsim arch list) or TOML path", required=True)
@@ -250,6 +253,15 @@ class Scenario:
         later=True,
         flags=("--max-length",),
     )
+    slo_percentile: int = _input(
+        90,
+        int,
+        "capacity: percentile of TTFT and TPOT the SLOs bound",
+        allowed=(50, 90, 99),
+        engines=("capacity",),
+        later=True,
+        flags=("--percentile",),
+    )
     replay: str = _input(
         "", str, "arrival replay: CSV with arrival_s,prompt_tokens,output_tokens", engines=_SIM, later=True
     )
@@ -275,7 +287,11 @@ class Scenario:
             raise ConfigError("give depth_fraction or visited_layers, not both")
         if self.route_shape != "random" and (self.trace or self.reuse_prob):
             raise ConfigError("route_shape shapes parametric routes; leave trace and reuse_prob unset")
-        if engine == "simulate" and self.arrival != "batch" and self.batch != default_of("batch"):
+        if engine == "capacity" and self.arrival not in ("poisson", "gamma"):
+            raise ConfigError("engine 'capacity' searches over the rate of poisson or gamma arrivals")
+        if engine == "capacity" and self.replicas != 1:
+            raise ConfigError("engine 'capacity' is per replica: leave replicas at 1")
+        if engine != "estimate" and self.arrival != "batch" and self.batch != default_of("batch"):
             raise ConfigError(
                 f"'batch' is the static batch of arrival 'batch'; arrival '{self.arrival}' runs up to 'max_batch' sequences"
             )
@@ -283,9 +299,9 @@ class Scenario:
             raise ConfigError("arrival 'replay' needs 'replay', a CSV file (--replay FILE)")
         if self.replay and self.arrival != "replay":
             raise ConfigError("'replay' is read with arrival 'replay' only")
-        if engine == "simulate" and self.prefill_chunk == 0 and self.arrival != "batch":
+        if engine != "estimate" and self.prefill_chunk == 0 and self.arrival != "batch":
             raise ConfigError("'prefill_chunk' 0 (the whole static batch) needs arrival 'batch'")
-        if engine == "simulate" and self.execution == "step_sync" and self.kv_policy == "compute":
+        if engine != "estimate" and self.execution == "step_sync" and self.kv_policy == "compute":
             raise ConfigError(
                 "kv policy 'compute' runs attention for every token in every layer: use execution layer_major"
             )
@@ -322,7 +338,7 @@ class Scenario:
         drew before it could be chosen (estimate exact, simulate bernoulli).
         """
         values = self.as_dict()
-        if self.engine == "simulate" and not self.static_batch:
+        if self.engine != "estimate" and not self.static_batch:
             values["batch"], values["max_batch"] = self.max_batch, default_of("max_batch")
         if self.engine not in input_of("arrival").engines:
             values["arrival"] = "batch"

@@ -589,6 +589,47 @@ def architectures_relative(table: pd.DataFrame) -> go.Figure | None:
     return _layout(fig, f"Relative to {base_label} (below 1: faster or cheaper)", len(facets))
 
 
+def capacity(table: pd.DataFrame) -> go.Figure | None:
+    """Capacity under the SLOs (requests/s per replica) and the cost per token at that rate, per routes."""
+    rows = _ok(table)
+    rows = rows[rows["engine"] == "capacity"] if "engine" in rows else rows.iloc[:0]
+    if rows.empty or "max_rate_per_s" not in rows:
+        return None
+    facets = _facets(rows)
+    fig = make_subplots(
+        rows=len(facets),
+        cols=2,
+        subplot_titles=[t for hw, _ in facets for t in (f"capacity {hw}", f"cost at capacity {hw}")],
+    )
+    colors: dict[str, str] = {}
+    palette = _palette()
+    for i, (_, facet) in enumerate(facets, start=1):
+        for label, s in _series(facet, {"hw"}):
+            color = colors.setdefault(label, next(palette))
+            for col, y in ((1, s["max_rate_per_s"]), (2, s["cost_usd_per_Mtok"])):
+                fig.add_trace(
+                    go.Bar(
+                        x=[label],
+                        y=y,
+                        name=label,
+                        legendgroup=label,
+                        showlegend=i == 1 and col == 1,
+                        marker={"color": color},
+                        text=_hover(s),
+                        textposition="none",
+                        hovertemplate="%{text}<br>%{y:.4g}<extra></extra>",
+                    ),
+                    row=i,
+                    col=col,
+                )
+        fig.update_yaxes(title_text="requests/s per replica", row=i, col=1)
+        fig.update_yaxes(title_text="cost (USD per 1M output tokens)", row=i, col=2)
+    first = rows.iloc[0]
+    slo = f"p{int(first['percentile'])} TTFT <= {first['slo_ttft_s']:g} s, TPOT <= {first['slo_tpot_s'] * 1e3:g} ms"
+    fig.update_xaxes(showticklabels=False)
+    return _layout(fig, f"Capacity under the SLOs ({slo}) and the cost per token at that rate", len(facets))
+
+
 FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure | None]] = {
     "latency_cost_vs_batch": latency_cost_vs_batch,
     "savings_vs_batch": savings_vs_batch,
@@ -599,6 +640,7 @@ FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure | None]] = {
     "depth_distribution": depth_distribution,
     "architectures": architectures,
     "architectures_relative": architectures_relative,
+    "capacity": capacity,
 }
 
 

@@ -37,7 +37,7 @@ def evaluate(point: dict[str, Any], trace_file: str | None = None) -> dict[str, 
     row = dict(point)
     try:
         scenario = scenario_from({k: v for k, v in point.items() if k in SCENARIO_FIELDS})
-        evaluator = _estimate if scenario.engine == "estimate" else _simulate
+        evaluator = {"estimate": _estimate, "simulate": _simulate, "capacity": _capacity}[scenario.engine]
         row.update(evaluator(scenario, trace_file))
         row["error"] = ""
     except Exception as exc:  # a failed point is recorded, not raised
@@ -140,6 +140,21 @@ def _simulate(s: Scenario, trace_file: str | None) -> dict[str, Any]:
         return rows.reshape(n, passes, arch.num_layers).sum(axis=1)
 
     out["roofline_json"] = _json(roofline_layers(hw, arch, exe, s, visits))
+    return out
+
+
+def _capacity(s: Scenario, trace_file: str | None) -> dict[str, Any]:
+    """The capacity search of `radsim.scenario.capacity`, and the row of the run at that rate."""
+    from dataclasses import replace
+
+    from radsim.scenario.capacity import CapacitySearch, find_capacity
+
+    found = find_capacity(s, CapacitySearch(), trace_file)
+    found.pop("rate_run")
+    at = replace(s, engine="simulate", slo_percentile=90, rate_per_s=found["max_rate_per_s"])
+    out = _simulate(at, trace_file)  # the same run the search judged (same inputs, same seed)
+    out.update({k: v for k, v in found.items() if k not in ("slo_ttft_s", "slo_tpot_s", "duration_s")})
+    out["cost_usd_per_Mtok_at_slo"] = found["cost_usd_per_Mtok"]
     return out
 
 

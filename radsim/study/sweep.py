@@ -323,7 +323,13 @@ def read_results(path: str | Path) -> pd.DataFrame:
     missing = {"point_id", "engine", "error"} - set(table.columns)
     if missing:
         raise ConfigError(f"{path}: not a study result table (missing columns {sorted(missing)})")
-    for key in ["error", "routes", "routes_source", "warnings", *(k for k, spec in INPUTS.items() if spec.kind is str)]:
+    for key in [
+        "error",
+        "routes",
+        "routes_source",
+        "warnings",
+        *(k for k, spec in INPUTS.items() if spec.kind is str),
+    ]:
         if key in table:  # CSV reads an empty string as missing
             table[key] = table[key].astype(object).fillna("").astype(str)
     _check_result_columns(table, path)

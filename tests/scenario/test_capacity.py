@@ -14,7 +14,7 @@ from radsim.scenario.run import run_simulation
 from radsim.scenario.schema import Scenario
 
 BASE = Scenario(
-    engine="simulate",
+    engine="capacity",
     hw="h100_sxm",
     arch="llama3.1-8b",
     prompt_tokens=256,
@@ -27,19 +27,21 @@ BASE = Scenario(
 
 @pytest.fixture(scope="module")
 def capacity() -> dict:
-    return find_capacity(BASE, CapacitySearch(start_rate_per_s=8.0))
+    found = find_capacity(BASE, CapacitySearch(start_rate_per_s=8.0))
+    found.pop("rate_run")
+    return found
 
 
 def test_the_rate_found_meets_the_slo_and_one_and_a_half_times_it_does_not(capacity):
     rate = capacity["max_rate_per_s"]
     assert rate > 0 and capacity["failing_rate_per_s"] <= rate * 1.03
-    _, at = run_simulation(replace(BASE, rate_per_s=rate))
+    _, at = run_simulation(replace(BASE, engine="simulate", rate_per_s=rate))
     assert (
         meets_slo(at, BASE, 90)
         and at["ttft_s_p90"] <= BASE.slo_ttft_s
         and at["tpot_s_p90"] <= BASE.slo_tpot_s
     )
-    _, above = run_simulation(replace(BASE, rate_per_s=1.5 * rate))
+    _, above = run_simulation(replace(BASE, engine="simulate", rate_per_s=1.5 * rate))
     assert not meets_slo(above, BASE, 90)
     assert capacity["cost_usd_per_Mtok"] == pytest.approx(at["cost_usd_per_Mtok"])
 
@@ -47,16 +49,20 @@ def test_the_rate_found_meets_the_slo_and_one_and_a_half_times_it_does_not(capac
 def test_tightening_an_slo_never_raises_the_capacity(capacity):
     search = CapacitySearch(start_rate_per_s=8.0)
     tighter_ttft = find_capacity(replace(BASE, slo_ttft_s=0.3), search)["max_rate_per_s"]
+    tighter_pct = find_capacity(replace(BASE, slo_percentile=99), search)["max_rate_per_s"]
+    assert tighter_pct <= capacity["max_rate_per_s"]
     tighter_tpot = find_capacity(replace(BASE, slo_tpot_s=0.02), search)["max_rate_per_s"]
     assert tighter_ttft <= capacity["max_rate_per_s"] and tighter_tpot <= capacity["max_rate_per_s"]
 
 
 def test_the_search_is_deterministic_and_refuses_what_it_cannot_search(capacity):
-    assert find_capacity(BASE, CapacitySearch(start_rate_per_s=8.0)) == capacity
+    again = find_capacity(BASE, CapacitySearch(start_rate_per_s=8.0))
+    again.pop("rate_run")
+    assert again == capacity
     with pytest.raises(ConfigError, match="poisson or gamma"):
-        find_capacity(replace(BASE, arrival="batch"))
-    with pytest.raises(ConfigError, match="--percentile 75"):
-        CapacitySearch(percentile=75)
+        replace(BASE, arrival="batch")
+    with pytest.raises(ConfigError, match="'slo_percentile' is 75"):
+        replace(BASE, slo_percentile=75)
 
 
 def test_cli_prints_one_json_object_and_a_deployment(capsys):

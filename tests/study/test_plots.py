@@ -21,6 +21,7 @@ UNITS = {
     "depth_distribution": ["(%)"],
     "architectures": ["(ms, log)", "(USD per 1M output tokens, log)", "(sequences)"],
     "architectures_relative": ["(x, log)", "(sequences)"],
+    "capacity": ["requests/s per replica", "(USD per 1M output tokens)"],
 }
 #: Figures drawn only for studies whose grids carry labels (studies/architectures.toml).
 LABELLED = ("architectures", "architectures_relative")

@@ -241,7 +241,7 @@ def test_unread_fixed_inputs_are_warned_about(tmp_path, capsys):
     study.write_text(SMALL_STUDY.format(name="warn"))
     assert main(["study", "run", str(study), "--out", str(tmp_path / "o"), "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert "radsim: warning:" in err and "'rate_per_s'" in err and "engine simulate only" in err
+    assert "radsim: warning:" in err and "'rate_per_s'" in err and "engine simulate, capacity only" in err
 
 
 def test_failed_points_fail_the_run_and_say_where_the_errors_are(tmp_path, capsys):

@@ -53,7 +53,7 @@ def _study(tmp_path: Path, text: str) -> Path:
 def test_grid_expansion_order_defaults_and_ids(tmp_path):
     study = load_study(write_tiny(tmp_path))
     points = expand(study)
-    assert len(points) == 6 + 4 + 2 + 1 == sum(g.size for g in study.grids)
+    assert len(points) == 6 + 4 + 2 + 2 + 1 == sum(g.size for g in study.grids)
     first = points[0]
     assert (first["engine"], first["depth_fraction"], first["batch"]) == ("estimate", 1.0, 1)
     assert [(p["depth_fraction"], p["batch"]) for p in points[:6]] == [
@@ -128,7 +128,7 @@ def test_failed_point_is_recorded_and_the_rest_run(tmp_path):
     assert "does not fit on h100_sxm" in failed["error"].iloc[0]
     assert failed["tpot_s"].isna().all()
     ok = table[table["error"] == ""]
-    assert len(ok) == 12 and ok["tpot_s"].gt(0).all() and ok["cost_usd_per_Mtok"].gt(0).all()
+    assert len(ok) == 14 and ok["tpot_s"].gt(0).all() and ok["cost_usd_per_Mtok"].gt(0).all()
     # the estimate and a simulated static batch of the sequential model agree on the decode step
     est = ok[(ok["engine"] == "estimate") & (ok["batch"] == 4) & (ok["routes"] == "sequential")]
     sim = ok[(ok["engine"] == "simulate") & (ok["arrival"] == "batch") & (ok["routes"] == "sequential")]
@@ -221,8 +221,8 @@ def test_cli_runs_a_study_and_shows_progress(tmp_path, capsys):
     # a failed point fails the run (exit 1), after every other point ran
     assert main(["study", "run", str(path), "--out", str(tmp_path / "cli"), "--workers", "1"]) == 1
     captured = capsys.readouterr()
-    assert "13 points (1 failed)" in captured.out
-    assert "13/13 points, 1 failed" in captured.err
+    assert "15 points (1 failed)" in captured.out
+    assert "15/15 points, 1 failed" in captured.err
     assert "1 point(s) failed" in captured.err and "'error' column" in captured.err
     assert main(["study", "run", str(tmp_path / "missing.toml")]) == 2
     assert "cannot read study file" in capsys.readouterr().err
