@@ -21,7 +21,8 @@ def test_shipped_studies_keep_their_point_ids():
     # ids of every point of every shipped study, as the release before the scenario computed them
     stored = json.loads((ROOT / "tests/data/point_ids.json").read_text())
     for study, ids in stored.items():
-        assert [p["point_id"] for p in expand(load_study(ROOT / study))] == ids, study
+        now = [p["point_id"] for p in expand(load_study(ROOT / study))]
+        assert now[: len(ids)] == ids, study  # grids added since keep the old points' ids
 
 
 def test_cli_flags_are_the_inputs_with_their_defaults():
