@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from radsim.cli.baseline import add_baseline_argument, baseline_scenario, compare, format_comparison
 from radsim.cli.scenario_args import add_scenario_arguments, scenario_from_args
 from radsim.errors import ConfigError
 from radsim.files import json_text
@@ -19,6 +20,7 @@ def add_capacity_command(sub) -> None:
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     add_scenario_arguments(cap, "capacity")
+    add_baseline_argument(cap)
     search = cap.add_argument_group("capacity search")
     search.add_argument(
         "--tolerance", type=float, default=0.02, help="relative width of the final rate bracket"
@@ -41,6 +43,12 @@ def _capacity(args: argparse.Namespace) -> None:
     result = find_capacity(scenario, search)
     run = result.pop("rate_run")
     result["routes_source"], result["warnings"] = run["routes_source"], run["warnings"]
+    if args.baseline:
+        base_scenario = baseline_scenario(scenario, args.baseline)
+        base = find_capacity(base_scenario, search)
+        base.pop("rate_run")
+        result["baseline"] = {"routes": base_scenario.routes_label, **base}
+        result["comparison"] = compare("capacity", result, base)
     result = {"hw": scenario.hw, "arch": scenario.arch, "routes": scenario.routes_label, **result}
     if args.target_rate is not None:
         try:
@@ -78,3 +86,6 @@ def _capacity(args: argparse.Namespace) -> None:
         print(
             f"cheapest for {d['target_rate_per_s']:g} requests/s: tp {c['tp']} x {c['replicas']} replicas (${c['usd_per_hour']:.2f}/h)"
         )
+    if "comparison" in result:
+        print()
+        print(format_comparison(result["comparison"], result["routes"], result["baseline"]["routes"]))

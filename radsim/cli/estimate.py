@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from radsim.cli.baseline import add_baseline_argument, baseline_scenario, compare, format_comparison
 from radsim.cli.scenario_args import add_scenario_arguments, scenario_from_args
 from radsim.files import json_text
 from radsim.scenario.run import resolve, run_estimate
@@ -17,6 +18,7 @@ def add_estimate_command(sub) -> None:
         description="A static batch of identical requests: prompts prefilled in chunks, then decoded in lockstep.",
     )
     add_scenario_arguments(est, "estimate")
+    add_baseline_argument(est)
     est.add_argument("--json", action="store_true", help="print one JSON object (SI units)")
     est.set_defaults(func=_estimate)
 
@@ -24,8 +26,20 @@ def add_estimate_command(sub) -> None:
 def _estimate(args: argparse.Namespace) -> None:
     scenario = scenario_from_args(args, "estimate")
     resolve(scenario)  # what it names exists and fits (errors name the flag's input)
+    base = baseline_scenario(scenario, args.baseline) if args.baseline else None
+    if base is not None:
+        resolve(base)
     result = run_estimate(scenario)
-    print(json_text(result) if args.json else format_estimate(result))
+    if base is not None:
+        result["baseline"] = run_estimate(base)
+        result["comparison"] = compare("estimate", result, result["baseline"])
+    if args.json:
+        print(json_text(result))
+        return
+    print(format_estimate(result))
+    if base is not None:
+        print()
+        print(format_comparison(result["comparison"], scenario.routes_label, base.routes_label))
 
 
 def format_estimate(r: dict) -> str:
