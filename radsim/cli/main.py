@@ -161,7 +161,7 @@ def _hw_list(args: argparse.Namespace) -> None:
         hw = load_hardware(name)
         bf16 = f"{hw.bf16_dense_flops / 1e12:.0f} TFLOP/s" if hw.bf16_dense_flops else "-"
         print(
-            f"{name:<16} {hw.memory_capacity_bytes / 2**30:>5.0f} GiB "
+            f"{name:<16} {hw.memory_capacity_bytes / 1e9:>6.1f} GB "
             f"{hw.memory_bandwidth_Bps / 1e12:>7.2f} TB/s "
             f"{bf16:>12} {hw.max_power_W:>5.0f} W ${hw.price_usd_per_hour:>5.2f}/h  {hw.name}"
         )

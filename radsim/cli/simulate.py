@@ -56,16 +56,61 @@ def run_simulate(args: argparse.Namespace) -> None:
     if args.json:
         print(json_text(result))
     else:
-        shown = {k: v for k, v in result.items() if k not in ("warnings", "baseline", "comparison")}
-        width = max(len(k) for k in shown)
-        print(
-            "\n".join(
-                f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}"
-                for k, v in shown.items()
-            )
-        )
+        print(format_simulation(result))
         if base is not None:
             print()
             print(format_comparison(result["comparison"], scenario.routes_label, base.routes_label))
     for warning in result["warnings"]:
         print(f"radsim: warning: {warning}", file=sys.stderr)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 1e3:.2f}"
+
+
+def _spread(r: dict, name: str) -> str:
+    return (
+        f"mean {_ms(r[f'{name}_mean'])}, p50 {_ms(r[f'{name}_p50'])}, p90 {_ms(r[f'{name}_p90'])}, "
+        f"p99 {_ms(r[f'{name}_p99'])} ms"
+    )
+
+
+def format_simulation(r: dict) -> str:
+    """A readable table of a simulation's main figures (every figure is in `--json`)."""
+    rows = [
+        ("model", f"{r['arch']} on {r['devices']} device(s) of {r['hw']}"),
+        ("routes", r["routes_source"]),
+        ("batching", f"{r['batching']}, {r['execution']} execution, kv policy {r['kv_policy']}"),
+        (
+            "requests",
+            f"{r['completed']} of {r['requests']} completed in {r['makespan_s']:.1f} s "
+            f"({r['prompt_tokens']} prompt, {r['output_tokens']} output tokens; {r['preemptions']} preemptions)",
+        ),
+        ("time to first token", _spread(r, "ttft_s")),
+        ("time per output token", _spread(r, "tpot_s")),
+        ("inter-token latency", _spread(r, "itl_s")),
+        ("end to end", f"mean {r['e2e_s_mean']:.3f} s, p90 {r['e2e_s_p90']:.3f} s"),
+        ("decode step", f"{_ms(r['decode_step_s'])} ms (iterations that only decode)"),
+        (
+            "throughput",
+            f"{r['output_tokens_per_s']:.1f} output tokens/s, {r['requests_per_s']:.2f} requests/s "
+            f"(busy {r['busy_fraction']:.0%})",
+        ),
+        (
+            "goodput",
+            f"{r['goodput_requests_per_s']:.2f} requests/s within TTFT {r['slo_ttft_s']:g} s and "
+            f"TPOT {r['slo_tpot_s'] * 1e3:g} ms ({r['slo_attainment']:.0%} of requests)",
+        ),
+        ("KV cache peak", f"{r['kv_cache_peak_bytes'] / 1e9:.2f} GB per device"),
+        ("average power", f"{r['avg_power_W']:.0f} W (all devices)"),
+        (
+            "energy per output token",
+            "n/a" if r["energy_J_per_output_token"] is None else f"{r['energy_J_per_output_token']:.3f} J",
+        ),
+        (
+            "cost per 1M output tokens",
+            "n/a" if r["cost_usd_per_Mtok"] is None else f"${r['cost_usd_per_Mtok']:.3f}",
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
