@@ -36,7 +36,11 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_ships_every_device_and_architecture(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for folder, pattern in (("radsim/spec/hw_models", "*.toml"), ("radsim/spec/archs", "*.toml")):
+    folders = (("radsim/spec/hw_models", "*.toml"), ("radsim/spec/archs", "*.toml"))
+    folders += tuple(
+        (str(d.relative_to(ROOT)), "*") for d in (ROOT / "radsim/spec/kernel_tables").iterdir() if d.is_dir()
+    )
+    for folder, pattern in folders:
         shipped = {p.name for p in (ROOT / folder).glob(pattern)}
         assert shipped and {f"{folder}/{n}" for n in shipped} <= names, folder
 
