@@ -1,7 +1,9 @@
-"""One self-contained HTML page of a study: every plot, the table of points and the failed points.
+"""One self-contained HTML page of a study: its question, fixed inputs and headline numbers, every
+plot with a caption, the table of points and the failed points.
 
 The page embeds plotly.js once (no CDN, so it opens without a network) and each figure as a div
-drawn by it; the tables show the inputs that vary and the main metrics in display units.
+drawn by it; the tables show the inputs that vary and the main metrics in display units. All of it
+comes from the result table alone.
 """
 
 from __future__ import annotations
@@ -32,8 +34,23 @@ table { border-collapse: collapse; font-size: 12px; margin-bottom: 2em; }
 th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
 th { background: #f0f0f0; position: sticky; top: 0; }
 td.text { text-align: left; }
-.plot { margin-bottom: 2em; }
+.plot { margin-bottom: 0.5em; width: 100%; }
+.caption { color: #555; font-size: 14px; margin: 0 0 2.5em 0; max-width: 900px; }
+ul.fixed { columns: 3; font-size: 13px; }
 """
+#: One caption per figure: what it shows and how to read it.
+CAPTIONS = {
+    "capacity": "The highest request rate one replica serves while the chosen percentile of TTFT and TPOT meets the SLOs (left), and the cost per token at that rate (right): the saving of a faster model in service.",
+    "latency_cost_vs_batch": "Time per output token (mean over requests) and cost per million output tokens of static batches, against batch size.",
+    "savings_vs_batch": "How many times faster a dynamic-depth decode step is than the sequential model's, and how many times cheaper a token, at each batch size; above 1 dynamic depth pays.",
+    "pareto_front": "Every static point's time per output token against its cost; the step line is the front no other point beats on both.",
+    "roofline": "Each layer's operating points (FLOPs per DRAM byte against achieved FLOP/s) in a prefill chunk and a decode step, under the device's peak and achievable roofs.",
+    "memory_breakdown": "Weights, KV cache and activations per device for each static batch, against the device's memory.",
+    "power_over_time": "Power of all devices over the run, in equal time bins (idle power between iterations included).",
+    "depth_distribution": "How many layers each token visits, per routes: a trace's spread, or the single depth of exact parametric routes.",
+    "architectures": "Time per output token and cost per architecture (labelled grids), grouped by batch size.",
+    "architectures_relative": "Each architecture's time per output token and cost over the baseline grid's, by batch size.",
+}
 
 
 def report_html(table: pd.DataFrame) -> str:
@@ -44,14 +61,24 @@ def report_html(table: pd.DataFrame) -> str:
     failed = table[table["error"] != ""]
     divs = [
         f'<div class="plot" id="plot-{name}">'
-        + pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=f"fig-{name}")
+        + pio.to_html(
+            fig, include_plotlyjs=False, full_html=False, div_id=f"fig-{name}", default_width="100%"
+        )
         + "</div>"
+        + f"<p class='caption'>{html.escape(CAPTIONS.get(name, ''))}</p>"
         for name, fig in figures.items()
     ]
+    question = ""
+    if "study_description" in table and len(table):
+        question = f"<p class='question'>{html.escape(str(table['study_description'].iloc[0]))}</p>"
     parts = [
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+        f"<title>{html.escape(title)}</title>",
         f"<style>{_STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        question,
+        _headlines(table[table["error"] == ""]),
+        _fixed(table),
         f"<p>{len(table)} points, {len(failed)} failed; plots: {', '.join(figures) or 'none'}.</p>",
         *divs,
         "<h2>Points</h2>",
@@ -61,6 +88,46 @@ def report_html(table: pd.DataFrame) -> str:
         parts += ["<h2>Failed points</h2>", _table(failed, errors=True)]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _headlines(rows: pd.DataFrame) -> str:
+    """A few numbers that answer the study: capacity per routes, the fastest and the cheapest point."""
+    items = []
+    if "max_rate_per_s" in rows:
+        for _, r in rows[rows["engine"] == "capacity"].iterrows():
+            items.append(
+                f"capacity of {r['routes']} on {r['hw']}: {r['max_rate_per_s']:.3g} requests/s at "
+                f"${r['cost_usd_per_Mtok']:.3g} per 1M output tokens"
+            )
+    static = (rows["engine"] == "estimate") | (rows["arrival"] == "batch") if len(rows) else rows.index == 0
+    timed = rows[static & rows["tpot_s"].notna()] if "tpot_s" in rows else rows.iloc[:0]
+    if len(timed):
+        fast, cheap = timed.loc[timed["tpot_s"].idxmin()], timed.loc[timed["cost_usd_per_Mtok"].idxmin()]
+        items.append(
+            f"fastest static batch: {fast['routes']} at batch {fast['batch']} on {fast['hw']}, {fast['tpot_s'] * 1e3:.3g} ms per output token"
+        )
+        items.append(
+            f"cheapest static batch: {cheap['routes']} at batch {cheap['batch']} on {cheap['hw']}, "
+            f"${cheap['cost_usd_per_Mtok']:.3g} per 1M output tokens"
+        )
+    if not items:
+        return ""
+    return "<h2>Headline numbers</h2><ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
+
+
+def _fixed(table: pd.DataFrame) -> str:
+    """The inputs every point shares."""
+    from radsim.scenario.schema import INPUTS
+
+    shared = [k for k in INPUTS if k in table and table[k].astype(str).nunique() == 1]
+    if not shared:
+        return ""
+    values = {k: table[k].iloc[0] for k in shared}
+    items = "".join(
+        f"<li>{html.escape(k)} = {html.escape(repr(v) if isinstance(v, str) else str(v))}</li>"
+        for k, v in values.items()
+    )
+    return f"<h2>Fixed inputs</h2><ul class='fixed'>{items}</ul>"
 
 
 def _table(rows: pd.DataFrame, errors: bool = False) -> str:

@@ -171,7 +171,7 @@ def run_study(
         last_write = time.perf_counter()
         try:
             for row in runner(todo, traces):
-                rows[row["point_id"]] = {"study": study.name, **row}
+                rows[row["point_id"]] = {"study": study.name, "study_description": study.description, **row}
                 progress.update(row)
                 if time.perf_counter() - last_write >= CHECKPOINT_INTERVAL_S:
                     write_table(results_table(rows.values(), order), out)
@@ -328,6 +328,7 @@ def read_results(path: str | Path) -> pd.DataFrame:
         "routes",
         "routes_source",
         "warnings",
+        "study_description",
         *(k for k, spec in INPUTS.items() if spec.kind is str),
     ]:
         if key in table:  # CSV reads an empty string as missing
