@@ -39,6 +39,21 @@ _RATIO_TICKS = {
 }
 
 
+def _log_ticks(values: pd.Series | np.ndarray, unit: str = "") -> dict[str, list]:
+    """Ticks of a log axis at 1, 2 and 5 times each power of ten inside the data, every label whole
+    (plotly's own minor labels drop the decade: "5, 2, 1, 5, 2, 0.1"); at least two ticks."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v) & (v > 0)]
+    if not v.size:
+        return {}
+    low, high = np.floor(np.log10(v.min())), np.ceil(np.log10(v.max()))
+    ticks = [float(m * 10.0**e) for e in np.arange(low, high + 1) for m in (1, 2, 5)]
+    inside = [x for x in ticks if v.min() / 1.5 <= x <= v.max() * 1.5] or ticks
+    if len(inside) < 2:
+        inside = sorted({*inside, *[x for x in ticks if x > inside[-1]][:1]})
+    return {"tickvals": inside, "ticktext": [f"{x:g}{unit}" for x in inside]}
+
+
 def _ok(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["error"] == ""]
 
@@ -141,7 +156,13 @@ def latency_cost_vs_batch(table: pd.DataFrame) -> go.Figure | None:
                     col=col,
                 )
         fig.update_yaxes(title_text="time per output token (ms)", row=i, col=1)
-        fig.update_yaxes(title_text="cost (USD per 1M output tokens)", type="log", dtick="D2", row=i, col=2)
+        fig.update_yaxes(
+            title_text="cost (USD per 1M output tokens)",
+            type="log",
+            row=i,
+            col=2,
+            **_log_ticks(facet["cost_usd_per_Mtok"]),
+        )
     fig.update_xaxes(type="log", dtick=np.log10(2))
     fig.update_xaxes(title_text="batch size (sequences)", row=len(facets))
     return _layout(fig, "Latency and cost against batch size, per dynamic depth", len(facets))
@@ -243,8 +264,10 @@ def pareto_front(table: pd.DataFrame) -> go.Figure | None:
             hovertemplate="%{text}<extra>Pareto front</extra>",
         )
     )
-    fig.update_xaxes(type="log", dtick="D2", title_text="time per output token (ms)")
-    fig.update_yaxes(type="log", dtick="D2", title_text="cost (USD per 1M output tokens)")
+    fig.update_xaxes(type="log", title_text="time per output token (ms)", **_log_ticks(rows["tpot_s"] * 1e3))
+    fig.update_yaxes(
+        type="log", title_text="cost (USD per 1M output tokens)", **_log_ticks(rows["cost_usd_per_Mtok"])
+    )
     return _layout(fig, "Latency against cost: every point and the Pareto front", 1)
 
 
