@@ -146,14 +146,14 @@ def run_estimate(s: Scenario) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=16)
-def _trace_routes(path: str, num_layers: int) -> tuple[RouteBook, str, bool]:
+def _trace_routes(path: str, num_layers: int) -> tuple[RouteBook, str, bool, dict[str, Any]]:
     from radsim.routes.book import from_trace
     from radsim.routes.trace import read_trace
 
     trace = read_trace(path)  # read once: the meta and the routes
     meta = trace.meta
     routed = meta["model"]["kind"] != "sequential"  # a sequential model has no router to run
-    return from_trace(trace, num_layers, source=path), meta["kv_policy"], routed
+    return from_trace(trace, num_layers, source=path), meta["kv_policy"], routed, meta
 
 
 def route_book(s: Scenario, arch: Arch, trace_file: str | None = None) -> tuple[RouteBook, str, bool]:
@@ -164,7 +164,7 @@ def route_book(s: Scenario, arch: Arch, trace_file: str | None = None) -> tuple[
     from radsim.routes.synthetic import parametric
 
     if s.trace:
-        book, policy, routed = _trace_routes(trace_file or s.trace, arch.num_layers)
+        book, policy, routed, _ = _trace_routes(trace_file or s.trace, arch.num_layers)
         return book, s.kv_policy or policy, routed
     fraction = depth_fraction(s, arch)
     book = parametric(
@@ -245,7 +245,7 @@ def routes_provenance(s: Scenario, arch: Arch, trace_file: str | None = None) ->
     """Where the routes come from, in one line, and warnings about how they were used."""
     if not s.trace:
         return f"parametric: {s.routes_label} ({s.depth_distribution} depths, seed {s.seed})", []
-    meta = _trace_meta(trace_file or s.trace)
+    meta = _trace_routes(trace_file or s.trace, arch.num_layers)[3]  # read once, with the routes
     model, quality, data = meta["model"], meta.get("quality", {}), meta.get("data", {})
     ppl = quality.get("perplexity")
     where = (
@@ -269,13 +269,6 @@ def routes_provenance(s: Scenario, arch: Arch, trace_file: str | None = None) ->
             f"of {arch.name} ({ratio:.3g}x): every token's route is that small model's, block by block"
         )
     return source, warnings
-
-
-@lru_cache(maxsize=16)
-def _trace_meta(path: str) -> dict[str, Any]:
-    from radsim.routes.trace import read_trace
-
-    return read_trace(path).meta
 
 
 def overload_warnings(s: Scenario, sim: Simulation) -> list[str]:

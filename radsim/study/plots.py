@@ -541,22 +541,8 @@ def architectures(table: pd.DataFrame) -> go.Figure | None:
         for label in dict.fromkeys(rows["label"]):
             s = facet[facet["label"] == label].sort_values("batch")
             color = colors.setdefault(label, next(palette))
-            for col, y in ((1, s["tpot_s"] * 1e3), (2, s["cost_usd_per_Mtok"])):
-                fig.add_trace(
-                    go.Bar(
-                        x=s["batch"].astype(str),
-                        y=y,
-                        name=label,
-                        legendgroup=label,
-                        showlegend=i == 1 and col == 1,
-                        marker={"color": color},
-                        text=_hover(s),
-                        textposition="none",
-                        hovertemplate="%{text}<br>batch %{x}<br>%{y:.4g}<extra></extra>",
-                    ),
-                    row=i,
-                    col=col,
-                )
+            columns = (s["tpot_s"] * 1e3, s["cost_usd_per_Mtok"])
+            _bar_pair(fig, s["batch"].astype(str), columns, label, color, s, i, "batch %{x}<br>")
         fig.update_yaxes(title_text="time per output token (ms, log)", type="log", row=i, col=1)
         fig.update_yaxes(title_text="cost (USD per 1M output tokens, log)", type="log", row=i, col=2)
     order = {"categoryorder": "array", "categoryarray": [str(b) for b in batches]}
@@ -612,6 +598,28 @@ def architectures_relative(table: pd.DataFrame) -> go.Figure | None:
     return _layout(fig, f"Relative to {base_label} (below 1: faster or cheaper)", len(facets))
 
 
+def _bar_pair(
+    fig: go.Figure, x, columns, label: str, color: str, rows: pd.DataFrame, row: int, where: str = ""
+) -> None:
+    """One series' bars in both columns of a facet row (time or rate left, cost right)."""
+    for col, y in enumerate(columns, start=1):
+        fig.add_trace(
+            go.Bar(
+                x=x,
+                y=y,
+                name=label,
+                legendgroup=label,
+                showlegend=row == 1 and col == 1,
+                marker={"color": color},
+                text=_hover(rows),
+                textposition="none",
+                hovertemplate=f"%{{text}}<br>{where}%{{y:.4g}}<extra></extra>",
+            ),
+            row=row,
+            col=col,
+        )
+
+
 def capacity(table: pd.DataFrame) -> go.Figure | None:
     """Capacity under the SLOs (requests/s per replica) and the cost per token at that rate, per routes."""
     rows = _ok(table)
@@ -629,22 +637,7 @@ def capacity(table: pd.DataFrame) -> go.Figure | None:
     for i, (_, facet) in enumerate(facets, start=1):
         for label, s in _series(facet, {"hw"}):
             color = colors.setdefault(label, next(palette))
-            for col, y in ((1, s["max_rate_per_s"]), (2, s["cost_usd_per_Mtok"])):
-                fig.add_trace(
-                    go.Bar(
-                        x=[label],
-                        y=y,
-                        name=label,
-                        legendgroup=label,
-                        showlegend=i == 1 and col == 1,
-                        marker={"color": color},
-                        text=_hover(s),
-                        textposition="none",
-                        hovertemplate="%{text}<br>%{y:.4g}<extra></extra>",
-                    ),
-                    row=i,
-                    col=col,
-                )
+            _bar_pair(fig, [label], (s["max_rate_per_s"], s["cost_usd_per_Mtok"]), label, color, s, i)
         fig.update_yaxes(title_text="requests/s per replica", row=i, col=1)
         fig.update_yaxes(title_text="cost (USD per 1M output tokens)", row=i, col=2)
     first = rows.iloc[0]

@@ -16,7 +16,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from radsim.files import atomic_write_text
-from radsim.study.plots import _varying, build_figures
+from radsim.study.plots import _is_static, _varying, build_figures
 
 #: Metric columns shown in the report's table: column -> (heading, scale to display units).
 SHOWN = {
@@ -99,7 +99,7 @@ def _headlines(rows: pd.DataFrame) -> str:
                 f"capacity of {r['routes']} on {r['hw']}: {r['max_rate_per_s']:.3g} requests/s at "
                 f"${r['cost_usd_per_Mtok']:.3g} per 1M output tokens"
             )
-    static = (rows["engine"] == "estimate") | (rows["arrival"] == "batch") if len(rows) else rows.index == 0
+    static = _is_static(rows) if len(rows) else rows.index == 0
     timed = rows[static & rows["tpot_s"].notna()] if "tpot_s" in rows else rows.iloc[:0]
     if len(timed):
         fast, cheap = timed.loc[timed["tpot_s"].idxmin()], timed.loc[timed["cost_usd_per_Mtok"].idxmin()]
