@@ -37,9 +37,13 @@ def add_capacity_command(sub) -> None:
 
 def _capacity(args: argparse.Namespace) -> None:
     from radsim.scenario.capacity import CapacitySearch, deployments, find_capacity
+    from radsim.scenario.run import resolve
 
     scenario = scenario_from_args(args, "capacity")
     search = CapacitySearch(args.tolerance, args.start_rate, args.max_rate)
+    resolve(scenario)  # what it names exists, before the search starts
+    if args.baseline:
+        resolve(baseline_scenario(scenario, args.baseline))
     result = find_capacity(scenario, search)
     run = result.pop("rate_run")
     result["routes_source"], result["warnings"] = run["routes_source"], run["warnings"]
