@@ -32,10 +32,12 @@ def add_capacity_command(sub) -> None:
         "--tp-options", default="1", help="tensor-parallel degrees to compare (comma-separated)"
     )
     cap.add_argument("--json", action="store_true", help="print one JSON object (SI units)")
+    cap.add_argument("--quiet", action="store_true", help="no progress bar")
     cap.set_defaults(func=_capacity)
 
 
 def _capacity(args: argparse.Namespace) -> None:
+    from radsim.progress import bar
     from radsim.scenario.capacity import CapacitySearch, deployments, find_capacity
     from radsim.scenario.run import resolve
 
@@ -44,12 +46,21 @@ def _capacity(args: argparse.Namespace) -> None:
     resolve(scenario)  # what it names exists, before the search starts
     if args.baseline:
         resolve(baseline_scenario(scenario, args.baseline))
-    result = find_capacity(scenario, search)
+    progress = bar(None, "simulations", None if args.quiet else sys.stderr, desc="capacity search: ")
+
+    def probe(rate: float, met: bool) -> None:
+        progress.set_postfix_str(
+            f"{rate:.4g} requests/s {'met' if met else 'missed'} the SLOs", refresh=False
+        )
+        progress.update(1)
+
+    result = find_capacity(scenario, search, on_probe=probe)
     run = result.pop("rate_run")
     result["routes_source"], result["warnings"] = run["routes_source"], run["warnings"]
     if args.baseline:
         base_scenario = baseline_scenario(scenario, args.baseline)
-        base = find_capacity(base_scenario, search)
+        progress.set_description_str("capacity search (baseline): ")
+        base = find_capacity(base_scenario, search, on_probe=probe)
         base.pop("rate_run")
         result["baseline"] = {"routes": base_scenario.routes_label, **base}
         result["comparison"] = compare("capacity", result, base)
@@ -61,7 +72,9 @@ def _capacity(args: argparse.Namespace) -> None:
             raise ConfigError(
                 f"--tp-options {args.tp_options!r}: comma-separated whole numbers, e.g. 1,2,4"
             ) from exc
-        result["deployment"] = deployments(scenario, args.target_rate, tps, search)
+        progress.set_description_str("capacity search (deployments): ")
+        result["deployment"] = deployments(scenario, args.target_rate, tps, search, on_probe=probe)
+    progress.close()
     for warning in result["warnings"]:
         print(f"radsim: warning: {warning}", file=sys.stderr)
     if args.json:
@@ -79,6 +92,14 @@ def _capacity(args: argparse.Namespace) -> None:
         f"{result['output_tokens_per_s']:.0f} output tokens/s, {result['energy_J_per_output_token']:.3f} J and "
         f"${result['cost_usd_per_Mtok']:.3f} per 1M output tokens"
     )
+    print(f"rates simulated ({result['duration_s']:g} s of arrivals each):")
+    print(f"  {'requests/s':>10}  {'p' + str(p) + ' TTFT':>12}  {'p' + str(p) + ' TPOT':>11}  SLOs")
+    for probe in result["probes"]:
+        ttft, tpot = probe[f"ttft_s_p{p}"], probe[f"tpot_s_p{p}"]
+        ttft_text = "-" if ttft is None else f"{ttft * 1e3:.1f} ms" if ttft < 1 else f"{ttft:.2f} s"
+        tpot_text = "-" if tpot is None else f"{tpot * 1e3:.2f} ms"
+        held = "met" if probe["meets_slo"] else "missed"
+        print(f"  {probe['rate_per_s']:>10.4g}  {ttft_text:>12}  {tpot_text:>11}  {held}")
     if "deployment" in result:
         d = result["deployment"]
         for o in d["options"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from radsim.cli.baseline import add_baseline_argument, baseline_scenario, compare, format_comparison
 from radsim.cli.scenario_args import add_scenario_arguments, scenario_from_args
@@ -19,11 +20,22 @@ def add_estimate_command(sub) -> None:
     )
     add_scenario_arguments(est, "estimate")
     add_baseline_argument(est)
+    est.add_argument(
+        "--trace",
+        metavar="PATH",
+        default="",
+        help="routing trace (Parquet): the static batch is then simulated with the trace's per-token "
+        "routes (as `simulate --arrival batch`), which have no closed form",
+    )
     est.add_argument("--json", action="store_true", help="print one JSON object (SI units)")
     est.set_defaults(func=_estimate)
 
 
 def _estimate(args: argparse.Namespace) -> None:
+    if args.trace:
+        _traced(args)
+        return
+    del args.trace  # not an input of the closed-form estimate
     scenario = scenario_from_args(args, "estimate")
     resolve(scenario)  # what it names exists and fits (errors name the flag's input)
     base = baseline_scenario(scenario, args.baseline) if args.baseline else None
@@ -37,6 +49,43 @@ def _estimate(args: argparse.Namespace) -> None:
         print(json_text(result))
         return
     print(format_estimate(result))
+    if base is not None:
+        print()
+        print(format_comparison(result["comparison"], scenario.routes_label, base.routes_label))
+
+
+def _traced(args: argparse.Namespace) -> None:
+    """The static batch with a trace's routes: the simulator runs it (arrival 'batch')."""
+    from dataclasses import replace
+
+    from radsim.cli.simulate import format_simulation
+    from radsim.scenario.run import run_simulation
+
+    flags = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "trace"})
+    scenario = replace(
+        scenario_from_args(flags, "estimate"), engine="simulate", arrival="batch", trace=args.trace
+    )
+    resolve(scenario)
+    base = baseline_scenario(scenario, args.baseline) if args.baseline else None
+    if base is not None:
+        resolve(base)
+    sim, metrics = run_simulation(scenario)
+    how = "static batch simulated with the trace's routes (simulate --arrival batch)"
+    result = {"hw": sim.cfg.hw.stem, "arch": sim.cfg.arch.name, "engine_used": how, **metrics}
+    result["routes"], result["kv_policy"] = sim.routes.source, sim.cfg.exe.kv_policy
+    result["depth_fraction"] = sim.routes.mean_depth_fraction
+    if base is not None:
+        _, result["baseline"] = run_simulation(base)
+        result["comparison"] = compare("simulate", result, result["baseline"])
+    for warning in result["warnings"]:
+        print(f"radsim: warning: {warning}", file=sys.stderr)
+    if args.json:
+        print(json_text(result))
+        return
+    print(f"{how}:")
+    print(
+        format_simulation({"execution": scenario.execution, "batching": scenario.batching_policy, **result})
+    )
     if base is not None:
         print()
         print(format_comparison(result["comparison"], scenario.routes_label, base.routes_label))

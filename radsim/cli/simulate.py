@@ -21,7 +21,33 @@ def add_simulate_command(sub) -> None:
     add_baseline_argument(sim)
     sim.add_argument("--timeline", help="write the per-iteration timeline to this Parquet file")
     sim.add_argument("--json", action="store_true", help="print one JSON object (SI units)")
+    sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=run_simulate)
+
+
+#: Simulations of fewer requests than this run without a progress bar (they take a second or less).
+PROGRESS_MIN_REQUESTS = 5000
+
+
+def _with_progress(scenario, args: argparse.Namespace, run, desc: str = "simulating: "):
+    """`run(scenario)` with a bar of the requests completed, for long simulations."""
+    from radsim.progress import bar
+    from radsim.scenario.run import requests
+
+    total = len(requests(scenario))
+    if args.quiet or total < PROGRESS_MIN_REQUESTS:
+        return run(scenario)
+    progress = bar(total, "requests", sys.stderr, desc=desc)
+
+    def update(done: int) -> None:
+        progress.update(done - progress.n)
+
+    try:
+        sim, metrics = run(scenario, on_progress=update)
+        update(metrics["completed"])
+    finally:
+        progress.close()
+    return sim, metrics
 
 
 def run_simulate(args: argparse.Namespace) -> None:
@@ -35,7 +61,7 @@ def run_simulate(args: argparse.Namespace) -> None:
     base = baseline_scenario(scenario, args.baseline) if args.baseline else None
     if base is not None:
         resolve(base)
-    sim, metrics = run_simulation(scenario)
+    sim, metrics = _with_progress(scenario, args, run_simulation)
     result = {
         "hw": sim.cfg.hw.stem,
         "kernel_tables": sim.cfg.hw.kernel_tables.source if sim.cfg.hw.kernel_tables else "",
@@ -48,7 +74,7 @@ def run_simulate(args: argparse.Namespace) -> None:
         **metrics,
     }
     if base is not None:
-        _, result["baseline"] = run_simulation(base)
+        _, result["baseline"] = _with_progress(base, args, run_simulation, "simulating the baseline: ")
         result["comparison"] = compare("simulate", result, result["baseline"])
     if timeline is not None:
         table = timeline_table(sim)

@@ -45,11 +45,51 @@ def add_study_commands(sub) -> None:
     plot.add_argument("results", help="result folder, results.parquet or results.csv")
     plot.add_argument("--out", help="plot folder (default: plots/ beside the table)")
     plot.add_argument("--format", default="html,png", help="comma-separated: html, png")
+    _slo_arguments(plot)
     plot.set_defaults(func=_plot)
     report = sub.add_parser("report", help="one self-contained HTML page of a study's plots and tables")
     report.add_argument("results", help="result folder, results.parquet or results.csv")
     report.add_argument("--out", help="HTML file (default: report.html beside the table)")
+    _slo_arguments(report)
     report.set_defaults(func=_report)
+
+
+def _slo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--slo-ttft",
+        type=float,
+        help="TTFT SLO in seconds for the Pareto plot (default: the study's capacity SLO)",
+    )
+    parser.add_argument(
+        "--slo-tpot", type=float, help="TPOT SLO in seconds for the Pareto plot (with --slo-ttft)"
+    )
+
+
+def _slo(args: argparse.Namespace) -> tuple[float, float] | None:
+    """(TTFT, TPOT) SLOs of the Pareto plot from the flags, or None for the study's own."""
+    ttft, tpot = getattr(args, "slo_ttft", None), getattr(args, "slo_tpot", None)
+    if ttft is None and tpot is None:
+        return None
+    if ttft is None or tpot is None or not (ttft > 0 and tpot > 0):
+        raise ConfigError(
+            "--slo-ttft and --slo-tpot go together, both in seconds and > 0 (e.g. 1.0 and 0.05)"
+        )
+    return ttft, tpot
+
+
+def _check_png_export() -> None:
+    """PNG export needs a Chromium that kaleido can start: a clear error before any work."""
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    try:
+        pio.to_image(go.Figure(), format="png", width=10, height=10)
+    except Exception as exc:
+        raise ConfigError(
+            f"PNG export of the plots needs Chromium (kaleido could not start one: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); install it (apt-get install chromium) or "
+            "draw HTML only: radsim study plot RESULTS --format html"
+        ) from exc
 
 
 def _workers(requested: int | None) -> int:
@@ -72,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
     out = output_dir(Path(args.out) if args.out else DEFAULT_RESULTS / study.name, "--out")
     if args.plot:
         output_dir(out / "plots", "--plot: folder")
+        _check_png_export()
     stream = None if args.quiet else sys.stderr
     if args.scheduler or args.dask_local:
         with _dask_client(args, workers) as client:
@@ -84,8 +125,8 @@ def _run(args: argparse.Namespace) -> int:
     failed = table[table["error"] != ""]
     print(f"{len(table)} points ({len(failed)} failed) -> {out / 'results.parquet'}, {out / 'results.csv'}")
     if args.plot:
-        _draw(out, out / "plots", ("html", "png"))
-        _write_report(out, out / "report.html")
+        _draw(out, out / "plots", ("html", "png"), None)
+        _write_report(out, out / "report.html", None)
     if len(failed):
         _report_failures(failed, out / "results.csv")
         return 1
@@ -134,12 +175,15 @@ def _plot(args: argparse.Namespace) -> None:
         raise ConfigError(f"--format {args.format!r}: allowed formats are html, png")
     folder = _folder(args.results)
     out = output_dir(Path(args.out) if args.out else folder / "plots", "--out")
-    _draw(Path(args.results), out, formats)
+    slo = _slo(args)
+    if "png" in formats:
+        _check_png_export()
+    _draw(Path(args.results), out, formats, slo)
 
 
 def _report(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else _folder(args.results) / "report.html"
-    _write_report(Path(args.results), output_file(out, "--out", (".html", ".htm")))
+    _write_report(Path(args.results), output_file(out, "--out", (".html", ".htm")), _slo(args))
 
 
 def _folder(results: str | Path) -> Path:
@@ -147,22 +191,22 @@ def _folder(results: str | Path) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def _draw(results: Path, out: Path, formats: tuple[str, ...]) -> None:
+def _draw(results: Path, out: Path, formats: tuple[str, ...], slo: tuple[float, float] | None) -> None:
     from radsim.study.plots import build_figures, write_figures
     from radsim.study.sweep import read_results
 
     table = read_results(results)
-    figures = _from_table(results, lambda: build_figures(table), "draw the plots")
+    figures = _from_table(results, lambda: build_figures(table, slo), "draw the plots")
     for path in write_figures(figures, out, formats):
         print(f"wrote {path}")
 
 
-def _write_report(results: Path, out: Path) -> None:
+def _write_report(results: Path, out: Path, slo: tuple[float, float] | None) -> None:
     from radsim.study.report import write_report
     from radsim.study.sweep import read_results
 
     table = read_results(results)  # the page is built before anything is written
-    print(f"wrote {_from_table(results, lambda: write_report(table, out), 'write the report')}")
+    print(f"wrote {_from_table(results, lambda: write_report(table, out, slo), 'write the report')}")
 
 
 def _from_table(results: Path, make: Callable[[], Any], what: str) -> Any:

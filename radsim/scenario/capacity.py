@@ -6,7 +6,8 @@ arrivals, one seed) at a rate, and asks whether the chosen percentile (`PERCENTI
 99) of every request's TTFT is within `slo_ttft_s` and of its TPOT within `slo_tpot_s`. It doubles
 the rate from `start_rate_per_s` until the SLO fails, then bisects until the bracket is narrower
 than `tolerance` (relative), and reports the largest rate that met the SLO, with the throughput,
-energy and cost per token of that run. A rate's run is the same for the same seed, so the answer
+energy and cost per token of that run, and every rate it simulated (`probes`: the TTFT and TPOT
+percentiles there, and whether the SLOs held). A rate's run is the same for the same seed, so the answer
 is deterministic. With a target rate, the replicas needed for each tensor-parallel degree and the
 cheapest deployment follow (device-hours priced as `radsim.cost.money.Pricing` does).
 """
@@ -14,6 +15,7 @@ cheapest deployment follow (device-hours priced as `radsim.cost.money.Pricing` d
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -51,9 +53,13 @@ def meets_slo(metrics: dict[str, Any], s: Scenario, percentile: int) -> bool:
 
 
 def find_capacity(
-    s: Scenario, search: CapacitySearch = CapacitySearch(), trace_file: str | None = None
+    s: Scenario,
+    search: CapacitySearch = CapacitySearch(),
+    trace_file: str | None = None,
+    on_probe: Callable[[float, bool], None] | None = None,
 ) -> dict[str, Any]:
-    """The largest rate per replica meeting the SLOs, and the metrics of its run (see the module docstring)."""
+    """The largest rate per replica meeting the SLOs, and the metrics of its run (see the module
+    docstring); `on_probe(rate, met)` is called after each simulation (a progress bar)."""
     from radsim.scenario.run import run_simulation
 
     if s.engine == "estimate" or s.arrival not in ("poisson", "gamma"):
@@ -69,6 +75,8 @@ def find_capacity(
             if len(runs) >= search.max_evaluations:
                 raise ConfigError(f"capacity search did not converge in {search.max_evaluations} simulations")
             _, runs[rate] = run_simulation(replace(simulated, rate_per_s=rate), trace_file)
+            if on_probe is not None:
+                on_probe(rate, meets_slo(runs[rate], s, percentile))
         return meets_slo(runs[rate], s, percentile)
 
     low, high = 0.0, search.start_rate_per_s
@@ -95,6 +103,15 @@ def find_capacity(
             high = middle
     best = runs[low]
     p = percentile
+    probes = [
+        {
+            "rate_per_s": rate,
+            **{f"{m}_p{q}": runs[rate][f"{m}_p{q}"] for m in ("ttft_s", "tpot_s") for q in PERCENTILES},
+            "completed_share": runs[rate]["completed"] / max(runs[rate]["requests"], 1),
+            "meets_slo": meets_slo(runs[rate], s, percentile),
+        }
+        for rate in sorted(runs)
+    ]
     return {
         "max_rate_per_s": low,
         "failing_rate_per_s": high,
@@ -112,6 +129,7 @@ def find_capacity(
         "avg_power_W": best["avg_power_W"],
         "cost_usd_per_Mtok": best["cost_usd_per_Mtok"],
         "busy_fraction": best["busy_fraction"],
+        "probes": probes,
         "rate_run": best,
     }
 
@@ -122,6 +140,7 @@ def deployments(
     tp_options: tuple[int, ...],
     search: CapacitySearch,
     trace_file: str | None = None,
+    on_probe: Callable[[float, bool], None] | None = None,
 ) -> dict[str, Any]:
     """Replicas needed for `target_rate_per_s` at each tensor-parallel degree, and the cheapest."""
     from radsim.scenario.run import hardware
@@ -131,7 +150,7 @@ def deployments(
     price = hardware(s).price_usd_per_hour
     options = []
     for tp in tp_options:
-        capacity = find_capacity(replace(s, tp=tp), search, trace_file)
+        capacity = find_capacity(replace(s, tp=tp), search, trace_file, on_probe)
         replicas = math.ceil(target_rate_per_s / capacity["max_rate_per_s"])
         options.append(
             {

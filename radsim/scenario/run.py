@@ -221,12 +221,16 @@ def build_simulation(s: Scenario, trace_file: str | None = None) -> Simulation:
     return Simulation(cfg, book, requests(s))
 
 
-def run_simulation(s: Scenario, trace_file: str | None = None) -> tuple[Simulation, dict[str, Any]]:
+def run_simulation(
+    s: Scenario, trace_file: str | None = None, on_progress: Callable[[int], None] | None = None
+) -> tuple[Simulation, dict[str, Any]]:
     """Simulate the scenario; the finished simulation and its metrics (`radsim.sim.metrics.summarize`),
-    with where its routes came from (`routes_source`) and what to be wary of (`warnings`)."""
+    with where its routes came from (`routes_source`) and what to be wary of (`warnings`).
+    `on_progress(completed)` is called now and then with the requests completed (a progress bar)."""
     from radsim.sim.metrics import summarize
 
     sim = build_simulation(s, trace_file)
+    sim.on_progress = on_progress
     sim.run()
     metrics = summarize(sim, slo(s), pricing(s))
     source, warnings = routes_provenance(s, architecture(s), trace_file)

@@ -13,6 +13,7 @@ the scheduler, the executor or the metrics module.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,7 @@ from radsim.spec.arch import Arch
 from radsim.spec.hardware import Hardware
 
 ROUTE_BLOCK = 1024  # requests whose routes are drawn together
+PROGRESS_EVERY = 256  # iterations between calls of `Simulation.on_progress`
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class Simulation:
             for i in range(cfg.replicas)
         ]
         self.timeline: list[Iteration] = []
+        self.on_progress: Callable[[int], None] | None = None  # called with the requests completed so far
         self._next = 0  # next request to deliver (one replica)
         self._block = -1
         self._block_routes: tuple[np.ndarray, ...] = ()
@@ -218,6 +221,8 @@ class Simulation:
             replica.busy_s += time_s
             replica.last_end_at = self.env.now
             sched.finish(batch, self.env.now)
+            if self.on_progress is not None and len(self.timeline) % PROGRESS_EVERY == 0:
+                self.on_progress(sum(len(r.scheduler.done) for r in self.replicas))
 
     def iteration_totals(self, batch: Batch, sched: Scheduler) -> np.ndarray:
         """Price one iteration, as an array of `radsim.cost.table.FIELDS`: layer launches under the

@@ -33,29 +33,87 @@ _SIZE = {"width": 1100, "height": 620}
 _SYMBOLS = {"prefill": "circle", "decode": "diamond"}
 _PANELS_PER_ROW = 5
 _MAX_LINES = 24  # more lines than this in one panel cannot be told apart
-_RATIO_TICKS = {
-    "tickvals": [0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10],
-    "ticktext": ["0.05x", "0.1x", "0.2x", "0.5x", "1x", "2x", "5x", "10x"],
-}
 
 
 def _log_ticks(values: pd.Series | np.ndarray, unit: str = "") -> dict[str, list]:
-    """Ticks of a log axis at 1, 2 and 5 times each power of ten inside the data, every label whole
-    (plotly's own minor labels drop the decade: "5, 2, 1, 5, 2, 0.1"); at least two ticks."""
+    """Ticks of a log axis at 1, 2 and 5 times each power of ten inside the data (finer where the data
+    spans less than a factor of four), every label whole (plotly's own minor labels drop the decade:
+    "5, 2, 1, 5, 2, 0.1"); at least two ticks."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v) & (v > 0)]
     if not v.size:
         return {}
     low, high = np.floor(np.log10(v.min())), np.ceil(np.log10(v.max()))
-    ticks = [float(m * 10.0**e) for e in np.arange(low, high + 1) for m in (1, 2, 5)]
+    steps = (1, 2, 5) if v.max() > 4 * v.min() else (1, 1.5, 2, 3, 4, 5, 6, 8)  # a short span: finer
+    ticks = [float(f"{m * 10.0**e:.3g}") for e in np.arange(low, high + 1) for m in steps]
     inside = [x for x in ticks if v.min() / 1.5 <= x <= v.max() * 1.5] or ticks
     if len(inside) < 2:
         inside = sorted({*inside, *[x for x in ticks if x > inside[-1]][:1]})
     return {"tickvals": inside, "ticktext": [f"{x:g}{unit}" for x in inside]}
 
 
+def _ratio_ticks(values: pd.Series | np.ndarray) -> dict[str, list]:
+    """Ticks of a log ratio axis ("0.5x", "1x", "2x"): 1, 2 and 5 times each power of ten, and finer
+    steps (0.8x, 0.9x, 1.1x, 1.25x...) when the data spans less than a factor of three; 1x always."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v) & (v > 0)]
+    if not v.size:
+        return {}
+    low, high = min(v.min(), 1.0) / 1.15, max(v.max(), 1.0) * 1.15
+    coarse = [float(f"{m * 10.0**e:.3g}") for e in range(-3, 4) for m in (1, 2, 3, 5)]
+    fine = [0.6, 0.7, 0.8, 0.9, 1.1, 1.25, 1.5, 1.75, 4]
+    ticks = [x for x in coarse if low <= x <= high]
+    if high / low >= 3 and len(ticks) < 3:
+        fine = [0.7, 1.5]
+    if high / low < 3 or len(ticks) < 3:
+        ticks = sorted({*ticks, *[x for x in fine if low <= x <= high]})
+    return {"tickvals": ticks, "ticktext": [f"{x:g}x" for x in ticks]}
+
+
 def _ok(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["error"] == ""]
+
+
+#: What tells one model variant from another: a series keeps its colour across every plot of a study.
+_IDENTITY = ("label", "arch", "layers", "routes", "depth_distribution", "kv_policy", "dtype", "tp")
+_IDENTITY += ("route_shape", "expert_launch", "execution")
+#: Execution policies are also told apart by dash and width, so that series that coincide stay visible.
+_LINES = {"layer_major": {"dash": "solid", "width": 3.5}, "step_sync": {"dash": "dash", "width": 2}}
+_MARKERS = {"layer_major": "", "step_sync": "-open"}
+
+
+class _Styles:
+    """One colour per model variant (the identity inputs that vary in the whole table), shared by every
+    plot of the study: each figure builds it from the full table before filtering its rows."""
+
+    def __init__(self, table: pd.DataFrame) -> None:
+        rows = _ok(table)
+        keys = [k for k in _IDENTITY if k in rows and rows[k].astype(str).nunique() > 1]
+        self.keys = [k for k in keys if k not in _LABELLED] if "label" in keys else keys
+        palette = _palette()
+        self.colors = {key: next(palette) for key in dict.fromkeys(map(self._key, self._records(rows)))}
+
+    def _records(self, rows: pd.DataFrame) -> list[tuple]:
+        return list(rows[self.keys].astype(str).itertuples(index=False)) if self.keys else [()] * len(rows)
+
+    def _key(self, record: tuple) -> tuple:
+        return tuple(record)
+
+    def color(self, rows: pd.DataFrame) -> str:
+        """The colour of the series these rows belong to (their first row decides)."""
+        records = self._records(rows.iloc[:1])
+        return self.colors.get(self._key(records[0]), "#7f7f7f") if records else "#7f7f7f"
+
+    def line(self, rows: pd.DataFrame) -> dict:
+        execution = str(rows["execution"].iloc[0]) if "execution" in rows else "layer_major"
+        return {"color": self.color(rows), **_LINES.get(execution, _LINES["layer_major"])}
+
+    def marker(self, rows: pd.DataFrame, **extra) -> dict:
+        """Circles for static estimates, squares for simulations; open under step-synchronous execution."""
+        execution = str(rows["execution"].iloc[0]) if "execution" in rows else "layer_major"
+        engine = str(rows["engine"].iloc[0]) if "engine" in rows else "estimate"
+        symbol = "circle" if engine == "estimate" else "square"
+        return {"color": self.color(rows), "symbol": symbol + _MARKERS.get(execution, ""), **extra}
 
 
 #: What a study's `label` stands for: when labels vary, they name the series instead of these.
@@ -133,12 +191,10 @@ def latency_cost_vs_batch(table: pd.DataFrame) -> go.Figure | None:
         return None
     facets = _facets(rows)
     fig = _time_cost_grid(facets)
-    colors = _palette()
-    seen: dict[str, str] = {}
+    styles = _Styles(table)
     for i, (_, facet) in enumerate(facets, start=1):
         for label, s in _series(facet, {"batch", "hw"}):
             s = s.sort_values("batch")
-            color = seen.setdefault(label, next(colors))
             for col, y in ((1, s["tpot_s"] * 1e3), (2, s["cost_usd_per_Mtok"])):
                 fig.add_trace(
                     go.Scatter(
@@ -148,7 +204,8 @@ def latency_cost_vs_batch(table: pd.DataFrame) -> go.Figure | None:
                         name=label,
                         legendgroup=label,
                         showlegend=i == 1 and col == 1 and label not in fig_names(fig),
-                        line={"color": color},
+                        line=styles.line(s),
+                        marker=styles.marker(s, size=7),
                         text=_hover(s),
                         hovertemplate="%{text}<br>batch %{x}<br>%{y:.4g}<extra></extra>",
                     ),
@@ -196,12 +253,10 @@ def savings_vs_batch(table: pd.DataFrame) -> go.Figure | None:
     both["cost_ratio"] = both["cost_usd_per_Mtok_sequential"] / both["cost_usd_per_Mtok"]
     facets = _facets(both)
     fig = _time_cost_grid(facets, cost="cost per token", time="decode step")
-    colors = _palette()
-    seen: dict[str, str] = {}
+    styles = _Styles(table)
     for i, (_, facet) in enumerate(facets, start=1):
         for label, s in _series(facet, {"batch", "hw"}):
             s = s.sort_values("batch")
-            color = seen.setdefault(label, next(colors))
             for col, y in ((1, s["step_ratio"]), (2, s["cost_ratio"])):
                 fig.add_trace(
                     go.Scatter(
@@ -211,7 +266,8 @@ def savings_vs_batch(table: pd.DataFrame) -> go.Figure | None:
                         name=label,
                         legendgroup=label,
                         showlegend=col == 1 and label not in fig_names(fig),
-                        line={"color": color},
+                        line=styles.line(s),
+                        marker=styles.marker(s, size=7),
                         text=_hover(s),
                         customdata=(1 - 1 / y) * 100,
                         hovertemplate="%{text}<br>batch %{x}<br>%{y:.3g}x, saving %{customdata:.1f}%<extra></extra>",
@@ -221,7 +277,10 @@ def savings_vs_batch(table: pd.DataFrame) -> go.Figure | None:
                 )
             for col in (1, 2):
                 fig.add_hline(y=1, line={"color": "grey", "width": 1}, row=i, col=col)
-        fig.update_yaxes(title_text="sequential / dynamic depth (x, log)", type="log", row=i, **_RATIO_TICKS)
+        ratios = pd.concat([facet["step_ratio"], facet["cost_ratio"]])
+        fig.update_yaxes(
+            title_text="sequential / dynamic depth (x, log)", type="log", row=i, **_ratio_ticks(ratios)
+        )
     fig.update_xaxes(type="log", dtick=np.log10(2))
     fig.update_xaxes(title_text="batch size (sequences)", row=len(facets))
     return _layout(
@@ -229,46 +288,77 @@ def savings_vs_batch(table: pd.DataFrame) -> go.Figure | None:
     )
 
 
-def pareto_front(table: pd.DataFrame) -> go.Figure | None:
-    """Every point's time per output token against its cost; the points no other point beats on both."""
+def study_slo(table: pd.DataFrame) -> tuple[float, float] | None:
+    """The (TTFT, TPOT) SLOs of the study's capacity points, when they all share one pair."""
     rows = _ok(table)
-    rows = rows[rows["tpot_s"].notna() & rows["cost_usd_per_Mtok"].notna()]
+    if "engine" not in rows or "slo_ttft_s" not in rows:
+        return None
+    rows = rows[rows["engine"] == "capacity"]
+    pairs = set(zip(rows["slo_ttft_s"], rows["slo_tpot_s"], strict=True))
+    return (float(next(iter(pairs))[0]), float(next(iter(pairs))[1])) if len(pairs) == 1 else None
+
+
+def pareto_front(table: pd.DataFrame, slo: tuple[float, float] | None = None) -> go.Figure | None:
+    """Every static point's time per output token against its cost, labelled with its batch size, and
+    the points no other point beats on both. With SLOs (TTFT, TPOT; by default the study's capacity
+    SLOs), the points that miss them are faded and the front is drawn among those that meet them."""
+    rows = _static(table)
+    rows = rows[rows["cost_usd_per_Mtok"].notna()]
     if rows.empty:
         return None
+    slo = slo if slo is not None else study_slo(table)
+    meets = (
+        (rows["ttft_s"] <= slo[0]) & (rows["tpot_s"] <= slo[1])
+        if slo is not None
+        else pd.Series(True, index=rows.index)
+    )
     fig = go.Figure()
-    colors = _palette()
-    shown = {"hw", "arch", "layers", "dtype", "tp", "routes", "execution"}
+    styles = _Styles(table)
+    shown = {"hw", "arch", "layers", "dtype", "tp", "routes", "execution", "label"}
     for label, s in _series(rows, set(INPUTS) - shown):
+        for ok, part in ((True, s[meets[s.index]]), (False, s[~meets[s.index]])):
+            if part.empty:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=part["tpot_s"] * 1e3,
+                    y=part["cost_usd_per_Mtok"],
+                    mode="markers+text",
+                    name=label,
+                    legendgroup=label,
+                    showlegend=ok or bool(meets[s.index].sum() == 0),
+                    marker=styles.marker(part, size=9, opacity=0.8 if ok else 0.25),
+                    text=[str(b) for b in part["batch"]],
+                    textposition="top center",
+                    textfont={"size": 9, "color": "#444" if ok else "#bbb"},
+                    hovertext=_hover(part),
+                    hovertemplate="%{hovertext}<br>%{x:.3g} ms, $%{y:.3g} per 1M tokens<extra></extra>",
+                )
+            )
+    met = rows[meets]
+    if len(met):
+        front = _front(met["tpot_s"].to_numpy(), met["cost_usd_per_Mtok"].to_numpy())
+        f = met.iloc[front].sort_values("tpot_s")
         fig.add_trace(
             go.Scatter(
-                x=s["tpot_s"] * 1e3,
-                y=s["cost_usd_per_Mtok"],
-                mode="markers",
-                name=label,
-                marker={"color": next(colors), "size": 8, "opacity": 0.75},
-                text=_hover(s),
-                hovertemplate="%{text}<br>%{x:.3g} ms, $%{y:.3g} per 1M tokens<extra></extra>",
+                x=f["tpot_s"] * 1e3,
+                y=f["cost_usd_per_Mtok"],
+                mode="lines+markers",
+                name="Pareto front" + (" (meeting the SLOs)" if slo is not None else ""),
+                line={"color": "black", "shape": "hv", "width": 1.5},
+                marker={"symbol": "circle-open", "size": 16, "color": "black"},
+                text=_hover(f),
+                hovertemplate="%{text}<extra>Pareto front</extra>",
             )
         )
-    front = _front(rows["tpot_s"].to_numpy(), rows["cost_usd_per_Mtok"].to_numpy())
-    f = rows.iloc[front].sort_values("tpot_s")
-    fig.add_trace(
-        go.Scatter(
-            x=f["tpot_s"] * 1e3,
-            y=f["cost_usd_per_Mtok"],
-            mode="lines+markers",
-            name="Pareto front",
-            line={"color": "black", "shape": "hv", "width": 2},
-            marker={"symbol": "circle-open", "size": 14},
-            text=_hover(f),
-            hovertemplate="%{text}<extra>Pareto front</extra>",
-        )
-    )
     fig.update_xaxes(type="log", title_text="time per output token (ms)", **_log_ticks(rows["tpot_s"] * 1e3))
     fig.update_yaxes(
         type="log", title_text="cost (USD per 1M output tokens)", **_log_ticks(rows["cost_usd_per_Mtok"])
     )
-    return _layout(fig, "Latency against cost: every point and the Pareto front", 1)
+    title = "Latency against cost of static batches (label: batch size) and the Pareto front"
+    if slo is not None:
+        title += f"<br><sub>faded: misses TTFT <= {slo[0]:g} s or TPOT <= {slo[1] * 1e3:g} ms (means of the batch)</sub>"
+    return _layout(fig, title, 1)
 
 
 def _front(latency: np.ndarray, cost: np.ndarray) -> list[int]:
@@ -463,7 +553,7 @@ def power_over_time(table: pd.DataFrame) -> go.Figure | None:
     if rows.empty:
         return None
     fig = go.Figure()
-    colors = _palette()
+    styles = _Styles(table)
     hover = _hover(rows)
     for (idx, row), label in zip(rows.iterrows(), _labels(rows, set()), strict=True):
         data = json.loads(row["power_timeline_json"])
@@ -473,7 +563,7 @@ def power_over_time(table: pd.DataFrame) -> go.Figure | None:
                 y=data["power_W"],
                 mode="lines",
                 name=label,
-                line={"color": next(colors), "shape": "hv"},
+                line={"color": styles.color(rows.loc[[idx]]), "shape": "hv", "width": 2},
                 text=[hover[idx]] * len(data["t_s"]),
                 hovertemplate="%{text}<br>%{x:.3g} s: %{y:.0f} W<extra></extra>",
             )
@@ -499,8 +589,8 @@ def depth_distribution(table: pd.DataFrame) -> go.Figure | None:
     if rows.empty:
         return None
     fig = go.Figure()
-    colors = _palette()
-    for _, row in rows.iterrows():
+    styles = _Styles(table)
+    for idx, row in rows.iterrows():
         data = json.loads(row["depth_histogram_json"])
         name = f"{row['routes']} ({row['engine']}, {int(row['num_layers'])} layers)"
         fig.add_trace(
@@ -508,7 +598,7 @@ def depth_distribution(table: pd.DataFrame) -> go.Figure | None:
                 x=data["layers_visited"],
                 y=np.asarray(data["token_share"]) * 100,
                 name=name,
-                marker={"color": next(colors)},
+                marker={"color": styles.color(rows.loc[[idx]])},
                 hovertemplate=f"{name}<br>%{{x}} layers: %{{y:.2f}}% of tokens<extra></extra>",
             )
         )
@@ -534,13 +624,12 @@ def architectures(table: pd.DataFrame) -> go.Figure | None:
         return None
     facets = _facets(rows)
     fig = _time_cost_grid(facets, shared_xaxes=False)
-    colors: dict[str, str] = {}
-    palette = _palette()
+    styles = _Styles(table)
     batches = sorted(rows["batch"].unique())
     for i, (_, facet) in enumerate(facets, start=1):
         for label in dict.fromkeys(rows["label"]):
             s = facet[facet["label"] == label].sort_values("batch")
-            color = colors.setdefault(label, next(palette))
+            color = styles.color(s)
             columns = (s["tpot_s"] * 1e3, s["cost_usd_per_Mtok"])
             _bar_pair(fig, s["batch"].astype(str), columns, label, color, s, i, "batch %{x}<br>")
         fig.update_yaxes(title_text="time per output token (ms, log)", type="log", row=i, col=1)
@@ -567,13 +656,10 @@ def architectures_relative(table: pd.DataFrame) -> go.Figure | None:
     both["cost_ratio"] = both["cost_usd_per_Mtok"] / both["cost_usd_per_Mtok_base"]
     facets = _facets(both)
     fig = _time_cost_grid(facets)
-    colors: dict[str, str] = {}
-    palette = _palette()
-    next(palette)  # the baseline's colour in `architectures`
+    styles = _Styles(table)
     for i, (_, facet) in enumerate(facets, start=1):
         for label in dict.fromkeys(both["label"]):
             s = facet[facet["label"] == label].sort_values("batch")
-            color = colors.setdefault(label, next(palette))
             for col, y in ((1, s["tpot_ratio"]), (2, s["cost_ratio"])):
                 fig.add_trace(
                     go.Scatter(
@@ -583,7 +669,8 @@ def architectures_relative(table: pd.DataFrame) -> go.Figure | None:
                         name=label,
                         legendgroup=label,
                         showlegend=i == 1 and col == 1,
-                        line={"color": color},
+                        line=styles.line(s),
+                        marker=styles.marker(s, size=7),
                         text=_hover(s),
                         hovertemplate="%{text}<br>batch %{x}<br>%{y:.3g}x the baseline<extra></extra>",
                     ),
@@ -592,7 +679,8 @@ def architectures_relative(table: pd.DataFrame) -> go.Figure | None:
                 )
             for col in (1, 2):
                 fig.add_hline(y=1, line={"color": "grey", "width": 1}, row=i, col=col)
-        fig.update_yaxes(title_text=f"over {base_label} (x, log)", type="log", row=i, **_RATIO_TICKS)
+        ratios = pd.concat([facet["tpot_ratio"], facet["cost_ratio"]])
+        fig.update_yaxes(title_text=f"over {base_label} (x, log)", type="log", row=i, **_ratio_ticks(ratios))
     fig.update_xaxes(type="log", dtick=np.log10(2))
     fig.update_xaxes(title_text="batch size (sequences)", row=len(facets))
     return _layout(fig, f"Relative to {base_label} (below 1: faster or cheaper)", len(facets))
@@ -632,11 +720,10 @@ def capacity(table: pd.DataFrame) -> go.Figure | None:
         cols=2,
         subplot_titles=[t for hw, _ in facets for t in (f"capacity {hw}", f"cost at capacity {hw}")],
     )
-    colors: dict[str, str] = {}
-    palette = _palette()
+    styles = _Styles(table)
     for i, (_, facet) in enumerate(facets, start=1):
         for label, s in _series(facet, {"hw"}):
-            color = colors.setdefault(label, next(palette))
+            color = styles.color(s)
             _bar_pair(fig, [label], (s["max_rate_per_s"], s["cost_usd_per_Mtok"]), label, color, s, i)
         fig.update_yaxes(title_text="requests/s per replica", row=i, col=1)
         fig.update_yaxes(title_text="cost (USD per 1M output tokens)", row=i, col=2)
@@ -644,6 +731,208 @@ def capacity(table: pd.DataFrame) -> go.Figure | None:
     slo = f"p{int(first['percentile'])} TTFT <= {first['slo_ttft_s']:g} s, TPOT <= {first['slo_tpot_s'] * 1e3:g} ms"
     fig.update_xaxes(showticklabels=False)
     return _layout(fig, f"Capacity under the SLOs ({slo}) and the cost per token at that rate", len(facets))
+
+
+def _rate_curves(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame, pd.DataFrame, pd.Series | None]]:
+    """(label, rows, curve, capacity row) per series of latency against request rate: every rate a
+    capacity search simulated, and serving simulations of Poisson or gamma arrivals at two or more
+    rates. A curve has columns rate_per_s, ttft_s, tpot_s (at the judged percentile) and meets_slo."""
+    rows = _ok(table)
+    if "engine" not in rows:
+        return []
+    curves = []
+    capacity = rows[rows["engine"] == "capacity"]
+    if "capacity_probes_json" in capacity:
+        capacity = capacity[capacity["capacity_probes_json"].fillna("") != ""]
+        exclude = {"hw", "engine", "rate_per_s"}
+        for label, s in _series(capacity, exclude):
+            for idx, row in s.iterrows():
+                data = pd.DataFrame(json.loads(row["capacity_probes_json"]))
+                p = int(row["percentile"])
+                curve = pd.DataFrame(
+                    {
+                        "rate_per_s": data["rate_per_s"],
+                        "ttft_s": data[f"ttft_s_p{p}"],
+                        "tpot_s": data[f"tpot_s_p{p}"],
+                        "meets_slo": data["meets_slo"],
+                    }
+                )
+                curves.append((label, s.loc[[idx]], curve, row))
+    serving = rows[(rows["engine"] == "simulate") & rows["arrival"].isin(["poisson", "gamma"])]
+    for label, s in _series(serving, {"hw", "engine", "rate_per_s"}):
+        for _, part in s.groupby("hw", sort=False):
+            if part["rate_per_s"].nunique() < 2:
+                continue
+            part = part.sort_values("rate_per_s")
+            p = int(part["slo_percentile"].iloc[0]) if "slo_percentile" in part else 90
+            curve = pd.DataFrame(
+                {
+                    "rate_per_s": part["rate_per_s"].to_numpy(),
+                    "ttft_s": part[f"ttft_s_p{p}"].to_numpy(),
+                    "tpot_s": part[f"tpot_s_p{p}"].to_numpy(),
+                    "meets_slo": np.full(len(part), np.nan),
+                }
+            )
+            curves.append((label, part, curve, None))
+    return curves
+
+
+def latency_vs_rate(table: pd.DataFrame) -> go.Figure | None:
+    """TTFT and TPOT percentiles against the request rate per replica, with the SLO lines and the
+    capacity each search found: where the queue starts to grow, latency leaves the SLO."""
+    curves = _rate_curves(table)
+    if not curves:
+        return None
+    hws = list(dict.fromkeys(str(rows["hw"].iloc[0]) for _, rows, _, _ in curves))
+    facets = [(hw if len(hws) > 1 else "", hw) for hw in hws]
+    fig = make_subplots(
+        rows=len(facets),
+        cols=2,
+        shared_xaxes=True,
+        subplot_titles=[t for title, _ in facets for t in (f"TTFT {title}", f"TPOT {title}")],
+    )
+    styles = _Styles(table)
+    percentiles = set()
+    rates, ttfts, tpots = [], [], []
+    for i, (_, hw) in enumerate(facets, start=1):
+        slos = set()
+        for label, rows, curve, cap in curves:
+            if str(rows["hw"].iloc[0]) != hw:
+                continue
+            hover = _hover(rows).iloc[0]
+            percentiles.add(int(cap["percentile"]) if cap is not None else 90)
+            rates.append(curve["rate_per_s"])
+            ttfts.append(curve["ttft_s"])
+            tpots.append(curve["tpot_s"] * 1e3)
+            for col, y in ((1, curve["ttft_s"]), (2, curve["tpot_s"] * 1e3)):
+                fig.add_trace(
+                    go.Scatter(
+                        x=curve["rate_per_s"],
+                        y=y,
+                        mode="lines+markers",
+                        name=label,
+                        legendgroup=label,
+                        showlegend=col == 1 and label not in fig_names(fig),
+                        line=styles.line(rows),
+                        marker=styles.marker(rows, size=6),
+                        text=[hover] * len(curve),
+                        hovertemplate="%{text}<br>%{x:.3g} requests/s: %{y:.4g}<extra></extra>",
+                    ),
+                    row=i,
+                    col=col,
+                )
+            if cap is not None:
+                slos.add((float(cap["slo_ttft_s"]), float(cap["slo_tpot_s"])))
+                at = curve[curve["rate_per_s"] == cap["max_rate_per_s"]]
+                for col, y in ((1, at["ttft_s"]), (2, at["tpot_s"] * 1e3)):
+                    fig.add_trace(
+                        go.Scatter(
+                            x=at["rate_per_s"],
+                            y=y,
+                            mode="markers",
+                            name=f"{label}: capacity",
+                            legendgroup=label,
+                            showlegend=False,
+                            marker={
+                                "symbol": "star",
+                                "size": 15,
+                                "color": styles.color(rows),
+                                "line": {"width": 1, "color": "black"},
+                            },
+                            hovertemplate=f"{hover}<br>capacity %{{x:.3g}} requests/s<extra></extra>",
+                        ),
+                        row=i,
+                        col=col,
+                    )
+        for ttft_slo, tpot_slo in slos:
+            _slo_line(fig, ttft_slo, f"SLO {ttft_slo:g} s", i, 1)
+            _slo_line(fig, tpot_slo * 1e3, f"SLO {tpot_slo * 1e3:g} ms", i, 2)
+        p = "/".join(f"p{q}" for q in sorted(percentiles))
+        fig.update_yaxes(
+            title_text=f"{p} time to first token (s)",
+            type="log",
+            row=i,
+            col=1,
+            **_log_ticks(pd.concat(ttfts), " s") if ttfts else {},
+        )
+        fig.update_yaxes(
+            title_text=f"{p} time per output token (ms)",
+            type="log",
+            row=i,
+            col=2,
+            **_log_ticks(pd.concat(tpots)) if tpots else {},
+        )
+    fig.update_xaxes(type="log", **_log_ticks(pd.concat(rates)))
+    fig.update_xaxes(title_text="request rate per replica (requests/s)", row=len(facets))
+    title = "Latency against request rate, with the SLOs (dotted) and each search's capacity (star)"
+    return _layout(fig, title, len(facets))
+
+
+def _slo_line(fig: go.Figure, y: float, text: str, row: int, col: int) -> None:
+    """A dotted SLO line across a log-y panel, labelled at its left end (an annotation on a log axis
+    takes the exponent, which `add_hline` does not do for its own label)."""
+    fig.add_hline(y=y, line={"color": "firebrick", "dash": "dot", "width": 1.5}, row=row, col=col)
+    fig.add_annotation(
+        text=text,
+        x=0,
+        xref="x domain" if row == col == 1 else f"x{(row - 1) * 2 + col} domain",
+        y=float(np.log10(y)),
+        yref="y" if row == col == 1 else f"y{(row - 1) * 2 + col}",
+        xanchor="left",
+        yanchor="bottom",
+        showarrow=False,
+        font={"color": "firebrick", "size": 11},
+    )
+
+
+def capacity_vs_depth(table: pd.DataFrame) -> go.Figure | None:
+    """Capacity under the SLOs and the cost per token at that rate against the routes' mean depth, one
+    line per device (and per model or execution when those vary): what each layer skipped buys."""
+    rows = _ok(table)
+    rows = rows[rows["engine"] == "capacity"] if "engine" in rows else rows.iloc[:0]
+    if rows.empty or "mean_depth_fraction" not in rows or rows["mean_depth_fraction"].nunique() < 2:
+        return None
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("capacity", "cost at capacity"))
+    exclude = set(_ROUTE_KEYS) | {"routes", "depth_distribution", "label"}
+    keys = ["hw", *[k for k in _varying(rows, exclude | {"hw"})]]
+    names = rows.apply(lambda r: _label(r, keys), axis=1)
+    palette = _palette()
+    for name in dict.fromkeys(names):
+        s = rows[names == name].sort_values("mean_depth_fraction")
+        color = next(palette)
+        for col, y in ((1, s["max_rate_per_s"]), (2, s["cost_usd_per_Mtok_at_slo"])):
+            fig.add_trace(
+                go.Scatter(
+                    x=s["mean_depth_fraction"] * 100,
+                    y=y,
+                    mode="lines+markers+text",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    line={"color": color, "width": 2.5},
+                    marker={"color": color, "size": 8},
+                    text=[str(r) for r in s["routes"]],
+                    textposition="top center",
+                    textfont={"size": 9, "color": "#444"},
+                    hovertext=_hover(s),
+                    hovertemplate="%{hovertext}<br>depth %{x:.1f}%: %{y:.4g}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_yaxes(
+        title_text="requests/s per replica (log)", type="log", col=1, **_log_ticks(rows["max_rate_per_s"])
+    )
+    fig.update_yaxes(
+        title_text="cost at capacity (USD per 1M output tokens, log)",
+        type="log",
+        col=2,
+        **_log_ticks(rows["cost_usd_per_Mtok_at_slo"]),
+    )
+    fig.update_xaxes(title_text="mean depth (% of layers per token)", range=[0, 112])
+    first = rows.iloc[0]
+    slo = f"p{int(first['percentile'])} TTFT <= {first['slo_ttft_s']:g} s, TPOT <= {first['slo_tpot_s'] * 1e3:g} ms"
+    return _layout(fig, f"Capacity and cost at the SLOs ({slo}) against mean depth", 1)
 
 
 FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure | None]] = {
@@ -657,12 +946,18 @@ FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure | None]] = {
     "architectures": architectures,
     "architectures_relative": architectures_relative,
     "capacity": capacity,
+    "latency_vs_rate": latency_vs_rate,
+    "capacity_vs_depth": capacity_vs_depth,
 }
 
 
-def build_figures(table: pd.DataFrame) -> dict[str, go.Figure]:
-    """Every figure the table has data for, by name."""
-    figures = {name: make(table) for name, make in FIGURES.items()}
+def build_figures(table: pd.DataFrame, slo: tuple[float, float] | None = None) -> dict[str, go.Figure]:
+    """Every figure the table has data for, by name; `slo` (TTFT, TPOT seconds) restricts the Pareto
+    front to the static points that meet it (default: the SLOs of the study's capacity points)."""
+    figures = {
+        name: pareto_front(table, slo) if make is pareto_front else make(table)
+        for name, make in FIGURES.items()
+    }
     return {name: fig for name, fig in figures.items() if fig is not None}
 
 

@@ -151,10 +151,12 @@ def _capacity(s: Scenario, trace_file: str | None) -> dict[str, Any]:
 
     found = find_capacity(s, CapacitySearch(), trace_file)
     found.pop("rate_run")
+    probes = found.pop("probes")
     at = replace(s, engine="simulate", slo_percentile=90, rate_per_s=found["max_rate_per_s"])
     out = _simulate(at, trace_file)  # the same run the search judged (same inputs, same seed)
     out.update({k: v for k, v in found.items() if k not in ("slo_ttft_s", "slo_tpot_s", "duration_s")})
     out["cost_usd_per_Mtok_at_slo"] = found["cost_usd_per_Mtok"]
+    out["capacity_probes_json"] = _json({k: [probe[k] for probe in probes] for k in probes[0]})
     return out
 
 

@@ -41,9 +41,11 @@ ul.fixed { columns: 3; font-size: 13px; }
 #: One caption per figure: what it shows and how to read it.
 CAPTIONS = {
     "capacity": "The highest request rate one replica serves while the chosen percentile of TTFT and TPOT meets the SLOs (left), and the cost per token at that rate (right): the saving of a faster model in service.",
+    "latency_vs_rate": "The chosen percentile of TTFT (left) and TPOT (right) at each request rate a capacity search simulated (and serving runs at several rates), with the SLOs dotted and the capacity found starred: latency holds until the queue starts to grow, then TTFT leaves the SLO within a few percent of the rate.",
+    "capacity_vs_depth": "Capacity under the SLOs (left) and cost per token at that rate (right) against the routes' mean depth, one line per device: what the layers each token skips buy in service.",
     "latency_cost_vs_batch": "Time per output token (mean over requests) and cost per million output tokens of static batches, against batch size.",
     "savings_vs_batch": "How many times faster a dynamic-depth decode step is than the sequential model's, and how many times cheaper a token, at each batch size; above 1 dynamic depth pays.",
-    "pareto_front": "Every static point's time per output token against its cost; the step line is the front no other point beats on both.",
+    "pareto_front": "Every static point's time per output token against its cost, labelled with its batch size; the step line is the front no other point beats on both. With SLOs (the study's capacity SLOs, or `radsim study plot --slo-ttft/--slo-tpot`), points that miss them are faded and the front keeps to those that meet them.",
     "roofline": "Each layer's operating points (FLOPs per DRAM byte against achieved FLOP/s) in a prefill chunk and a decode step, under the device's peak and achievable roofs.",
     "memory_breakdown": "Weights, KV cache and activations per device for each static batch, against the device's memory.",
     "power_over_time": "Power of all devices over the run, in equal time bins (idle power between iterations included).",
@@ -53,9 +55,9 @@ CAPTIONS = {
 }
 
 
-def report_html(table: pd.DataFrame) -> str:
-    """The whole page as one string."""
-    figures = build_figures(table)
+def report_html(table: pd.DataFrame, slo: tuple[float, float] | None = None) -> str:
+    """The whole page as one string (`slo`: as `radsim.study.plots.build_figures` takes it)."""
+    figures = build_figures(table, slo)
     names = sorted(set(table["study"])) if "study" in table else ["study"]
     title = f"radsim study: {', '.join(names)}"
     failed = table[table["error"] != ""]
@@ -94,10 +96,21 @@ def _headlines(rows: pd.DataFrame) -> str:
     """A few numbers that answer the study: capacity per routes, the fastest and the cheapest point."""
     items = []
     if "max_rate_per_s" in rows:
-        for _, r in rows[rows["engine"] == "capacity"].iterrows():
+        capacity = rows[rows["engine"] == "capacity"]
+        for _, r in capacity.iterrows():
+            same = (capacity["hw"] == r["hw"]) & (capacity["arch"] == r["arch"])
+            base = capacity[same & (capacity["routes"] == "sequential")]
+            saving = ""
+            if r["routes"] != "sequential" and len(base):
+                b = base.iloc[0]
+                saving = (
+                    f" ({r['max_rate_per_s'] / b['max_rate_per_s'] - 1:+.0%} requests/s, "
+                    f"{r['cost_usd_per_Mtok'] / b['cost_usd_per_Mtok'] - 1:+.0%} cost against the sequential model)"
+                )
+            slo = f"p{int(r['percentile'])} TTFT <= {r['slo_ttft_s']:g} s, TPOT <= {r['slo_tpot_s'] * 1e3:g} ms"
             items.append(
-                f"capacity of {r['routes']} on {r['hw']}: {r['max_rate_per_s']:.3g} requests/s at "
-                f"${r['cost_usd_per_Mtok']:.3g} per 1M output tokens"
+                f"capacity of {r['routes']} on {r['hw']} ({slo}): {r['max_rate_per_s']:.3g} requests/s at "
+                f"${r['cost_usd_per_Mtok']:.3g} per 1M output tokens{saving}"
             )
     static = _is_static(rows) if len(rows) else rows.index == 0
     timed = rows[static & rows["tpot_s"].notna()] if "tpot_s" in rows else rows.iloc[:0]
@@ -150,9 +163,9 @@ def _number(value: float) -> str:
     return "" if pd.isna(value) else f"{value:.4g}"
 
 
-def write_report(table: pd.DataFrame, out: str | Path) -> Path:
+def write_report(table: pd.DataFrame, out: str | Path, slo: tuple[float, float] | None = None) -> Path:
     """Write the page atomically and return its path."""
     out = Path(out)
-    page = report_html(table)  # built before anything is written
+    page = report_html(table, slo)  # built before anything is written
     out.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(out, page)

@@ -111,40 +111,24 @@ def _result(future: Any, point: dict[str, Any]) -> dict[str, Any]:
 
 
 class Progress:
-    """A progress bar on stderr: redrawn in place on a terminal, a line per tenth otherwise."""
+    """The study's progress bar (`radsim.progress.bar`): points done of the study's, failures counted."""
 
-    def __init__(self, total: int, done: int, stream: TextIO | None = sys.stderr, width: int = 30) -> None:
-        self.total, self.done, self.failed, self.stream, self.width = total, done, 0, stream, width
-        self.started_at, self.start_done, self._last_tenth = time.perf_counter(), done, -1
-        self.tty = bool(stream is not None and stream.isatty())
+    def __init__(self, total: int, done: int, stream: TextIO | None = sys.stderr) -> None:
+        from radsim.progress import bar
+
+        self.failed = 0
+        self.bar = bar(total, "points", stream, initial=done)
 
     def update(self, row: dict[str, Any]) -> None:
         """Count one finished point."""
-        self.done += 1
-        self.failed += bool(row.get("error"))
-        tenth = 10 * self.done // max(self.total, 1)
-        if self.tty or tenth != self._last_tenth:
-            self._last_tenth = tenth
-            self._draw("\r" if self.tty else "", "" if self.tty else "\n")
+        if row.get("error"):
+            self.failed += 1
+            self.bar.set_postfix_str(f"{self.failed} failed", refresh=False)
+        self.bar.update(1)
 
     def close(self) -> None:
         """Finish the bar's line."""
-        if self.tty:
-            self._draw("\r", "\n")
-
-    def _draw(self, head: str, tail: str) -> None:
-        if self.stream is None:
-            return
-        elapsed = time.perf_counter() - self.started_at
-        rate = (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        filled = self.width * self.done // max(self.total, 1)
-        bar = "#" * filled + "." * (self.width - filled)
-        failed = f", {self.failed} failed" if self.failed else ""
-        self.stream.write(
-            f"{head}[{bar}] {self.done}/{self.total} points{failed}, {rate:.1f} points/s, eta {eta:.0f} s{tail}"
-        )
-        self.stream.flush()
+        self.bar.close()
 
 
 def run_study(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 from study_tables import tiny_table
 
@@ -22,6 +23,8 @@ UNITS = {
     "architectures": ["(ms, log)", "(USD per 1M output tokens, log)", "(sequences)"],
     "architectures_relative": ["(x, log)", "(sequences)"],
     "capacity": ["requests/s per replica", "(USD per 1M output tokens)"],
+    "latency_vs_rate": ["time to first token (s)", "time per output token (ms)", "(requests/s)"],
+    "capacity_vs_depth": ["requests/s per replica", "(USD per 1M output tokens, log)", "(% of layers"],
 }
 #: Figures drawn only for studies whose grids carry labels (studies/architectures.toml).
 LABELLED = ("architectures", "architectures_relative")
@@ -48,7 +51,7 @@ def test_every_figure_has_data_titles_units_and_hover(table):
             assert len(trace.x) > 0 and len(trace.y) > 0, (name, trace.name)
         for unit in UNITS[name]:
             assert unit in _axis_titles(fig), (name, unit)
-    hover = " ".join(str(t.text) for t in figures["pareto_front"].data)
+    hover = " ".join(str(t.hovertext) + str(t.text) for t in figures["pareto_front"].data)
     assert "routes = trace radial-scratch-p05" in hover and "batch = 16" in hover
 
 
@@ -100,3 +103,60 @@ def test_architecture_bars_and_ratios_follow_the_labels(table):
     assert [t.name for t in figures["architectures"].data if t.showlegend] == labels
     ratios = figures["architectures_relative"]
     assert labels[0] not in {t.name for t in ratios.data} and labels[0] in ratios.layout.title.text
+
+
+def test_a_series_keeps_its_colour_across_figures(table):
+    figures = build_figures(table)
+
+    def colour(name: str, figure: str) -> str:
+        trace = next(t for t in figures[figure].data if t.name == name)
+        return trace.line.color if trace.mode and "lines" in trace.mode else trace.marker.color
+
+    sequential = colour("estimate, layer_major, sequential", "latency_cost_vs_batch")
+    assert colour("layer_major, sequential", "pareto_front") == sequential
+    assert colour("sequential", "latency_vs_rate") == sequential  # the capacity search's curve
+    pareto = {t.name: t.marker.color for t in figures["pareto_front"].data if t.name != "Pareto front"}
+    assert len(set(pareto.values())) == len(pareto)  # different models or executions, different colours
+
+
+def test_pareto_front_keeps_to_the_points_meeting_the_slo(table):
+    static = table[(table["error"] == "") & ((table["engine"] == "estimate") | (table["arrival"] == "batch"))]
+    tpot = float(static["tpot_s"].median())
+    fig = build_figures(table, slo=(10.0, tpot))["pareto_front"]
+    front = next(t for t in fig.data if t.name.startswith("Pareto front"))
+    assert max(front.x) <= tpot * 1e3 + 1e-9 and "meeting the SLOs" in front.name
+    faded = [t for t in fig.data if t.marker.opacity is not None and t.marker.opacity < 0.5]
+    assert faded and all(min(t.x) > tpot * 1e3 for t in faded)  # the TTFT SLO holds for all
+    every = build_figures(table, slo=(10.0, 10.0))["pareto_front"]
+    assert len(next(t for t in every.data if t.name.startswith("Pareto")).x) >= len(front.x)
+
+
+def test_latency_against_rate_marks_the_capacity_and_the_slos(table):
+    fig = build_figures(table)["latency_vs_rate"]
+    capacity = table[(table["engine"] == "capacity") & (table["error"] == "")]
+    stars = [t for t in fig.data if t.name.endswith(": capacity")]
+    assert sorted(x for t in stars[::2] for x in t.x) == sorted(capacity["max_rate_per_s"])
+    slo_lines = [s for s in fig.layout.shapes if s.line.dash == "dot"]
+    assert {round(s.y0, 9) for s in slo_lines} == {0.5, 50.0}  # TTFT in s, TPOT in ms
+    for trace in fig.data:  # every rate the searches simulated, sorted
+        assert list(trace.x) == sorted(trace.x)
+
+
+@pytest.mark.parametrize(
+    "values", [[61.0, 232.0], [0.0029, 0.116], [5.9, 30.0], [0.005, 60.0], [1.9, 9.0], [3.0, 3.0]]
+)
+def test_log_ticks_are_whole_labels_around_the_data(values):
+    from radsim.study.plots import _log_ticks
+
+    ticks = _log_ticks(np.array(values))
+    assert len(ticks["tickvals"]) >= 2
+    assert all(float(text) == value for text, value in zip(ticks["ticktext"], ticks["tickvals"], strict=True))
+    assert min(ticks["tickvals"]) <= min(values) * 1.5 and max(ticks["tickvals"]) >= max(values) / 1.5
+
+
+@pytest.mark.parametrize("values", [[0.92, 1.12], [0.15, 4.2], [1.0, 1.05], [0.5, 20.0]])
+def test_ratio_ticks_label_one_and_enough_others(values):
+    from radsim.study.plots import _ratio_ticks
+
+    ticks = _ratio_ticks(np.array(values))
+    assert "1x" in ticks["ticktext"] and len(ticks["tickvals"]) >= 3
