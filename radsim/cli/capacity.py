@@ -94,12 +94,12 @@ def _capacity(args: argparse.Namespace) -> None:
     )
     print(f"rates simulated ({result['duration_s']:g} s of arrivals each):")
     print(f"  {'requests/s':>10}  {'p' + str(p) + ' TTFT':>12}  {'p' + str(p) + ' TPOT':>11}  SLOs")
-    for probe in result["probes"]:
-        ttft, tpot = probe[f"ttft_s_p{p}"], probe[f"tpot_s_p{p}"]
+    for row in result["probes"]:
+        ttft, tpot = row[f"ttft_s_p{p}"], row[f"tpot_s_p{p}"]
         ttft_text = "-" if ttft is None else f"{ttft * 1e3:.1f} ms" if ttft < 1 else f"{ttft:.2f} s"
         tpot_text = "-" if tpot is None else f"{tpot * 1e3:.2f} ms"
-        held = "met" if probe["meets_slo"] else "missed"
-        print(f"  {probe['rate_per_s']:>10.4g}  {ttft_text:>12}  {tpot_text:>11}  {held}")
+        held = "met" if row["meets_slo"] else "missed"
+        print(f"  {row['rate_per_s']:>10.4g}  {ttft_text:>12}  {tpot_text:>11}  {held}")
     if "deployment" in result:
         d = result["deployment"]
         for o in d["options"]:

@@ -75,8 +75,10 @@ def _ok(table: pd.DataFrame) -> pd.DataFrame:
 
 
 #: What tells one model variant from another: a series keeps its colour across every plot of a study.
-_IDENTITY = ("label", "arch", "layers", "routes", "depth_distribution", "kv_policy", "dtype", "tp")
-_IDENTITY += ("route_shape", "expert_launch", "execution")
+_IDENTITY = (
+    *("label", "arch", "layers", "routes", "depth_distribution", "kv_policy", "dtype", "tp"),
+    *("route_shape", "expert_launch", "execution"),
+)
 #: Execution policies are also told apart by dash and width, so that series that coincide stay visible.
 _LINES = {"layer_major": {"dash": "solid", "width": 3.5}, "step_sync": {"dash": "dash", "width": 2}}
 _MARKERS = {"layer_major": "", "step_sync": "-open"}
