@@ -218,3 +218,25 @@ def test_simulate_errors(capsys):
     ]
     assert main(long) == 2
     assert "exceed the 2050 positions of opt-125m" in capsys.readouterr().err
+
+
+def test_estimate_with_a_trace_simulates_the_static_batch(capsys):
+    args = ["estimate", "--hw", "h100_sxm", "--arch", "llama3.1-8b", "--batch", "4", "--prompt-tokens", "64"]
+    args += ["--output-tokens", "8", "--json"]
+    assert main(args) == 0
+    dense = json.loads(capsys.readouterr().out)
+    assert main([*args, "--trace", "traces/radial-scratch-p05.parquet", "--baseline", "dense"]) == 0
+    traced = json.loads(capsys.readouterr().out)
+    assert "simulate --arrival batch" in traced["engine_used"] and traced["completed"] == 4
+    assert "radial-scratch-p05" in traced["routes_source"] and traced["warnings"]  # 8 layers on 32
+    # the dense baseline is the same static batch the closed-form estimate prices
+    assert traced["baseline"]["ttft_s_mean"] == pytest.approx(dense["ttft_s"], rel=1e-9)
+    assert traced["baseline"]["tpot_s_mean"] == pytest.approx(dense["tpot_s"], rel=1e-9)
+    assert traced["comparison"]["tpot_s_p90"]["better_x"] > 1  # fewer layers per token
+    assert main([*args, "--trace", "traces/radial-scratch-p05.parquet", "--depth-fraction", "0.5"]) == 2
+    assert "a trace sets the depth" in capsys.readouterr().err
+
+
+def test_study_plot_slo_flags_go_together(capsys, tmp_path):
+    assert main(["study", "plot", str(tmp_path), "--slo-ttft", "1.0", "--format", "html"]) == 2
+    assert "--slo-ttft and --slo-tpot go together" in capsys.readouterr().err

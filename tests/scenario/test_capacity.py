@@ -93,3 +93,18 @@ def test_cli_prints_one_json_object_and_a_deployment(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["max_rate_per_s"] > 0 and out["deployment"]["cheapest"]["replicas"] >= 1
     assert out["deployment"]["cheapest"]["replicas"] * out["max_rate_per_s"] >= 100
+
+
+def test_probes_list_every_rate_simulated_and_bracket_the_capacity(capacity):
+    probes = capacity["probes"]
+    rates = [p["rate_per_s"] for p in probes]
+    assert rates == sorted(rates) and len(rates) == capacity["simulations"]
+    by_rate = {p["rate_per_s"]: p for p in probes}
+    assert by_rate[capacity["max_rate_per_s"]]["meets_slo"]
+    assert not by_rate[capacity["failing_rate_per_s"]]["meets_slo"]
+    assert by_rate[capacity["max_rate_per_s"]]["ttft_s_p90"] == capacity["ttft_s_p90"]
+    seen = []
+    found = find_capacity(
+        BASE, CapacitySearch(start_rate_per_s=8.0), on_probe=lambda r, ok: seen.append((r, ok))
+    )
+    assert sorted(seen) == [(p["rate_per_s"], p["meets_slo"]) for p in probes] and found["probes"] == probes
