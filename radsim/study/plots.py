@@ -214,7 +214,13 @@ def latency_cost_vs_batch(table: pd.DataFrame) -> go.Figure | None:
                     row=i,
                     col=col,
                 )
-        fig.update_yaxes(title_text="time per output token (ms)", row=i, col=1)
+        fig.update_yaxes(
+            title_text="time per output token (ms)",
+            type="log",
+            row=i,
+            col=1,
+            **_log_ticks(facet["tpot_s"] * 1e3),
+        )
         fig.update_yaxes(
             title_text="cost (USD per 1M output tokens)",
             type="log",
@@ -937,7 +943,10 @@ def capacity_vs_depth(table: pd.DataFrame) -> go.Figure | None:
     return _layout(fig, f"Capacity and cost at the SLOs ({slo}) against mean depth", 1)
 
 
-FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure | None]] = {
+FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure | None]] = {  # the serving answer first
+    "capacity": capacity,
+    "latency_vs_rate": latency_vs_rate,
+    "capacity_vs_depth": capacity_vs_depth,
     "latency_cost_vs_batch": latency_cost_vs_batch,
     "savings_vs_batch": savings_vs_batch,
     "pareto_front": pareto_front,
@@ -947,9 +956,6 @@ FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure | None]] = {
     "depth_distribution": depth_distribution,
     "architectures": architectures,
     "architectures_relative": architectures_relative,
-    "capacity": capacity,
-    "latency_vs_rate": latency_vs_rate,
-    "capacity_vs_depth": capacity_vs_depth,
 }
 
 
