@@ -61,3 +61,16 @@ def test_readme_prose_figures(capsys, flags, line, pattern):
     actual = next(ln for ln in out.splitlines() if ln.startswith(line))
     shown = float(re.search(pattern, README).group(1))
     assert _numbers(actual)[0] == pytest.approx(shown, rel=TOLERANCE)
+
+
+def test_readme_capacity_example_matches(capsys):
+    """The main question's answer as the README shows it (lines elided with '...' aside)."""
+    block = re.search(r"```\n\$ (radsim capacity .*?--baseline dense)\n(.*?)```", README, re.S)
+    assert block
+    out = _run(capsys, " ".join(block.group(1).replace("\\\n", " ").split()) + " --quiet")
+    actual = out.splitlines()
+    for shown in block.group(2).splitlines():
+        if shown.strip() == "...":
+            continue
+        same = [a for a in actual if NUMBER.sub("#", a).split() == NUMBER.sub("#", shown).split()]
+        assert any(_numbers(a) == pytest.approx(_numbers(shown), rel=TOLERANCE) for a in same), shown
