@@ -197,7 +197,7 @@ def _draw(results: Path, out: Path, formats: tuple[str, ...], slo: tuple[float, 
 
     table = read_results(results)
     figures = _from_table(results, lambda: build_figures(table, slo), "draw the plots")
-    for path in write_figures(figures, out, formats):
+    for path in write_figures(figures, out, formats, stream=sys.stderr):
         print(f"wrote {path}")
 
 

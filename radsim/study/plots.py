@@ -15,6 +15,7 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
@@ -970,11 +971,18 @@ def build_figures(table: pd.DataFrame, slo: tuple[float, float] | None = None) -
 
 
 def write_figures(
-    figures: dict[str, go.Figure], out: Path, formats: tuple[str, ...] = ("html", "png")
+    figures: dict[str, go.Figure],
+    out: Path,
+    formats: tuple[str, ...] = ("html", "png"),
+    stream: TextIO | None = None,
 ) -> list[Path]:
-    """Write NAME.html (plotly.js beside it, no network needed) and NAME.png (kaleido) for each figure."""
+    """Write NAME.html (plotly.js beside it, no network needed) and NAME.png (kaleido) for each
+    figure; a progress bar on `stream` counts the files."""
+    from radsim.progress import bar
+
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[Path] = []
+    progress = bar(len(figures) * len(formats), "files", stream, desc="plots: ")
     if "html" in formats:
         for name, fig in figures.items():
             path = out / f"{name}.html"
@@ -986,6 +994,7 @@ def write_figures(
             )
             atomic_write(path, write)
             written.append(path)
+            progress.update(1)
     if "png" in formats and figures:
         paths = [out / f"{name}.png" for name in figures]
         tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"  # unique: kaleido names the format by suffix
@@ -1001,6 +1010,8 @@ def write_figures(
             for tmp in tmps:
                 tmp.unlink(missing_ok=True)
         written += paths
+        progress.update(len(paths))  # kaleido draws them in one batch
+    progress.close()
     return written
 
 

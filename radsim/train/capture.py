@@ -16,6 +16,7 @@ import json
 import math
 import platform
 import subprocess
+import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from radsim.models.finedeep import Finedeep, router_entropy
 from radsim.models.llama import KV_COMPUTE, KV_WRITE, Llama, lm_loss
 from radsim.models.mod import MoD
 from radsim.models.radial import Radial
+from radsim.progress import bar
 from radsim.routes.trace import COLUMNS, Trace
 
 WINDOWS_NOTE = "windows of consecutive test-split tokens; documents joined by EOS"
@@ -185,11 +187,14 @@ def _all_layers(model: Finedeep | DLO, x: torch.Tensor, ids) -> tuple[list[pd.Da
 def capture(model: CaptureModel, windows: np.ndarray, batch: int, meta: dict) -> Trace:
     """Run every window and assemble the trace (depth filled in, rows sorted, dtypes narrowed)."""
     frames, loss, count = [], 0.0, 0
+    progress = bar(len(windows), "windows", sys.stderr, desc="capture: ")
     for batch_id, i in enumerate(range(0, len(windows), batch)):
         x = torch.from_numpy(windows[i : i + batch])
         frame, batch_loss = run_batch(model, x, i, batch_id)
         frames.append(frame)
         loss, count = loss + batch_loss, count + x[:, 1:].numel()
+        progress.update(len(x))
+    progress.close()
     visits = pd.concat(frames, ignore_index=True).sort_values(["seq", "pos", "step"], kind="stable")
     visits["depth"] = visits.groupby(["seq", "pos"])["step"].transform("size")
     visits = round_floats(visits.reset_index(drop=True).astype(COLUMNS))

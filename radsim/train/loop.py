@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +29,7 @@ from radsim.models.finedeep import Finedeep, FinedeepConfig
 from radsim.models.llama import Llama, LlamaConfig, lm_loss
 from radsim.models.mod import MoD, MoDConfig
 from radsim.models.radial import EXIT, Radial, RadialConfig
+from radsim.progress import bar
 from radsim.train import corpus
 from radsim.train.config import RunConfig, run_config_from_dict
 
@@ -169,6 +171,7 @@ def train_scratch(cfg: RunConfig, out_dir: Path) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=(0.9, 0.95), weight_decay=0.1)
     log, start = [], time.time()
     batches = corpus.batches(train, cfg.data.seq_len, cfg.data.batch, rng)
+    progress = bar(cfg.train.steps, "steps", sys.stderr, desc="training: ")
     for step in range(cfg.train.steps):
         batch = next(batches)
         for group in opt.param_groups:
@@ -179,11 +182,9 @@ def train_scratch(cfg: RunConfig, out_dir: Path) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         log.append({"step": step, "elapsed_s": time.time() - start, **info})
-        if step % 50 == 0 or step == cfg.train.steps - 1:
-            print(
-                f"step {step:5d}  lm {info['lm']:.3f}  depth {info['depth']:.2f}  {time.time() - start:.0f}s",
-                flush=True,
-            )
+        progress.set_postfix_str(f"lm {info['lm']:.3f}, depth {info['depth']:.2f}", refresh=False)
+        progress.update(1)
+    progress.close()
     metrics = {"val": evaluate(model, val), "train_seconds": time.time() - start, "params": _params(model)}
     save_run(out_dir, cfg, model, mapping if cfg.data.vocab else None, metrics, log)
     return metrics
@@ -311,6 +312,7 @@ def train_dlo(cfg: RunConfig, out_dir: Path) -> dict:
     opt = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95), weight_decay=0.0)
     log, start = [], time.time()
     batches = corpus.batches(train, cfg.data.seq_len, cfg.data.batch, rng)
+    progress = bar(cfg.train.steps, "steps", sys.stderr, desc="training DLO: ")
     for step in range(cfg.train.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg) * group["peak"] / cfg.train.lr
@@ -320,12 +322,11 @@ def train_dlo(cfg: RunConfig, out_dir: Path) -> dict:
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
         opt.step()
         log.append({"step": step, "elapsed_s": time.time() - start, **info})
-        if step % 10 == 0 or step == cfg.train.steps - 1:
-            print(
-                f"step {step:4d}  lm {info['lm']:.3f}  skip {info['skip']:.3f}  "
-                f"sim-skip {info['sim_skip']:.3f}  {time.time() - start:.0f}s",
-                flush=True,
-            )
+        progress.set_postfix_str(
+            f"lm {info['lm']:.3f}, skip {info['skip']:.3f}, sim-skip {info['sim_skip']:.3f}", refresh=False
+        )
+        progress.update(1)
+    progress.close()
     metrics["train_seconds"] = time.time() - start
     metrics["dlo"] = evaluate_dlo(model, val)
     metrics["expanded_layers"] = list(model.cfg.expanded_layers)
