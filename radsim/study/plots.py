@@ -144,8 +144,17 @@ def _label(row: pd.Series, keys: list[str]) -> str:
 def _hover(table: pd.DataFrame) -> pd.Series:
     """Hover text per row: every input that varies in the table, plus the device and model."""
     keys = ["hw", "arch", *[k for k in _varying(table) if k not in ("hw", "arch")]]
+
+    def source(r: pd.Series) -> str:
+        text = str(r.get("routes_source") or "")
+        return f"<br>routes: {_wrap(text, 70)}" if text and text != "nan" else ""
+
     return table.apply(
-        lambda r: "<br>".join(f"{k} = {r[k]}" for k in keys if _reads(r, k)) + f"<br>point {r['point_id']}",
+        lambda r: (
+            "<br>".join(f"{k} = {r[k]}" for k in keys if _reads(r, k))
+            + source(r)
+            + f"<br>point {r['point_id']}"
+        ),
         axis=1,
     )
 

@@ -80,6 +80,7 @@ def report_html(table: pd.DataFrame, slo: tuple[float, float] | None = None) -> 
         f"<h1>{html.escape(title)}</h1>",
         question,
         _headlines(table[table["error"] == ""]),
+        _provenance(table[table["error"] == ""]),
         _fixed(table),
         f"<p>{len(table)} points, {len(failed)} failed; plots: {', '.join(figures) or 'none'}.</p>",
         *divs,
@@ -107,7 +108,9 @@ def _headlines(rows: pd.DataFrame) -> str:
                     f" ({r['max_rate_per_s'] / b['max_rate_per_s'] - 1:+.0%} requests/s, "
                     f"{r['cost_usd_per_Mtok'] / b['cost_usd_per_Mtok'] - 1:+.0%} cost against the sequential model)"
                 )
-            slo = f"p{int(r['percentile'])} TTFT <= {r['slo_ttft_s']:g} s, TPOT <= {r['slo_tpot_s'] * 1e3:g} ms"
+            slo = (
+                f"p{int(r['percentile'])} TTFT <= {r['slo_ttft_s']:g} s, TPOT <= {r['slo_tpot_s'] * 1e3:g} ms"
+            )
             items.append(
                 f"capacity of {r['routes']} on {r['hw']} ({slo}): {r['max_rate_per_s']:.3g} requests/s at "
                 f"${r['cost_usd_per_Mtok']:.3g} per 1M output tokens{saving}"
@@ -126,6 +129,27 @@ def _headlines(rows: pd.DataFrame) -> str:
     if not items:
         return ""
     return "<h2>Headline numbers</h2><ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
+
+
+def _provenance(rows: pd.DataFrame) -> str:
+    """Where each routes label's routes come from (trace, model, quality, mapping) and every warning."""
+    if "routes_source" not in rows:
+        return ""
+    sources = rows[rows["routes_source"].fillna("") != ""].drop_duplicates("routes")
+    items = [
+        f"<li><b>{html.escape(str(r['routes']))}</b>: {html.escape(str(r['routes_source']))}</li>"
+        for _, r in sources.iterrows()
+    ]
+    warnings = []
+    if "warnings" in rows:
+        for text in rows["warnings"].fillna(""):
+            warnings += [w for w in str(text).split("; ") if w and w not in warnings]
+    if not items and not warnings:
+        return ""
+    parts = ["<h2>Where the routes come from</h2><ul>", *items, "</ul>"]
+    if warnings:
+        parts += ["<h2>Warnings</h2><ul>", *(f"<li>{html.escape(w)}</li>" for w in warnings), "</ul>"]
+    return "".join(parts)
 
 
 def _fixed(table: pd.DataFrame) -> str:

@@ -90,3 +90,9 @@ def test_every_plot_renders_offline_in_headless_chromium(report, tmp_path):
     width, height, pixels = _png_pixels(shot)
     assert (width, height) == (1200, 2400)
     assert len(set(pixels[::97])) > 50, "the screenshot is blank"
+
+
+def test_report_says_where_the_routes_come_from_and_warns(report):
+    page = report.read_text()
+    assert "Where the routes come from" in page and "radial model radial-scratch-p05, 8 layers" in page
+    assert "Warnings" in page and "stretched onto the 32 layers of llama3.1-8b (4x)" in page
