@@ -1,6 +1,6 @@
-"""`radsim measure`, `radsim calibrate` and `radsim validate`: real timings against the cost model.
+"""`radsim measure`, `radsim campaign`, `radsim calibrate` and `radsim validate`: real timings against the cost model.
 
-`measure` needs torch (and numpy) only; `calibrate` and `validate` also use the cost model.
+`measure` and `campaign` need torch (and numpy) only; `calibrate` and `validate` also use the cost model.
 """
 
 from __future__ import annotations
@@ -38,8 +38,26 @@ def _threads(value: int, option: str = "--threads") -> int:
     return value
 
 
+def add_campaign_arguments(p) -> None:
+    """The options of `radsim campaign`, also parsed by `python -m radsim.measure.campaign`."""
+    p.add_argument("--out", required=True, help="folder for the campaign's files, empty (on a device: $OUT)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=480.0,
+        help="seconds the run may take; what would not fit is skipped",
+    )
+    p.add_argument("--dry-run", action="store_true", help="every section at tiny sizes, in seconds (CPU)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda; cpu with --dry-run)")
+    p.add_argument(
+        "--sections",
+        default="",
+        help="comma-separated subset (default: all: environment, power, bandwidth, launch, gemm, attention, measure)",
+    )
+
+
 def add_measure_commands(sub) -> None:
-    """Register the three subcommands."""
+    """Register the four subcommands."""
     m = sub.add_parser("measure", help="time prefill and decode steps of the project's models")
     m.add_argument(
         "--models", default="scratch-seq,scratch-radial", help="comma-separated (radsim.measure.specs.SPECS)"
@@ -63,6 +81,12 @@ def add_measure_commands(sub) -> None:
     m.add_argument("--no-graphs", action="store_true", help="CUDA: run steps eagerly, not as CUDA graphs")
     m.add_argument("--out", default=DEFAULT_DIR, help="folder for measurements.csv and environment.json")
     m.set_defaults(func=_measure)
+
+    g = sub.add_parser(
+        "campaign", help="the whole GPU campaign as one budgeted run (radsim.measure.campaign)"
+    )
+    add_campaign_arguments(g)
+    g.set_defaults(func=_campaign)
 
     c = sub.add_parser("calibrate", help="microbenchmarks fitted into a calibrated hardware file")
     c.add_argument("--prior", default="epyc_2core", help="host hardware file the calibration starts from")
@@ -113,6 +137,14 @@ def _measure(args: argparse.Namespace) -> None:
         min_time_s=args.min_time,
     )
     print(f"wrote {path} and {Path(path).with_name('environment.json')}")
+
+
+def _campaign(args: argparse.Namespace) -> int:
+    from radsim.measure.campaign import config_from_args, exit_status, run_campaign
+
+    manifest = run_campaign(config_from_args(args))
+    print(f"wrote {manifest['options']['out']}: {', '.join(manifest['files'])}")
+    return exit_status(manifest)
 
 
 def _calibrate(args: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ torch and numpy alone, so a bare GPU machine can run `radsim measure`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -98,14 +99,21 @@ class Weights:
         return float(sum(seen.values()))
 
 
-def build_weights(spec: ModelSpec, device: torch.device, dtype: torch.dtype, max_pos: int) -> Weights:
-    """Random weights of the spec's shape (radsim.models.llama init), fused and moved to `device`."""
+def build_weights(
+    spec: ModelSpec, device: torch.device, dtype: torch.dtype, max_pos: int, init_on_device: bool = False
+) -> Weights:
+    """Random weights of the spec's shape (radsim.models.llama init), fused and moved to `device`.
+
+    `init_on_device` draws them on `device` itself (other numbers from the same seed; timing does
+    not depend on them): a GPU initialises a 1B-parameter model in a fraction of a second.
+    """
     from radsim.models.llama import Llama, LlamaConfig
 
     arch = spec_arch(spec)
     cfg = LlamaConfig.from_arch(arch, rope_theta=spec.rope_theta, norm_eps=1e-5)
     torch.manual_seed(0)
-    model = Llama(cfg)
+    with device if init_on_device else contextlib.nullcontext():
+        model = Llama(cfg)
     move = lambda t: t.detach().to(device=device, dtype=dtype).contiguous()  # noqa: E731
     layers = []
     for block in model.blocks():
@@ -371,14 +379,17 @@ def measure_config(
     weights: Weights | None = None,
     min_time_s: float = 0.0,
     max_repeats: int = 60,
+    routes: StepRoutes | None = None,
 ) -> list[dict[str, Any]]:
     """Time one configuration: rows for the whole step, the embedding, every slot and the head.
 
     Short steps are repeated until `min_time_s` of timed work (at most `max_repeats`), so that the
-    median of a millisecond step is not at the mercy of one burst from a neighbour.
+    median of a millisecond step is not at the mercy of one burst from a neighbour. `routes`, when
+    given, are the configuration's `step_routes` computed beforehand (a caller that reuses a trace).
     """
     spec = SPECS[cfg.model]
-    routes = step_routes(spec, cfg.phase, cfg.batch, cfg.tokens, root=root)
+    if routes is None:
+        routes = step_routes(spec, cfg.phase, cfg.batch, cfg.tokens, root=root)
     tdev, tdtype = device.torch_device, DTYPES[dtype]
     w = weights or build_weights(spec, tdev, tdtype, max_pos=routes.slots.shape[1] + 1)
     with torch.inference_mode():

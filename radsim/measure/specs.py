@@ -51,6 +51,9 @@ SPECS: dict[str, ModelSpec] = {
             rope_theta=100000.0,
         ),
         ModelSpec("smollm2-half", "radial", "smollm2-135m", depth_fraction=0.5, rope_theta=100000.0),
+        # ~1B shape for GPU measurements (d 2048, 24 layers): no trace of its 24 layers, so random routes
+        ModelSpec("smollm2-1.7b-seq", "sequential", "smollm2-1.7b", rope_theta=130000.0),
+        ModelSpec("smollm2-1.7b-half", "radial", "smollm2-1.7b", depth_fraction=0.5, rope_theta=130000.0),
         ModelSpec("tiny-seq", "sequential", "tiny"),
         ModelSpec("tiny-radial", "radial", "tiny", depth_fraction=0.5),
     ]
