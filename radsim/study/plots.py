@@ -401,8 +401,12 @@ def roofline(table: pd.DataFrame) -> go.Figure | None:
         rows=1, cols=len(facets), subplot_titles=[hw for hw, _ in facets] if len(facets) > 1 else None
     )
     hover = _hover(rows)
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
     for c, (_, facet) in enumerate(facets, start=1):
         points = _roofline_points(facet, hover)
+        xs.append(points["intensity"].to_numpy())
+        ys.append(points["flops_per_s"].to_numpy() / 1e12)
         for phase, p in points.groupby("phase", sort=False):
             fig.add_trace(
                 go.Scatter(
@@ -436,6 +440,8 @@ def roofline(table: pd.DataFrame) -> go.Figure | None:
         ai = np.logspace(
             np.log10(max(points["intensity"].min() / 2, 0.1)), np.log10(points["intensity"].max() * 4), 200
         )
+        xs.append(ai)
+        ys.append(np.array([first["peak_flops"] / 1e12]))
         for name, peak, bw, dash in (
             ("peak", first["peak_flops"], first["memory_bandwidth_Bps"], "solid"),
             ("achievable", first["achievable_flops"], first["achievable_Bps"], "dash"),
@@ -456,9 +462,11 @@ def roofline(table: pd.DataFrame) -> go.Figure | None:
             )
     wide = len(facets) > 2
     fig.update_xaxes(
-        type="log", title_text="FLOP per DRAM byte" if wide else "arithmetic intensity (FLOP per DRAM byte)"
+        type="log",
+        title_text="FLOP per DRAM byte" if wide else "arithmetic intensity (FLOP per DRAM byte)",
+        **_log_ticks(np.concatenate(xs)),
     )
-    fig.update_yaxes(type="log")
+    fig.update_yaxes(type="log", **_log_ticks(np.concatenate(ys)))
     fig.update_yaxes(title_text="achieved throughput (TFLOP/s)", col=1)
     return _layout(fig, "Roofline: each layer's operating point in a prefill chunk and a decode step", 1)
 
@@ -573,15 +581,29 @@ def power_over_time(table: pd.DataFrame) -> go.Figure | None:
     fig = go.Figure()
     styles = _Styles(table)
     hover = _hover(rows)
-    for (idx, row), label in zip(rows.iterrows(), _labels(rows, set()), strict=True):
+    keys = _varying(rows, {"rate_per_s", "engine"})
+    for idx, row in rows.iterrows():
         data = json.loads(row["power_timeline_json"])
+        at_capacity = row.get("engine") == "capacity"
+        rate = row["max_rate_per_s"] if at_capacity else row["rate_per_s"]
+        how = "at capacity, " if at_capacity else ""
+        label = (
+            f"{how}{rate:.3g} requests/s, {_label(row, keys)}"
+            if not _is_static(rows.loc[[idx]]).iloc[0]
+            else _label(row, keys)
+        )
         fig.add_trace(
             go.Scatter(
                 x=data["t_s"],
                 y=data["power_W"],
                 mode="lines",
                 name=label,
-                line={"color": styles.color(rows.loc[[idx]]), "shape": "hv", "width": 2},
+                line={
+                    "color": styles.color(rows.loc[[idx]]),
+                    "shape": "hv",
+                    "width": 2,
+                    "dash": "dot" if at_capacity else "solid",
+                },
                 text=[hover[idx]] * len(data["t_s"]),
                 hovertemplate="%{text}<br>%{x:.3g} s: %{y:.0f} W<extra></extra>",
             )
