@@ -81,6 +81,75 @@ def _same_position(
     return out
 
 
+def route_text(layers: np.ndarray) -> str:
+    """A route as text: '0 -> 5 -> 5 -> 7 -> exit', runs of three or more consecutive layers as
+    '0..12'."""
+    parts, i, n = [], 0, len(layers)
+    while i < n:
+        j = i
+        while j + 1 < n and layers[j + 1] == layers[j] + 1:
+            j += 1
+        if j - i >= 2:
+            parts.append(f"{layers[i]}..{layers[j]}")
+        else:
+            parts += [str(x) for x in layers[i : j + 1]]
+        i = j + 1
+    return " -> ".join([*parts, "exit"])
+
+
+def _route_stats(
+    layer: np.ndarray, tid: np.ndarray, depth: np.ndarray, seq: np.ndarray, pos: np.ndarray, pairs: int, rng
+) -> dict[str, Any]:
+    """How diverse the tokens' routes are: distinct routes, their entropy, the commonest, and how
+    often two tokens take the same route (at one position, as in a static decode step, or anywhere,
+    as tokens of different sequences in a continuous batch), with the mean Jaccard overlap of the
+    layer sets two such tokens visit."""
+    tokens, longest = depth.size, int(depth.max())
+    routes = np.full((tokens, longest), -1, dtype=np.int32)  # each token's layers in order, padded
+    step = np.arange(layer.size) - np.repeat(np.cumsum(depth) - depth, depth)
+    routes[tid, step] = layer
+    unique, route_of, counts = np.unique(routes, axis=0, return_inverse=True, return_counts=True)
+    route_of = route_of.reshape(-1)
+    share = counts / tokens
+    entropy = float(-(share * np.log2(share)).sum()) + 0.0  # no "-0.00" for a single route
+    top = np.argsort(-counts, kind="stable")[:5]
+    mask = np.zeros((tokens, int(layer.max()) + 1), dtype=bool)
+    mask[tid, layer] = True
+
+    def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+        if not a.size:  # one sequence: no pairs of different sequences
+            return {}
+        same = route_of[a] == route_of[b]
+        inter = (mask[a] & mask[b]).sum(axis=1)
+        union = (mask[a] | mask[b]).sum(axis=1)
+        return {
+            "same_route": float(same.mean()),
+            "layer_jaccard": float((inter / np.maximum(union, 1)).mean()),
+        }
+
+    # random pairs of tokens of different sequences
+    a, b = rng.integers(tokens, size=pairs), rng.integers(tokens, size=pairs)
+    keep = seq[a] != seq[b]
+    anywhere = agreement(a[keep], b[keep])
+    # pairs of different sequences at one position
+    order = np.lexsort((seq, pos))
+    _, starts, sizes = np.unique(pos[order], return_index=True, return_counts=True)
+    shared = np.flatnonzero(sizes >= 2)
+    at = shared[rng.integers(shared.size, size=pairs)] if shared.size else np.zeros(0, dtype=np.int64)
+    i = rng.integers(sizes[at]) if at.size else at
+    j = (i + 1 + rng.integers(np.maximum(sizes[at] - 1, 1))) % np.maximum(sizes[at], 1) if at.size else at
+    position = agreement(order[starts[at] + i], order[starts[at] + j]) if at.size else {}
+    return {
+        "distinct": int(unique.shape[0]),
+        "entropy_bits": entropy,
+        "effective_routes": float(2.0**entropy),
+        "top": [{"route": route_text(unique[r][unique[r] >= 0]), "share": float(share[r])} for r in top],
+        "pairs": pairs,
+        "agreement_same_position": position,
+        "agreement_any_position": anywhere,
+    }
+
+
 def _independent(freq: np.ndarray, sizes: list[int]) -> dict:
     """Expected covered fraction if each token visited layer l independently with probability p_l."""
     return {b: float(np.mean(1.0 - (1.0 - freq) ** b)) for b in sizes}
@@ -120,6 +189,7 @@ def trace_stats(
         "reused_visit_fraction": float((depth.sum() - distinct.sum()) / depth.sum()),
         "passes": {"mean": float(passes.mean()), "max": int(passes.max())},
         "exit_prob_mean": float(v["prob_exit"].to_numpy().mean(dtype=np.float64)),
+        "routes": _route_stats(layer, tid, depth, v["seq"].to_numpy()[start], pos, pairs=20000, rng=rng),
         "union_coverage": {
             "batch_sizes": sizes,
             "samples": samples,
@@ -147,6 +217,22 @@ def _coverage_table(cov: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _route_lines(r: dict[str, Any]) -> list[str]:
+    def agree(a: dict[str, float]) -> str:
+        if not a:
+            return "-"
+        return f"{100 * a['same_route']:.1f}% take the same route, layer-set overlap {a['layer_jaccard']:.2f}"
+
+    lines = [
+        f"{'routes':<24}{r['distinct']} distinct, entropy {r['entropy_bits']:.2f} bits "
+        f"({r['effective_routes']:.1f} effective routes)",
+        *(f"{'':<24}{100 * t['share']:5.1f}%  {t['route']}" for t in r["top"]),
+        f"{'pairs at one position':<24}{agree(r['agreement_same_position'])}",
+        f"{'pairs anywhere':<24}{agree(r['agreement_any_position'])} ({r['pairs']} pairs, other sequences)",
+    ]
+    return lines
+
+
 def format_stats(stats: dict[str, Any]) -> str:
     """A readable text report of `trace_stats` output."""
     d = stats["depth"]
@@ -162,6 +248,7 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"{'reuse':<24}{100 * stats['reuse_rate']:.1f}% of tokens revisit a layer; "
         f"{100 * stats['reused_visit_fraction']:.1f}% of visits are repeats",
         f"{'exit probability':<24}mean {stats['exit_prob_mean']:.3f}",
+        *_route_lines(stats["routes"]),
         f"{'layer visit frequency':<24}{_row(stats['layer_visit_frequency'], '.2f')}",
         f"{'visits per layer':<24}{_row(stats['visits_per_layer'], '.2f')}",
         f"union coverage (fraction of layers any of B tokens visits; {cov['samples']} samples, seed {cov['seed']})",

@@ -146,3 +146,26 @@ def test_trace_stats_command(tmp_path, capsys):
     args = _parser().parse_args(["trace", "stats", str(tmp_path / "missing.parquet")])
     with pytest.raises(ConfigError, match=r"missing\.parquet: not a readable Parquet file"):
         args.func(args)
+
+
+def test_route_diversity_is_hand_counted():
+    # two sequences, three positions: (·,0) share the route 0->1, (·,1) differ, (·,2) share 0->1 again
+    routes = {(0, 0): [0, 1], (1, 0): [0, 1], (0, 1): [0, 2, 2], (1, 1): [1], (0, 2): [0, 1], (1, 2): [0, 1]}
+    r = trace_stats(make_trace(routes), batch_sizes=(1, 2))["routes"]
+    assert r["distinct"] == 3
+    shares = {t["route"]: t["share"] for t in r["top"]}
+    assert shares == {"0 -> 1 -> exit": pytest.approx(4 / 6), "0 -> 2 -> 2 -> exit": pytest.approx(1 / 6),
+                      "1 -> exit": pytest.approx(1 / 6)}  # fmt: skip
+    p = np.array([4, 1, 1]) / 6
+    assert r["entropy_bits"] == pytest.approx(float(-(p * np.log2(p)).sum()))
+    # the only pairs at one position: (0,0)-(1,0) agree, (0,1)-(1,1) do not, (0,2)-(1,2) agree
+    same = r["agreement_same_position"]
+    assert same["same_route"] == pytest.approx(2 / 3, abs=0.02)
+    assert same["layer_jaccard"] == pytest.approx((1 + 0 + 1) / 3, abs=0.02)
+
+
+def test_route_text_names_runs_and_reuse():
+    from radsim.routes.stats import route_text
+
+    assert route_text(np.array([0, 5, 5, 7])) == "0 -> 5 -> 5 -> 7 -> exit"
+    assert route_text(np.array([0, 1, 2, 3, 5, 6, 8])) == "0..3 -> 5 -> 6 -> 8 -> exit"
