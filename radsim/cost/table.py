@@ -12,6 +12,8 @@ evaluation. Larger row counts fall back to the cost model itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -52,6 +54,58 @@ def _columns(kernel: KernelCost | Cost) -> np.ndarray:
     return np.stack([kernel.time_s, kernel.energy_J, kernel.flops, moved], axis=-1)
 
 
+def attention_map(hw: Hardware, coefficients: AttentionCoefficients) -> tuple[np.ndarray, np.ndarray]:
+    """Attention's closed form for `attention_fields`, from the cost model's own coefficients.
+
+    Every term of `AttentionCoefficients.work` is linear in the load, so its value on each unit
+    load (one load row set to 1) is its coefficient for that row: the first array maps a load
+    matrix's rows (q_rows, kv_rows, visitors, pairs, held) to compute time, memory time, FLOPs, bytes
+    moved and the work energy above idle (`radsim.cost.power.work_energy_J`); the second holds the
+    launch time per row that runs a launch (RoPE/KV write for K/V rows, the kernel for queries).
+    """
+    units = as_layer_load(np.eye(len(LOAD_ROWS)))
+    work = coefficients.work(units)
+    moved = work["kv_read_bytes"] + work["kv_write_bytes"] + work["act_bytes"]
+    energy = work_energy_J(hw, work["flops"], coefficients.peak_flops, moved)
+    linear = [work["compute_time_s"], moved / coefficients.bandwidth_Bps, work["flops"], moved, energy]
+    # launches add up over the rows that run them
+    launches = coefficients.launches(units)
+    assert not launches[VISITORS:].any(), "attention launches depend only on Q and K/V rows"
+    return np.array(linear), coefficients.launch_s * launches[:VISITORS]
+
+
+def attention_fields(
+    hw: Hardware, linear: np.ndarray, launch_s: np.ndarray, load: np.ndarray, bound: bool = False
+) -> np.ndarray:
+    """`radsim.cost.layer.attention` of each group of a load matrix, in closed form (`attention_map`):
+    (4, groups) of FIELDS, and with `bound` a fifth row, the time of the compute-bound groups."""
+    out = _linear_map(linear, load)  # compute time, memory time, flops, bytes, work energy
+    compute_bound = out[0] > out[1] if bound else None
+    time = out[0]
+    np.maximum(time, out[1], out=time)
+    time += launch_s @ np.minimum(load[:VISITORS], 1.0)  # zero where nothing runs
+    capped_energy_J(hw, time, out[4], out=out[1])
+    if compute_bound is None:
+        return out[:4]
+    np.multiply(time, compute_bound, out=out[4])
+    return out
+
+
+#: Load matrices wider than this are mapped one coefficient at a time: a BLAS product this thin
+#: spreads over threads that cost more than they save (10x slower on 2 busy cores).
+_WIDE_LOAD = 1024
+
+
+def _linear_map(linear: np.ndarray, load: np.ndarray) -> np.ndarray:
+    """`linear @ load`, by a sum of scaled load rows when the load is wide."""
+    if load.shape[1] <= _WIDE_LOAD:
+        return linear @ load
+    out = np.zeros((linear.shape[0], load.shape[1]))
+    for i, j in zip(*np.nonzero(linear), strict=True):
+        out[i] += linear[i, j] * load[j]
+    return out
+
+
 class CostTable:
     """Per-row-count costs of one (hardware, architecture, execution) triple."""
 
@@ -81,26 +135,7 @@ class CostTable:
         self._by_visitors = np.ascontiguousarray(by_visitors.T)
         self._embed = _columns(head_cost(hw, arch, exe, rows, zero))[0]
         self._logits = _columns(head_cost(hw, arch, exe, zero, rows))[1:].sum(axis=0)
-        self._attention_map(attention_coefficients(hw, arch, exe))
-
-    def _attention_map(self, coefficients: AttentionCoefficients) -> None:
-        """Attention's closed form for `_attention`, from the cost model's own coefficients.
-
-        Every term of `AttentionCoefficients.work` is linear in the load, so its value on each unit
-        load (one load row set to 1) is its coefficient for that row: `_linear` maps a load matrix's
-        rows (q_rows, kv_rows, visitors, pairs, held) to compute time, memory time, FLOPs, bytes
-        moved and the work energy above idle (`radsim.cost.power.work_energy_J`).
-        """
-        units = as_layer_load(np.eye(len(LOAD_ROWS)))
-        work = coefficients.work(units)
-        moved = work["kv_read_bytes"] + work["kv_write_bytes"] + work["act_bytes"]
-        energy = work_energy_J(self.hw, work["flops"], coefficients.peak_flops, moved)
-        linear = [work["compute_time_s"], moved / coefficients.bandwidth_Bps, work["flops"], moved, energy]
-        self._linear = np.array(linear)
-        # launches add up over the rows that run them (RoPE/KV write for K/V rows, the kernel for queries)
-        launches = coefficients.launches(units)
-        assert not launches[VISITORS:].any(), "attention launches depend only on Q and K/V rows"
-        self._launch_s = coefficients.launch_s * launches[:VISITORS]
+        self._linear, self._launch_s = attention_map(hw, attention_coefficients(hw, arch, exe))
 
     def layers(self, load: LayerLoad, tokens: int | None = None) -> IterationCost:
         """Summed cost of the layer launches described by `load` (arrays over launch groups).
@@ -118,6 +153,12 @@ class CostTable:
         biggest = tokens if tokens is not None else load[: VISITORS + 1].max(initial=0)
         if biggest > self.max_rows:
             return _columns(load_cost(self.hw, self.arch, self.exe, as_layer_load(load))).sum(axis=(0, 1))
+        fields = self.layer_fields(load)
+        return fields @ ones(fields.shape[1])
+
+    def layer_fields(self, load: np.ndarray) -> np.ndarray:
+        """(4, groups) of FIELDS, one column per launch group of a load matrix whose row counts are
+        within the table (`max_rows`): what `layer_totals` sums."""
         v = load[VISITORS].astype(np.int64)
         fields = self._by_visitors.take(v, axis=1)  # (4, groups)
         fields += self._attention(load)
@@ -127,16 +168,11 @@ class CostTable:
             fields += self._by_skippers.take(kv - v, axis=1)
         elif self.exe.kv_policy == "compute":
             fields += self._by_kv_rows.take(load[KV].astype(np.int64), axis=1)
-        return fields @ ones(fields.shape[1])
+        return fields
 
     def _attention(self, load: np.ndarray) -> np.ndarray:
         """Closed form of `radsim.cost.layer.attention` per group: (4, groups) of FIELDS."""
-        out = self._linear @ load  # compute time, memory time, flops, bytes, work energy
-        time = out[0]
-        np.maximum(time, out[1], out=time)
-        time += self._launch_s @ np.minimum(load[:VISITORS], 1.0)  # zero where nothing runs
-        capped_energy_J(self.hw, time, out[4], out=out[1])
-        return out[:4]
+        return attention_fields(self.hw, self._linear, self._launch_s, load)
 
     def head(self, new_tokens: int, logit_rows: int) -> IterationCost:
         """Embedding for the new tokens; final norm, LM head and sampling for `logit_rows`."""
@@ -148,3 +184,84 @@ class CostTable:
             cost = head_cost(self.hw, self.arch, self.exe, float(new_tokens), float(logit_rows))
             return _columns(cost).sum(axis=0)
         return self._embed[new_tokens] + self._logits[logit_rows]
+
+
+# ---- prices of the launches of static batches (`radsim.cost.estimate`) --------------------------
+
+#: `FIELDS` and the compute-bound time: the time of operators whose compute time exceeds their
+#: memory time.
+BOUND_FIELDS = (*FIELDS, "bound_time_s")
+
+
+def bound_fields(cost: Cost | KernelCost) -> np.ndarray:
+    """`BOUND_FIELDS` of launches, element by element: shape (5, *cost's shape)."""
+    bound = np.where(cost.compute_time_s > cost.memory_time_s, cost.time_s, 0.0)
+    return np.stack([cost.time_s, cost.energy_J, cost.flops, cost.bytes, bound])
+
+
+def decode_row_counts(exe: Execution, visitors, batch):
+    """The query and K/V rows of decode launches (one new token for each of `batch` sequences) with
+    `visitors` visitors, under the KV policy (`LayerLoad.from_batch`)."""
+    if exe.kv_policy == "none":
+        return visitors, visitors
+    return (visitors, batch) if exe.kv_policy == "copy" else (batch, batch)
+
+
+class LaunchPrices:
+    """What launches of one (hardware, architecture, execution) cost, each priced once, as
+    `BOUND_FIELDS`: every operator but attention by row count (`row_ops`), the embedding and head,
+    and attention in closed form (`attention_map`). A study prices the same launches over and over."""
+
+    def __init__(self, hw: Hardware, arch: Arch, exe: Execution) -> None:
+        self.hw, self.arch, self.exe = hw, arch, exe
+        self._rows: dict[int, np.ndarray] = {}
+        self._decode: dict[tuple[int, int], np.ndarray] = {}
+        self._heads: dict[tuple[int, int], np.ndarray] = {}
+
+    @cached_property
+    def _attention_map(self) -> tuple[np.ndarray, np.ndarray]:
+        # built when first asked, so that a bad input fails where the cost model's does
+        return attention_map(self.hw, attention_coefficients(self.hw, self.arch, self.exe))
+
+    def attention(self, load: np.ndarray) -> np.ndarray:
+        """(5, groups) for a load matrix (`radsim.cost.loads.LOAD_ROWS`, groups)."""
+        return attention_fields(self.hw, *self._attention_map, load, bound=True)
+
+    def full_rows(self, rows: int) -> np.ndarray:
+        """(5,) of every operator but attention in a launch of `rows` tokens that all visit."""
+        if rows not in self._rows:
+            x = np.array([float(rows)])
+            self._rows[rows] = self._row_ops(LayerLoad(x, x, x, x, 0 * x, 0 * x))[:, 0]
+        return self._rows[rows]
+
+    def decode_rows(self, batch: int, rows_max: int) -> np.ndarray:
+        """(5, rows_max + 1) of every operator but attention in a decode launch with 0..rows_max
+        visitors among `batch` sequences (`decode_row_counts`)."""
+        key = (batch, rows_max)
+        if key not in self._decode:
+            r = np.arange(rows_max + 1, dtype=np.float64)
+            q, kv = decode_row_counts(self.exe, r, np.full_like(r, batch))
+            self._decode[key] = self._row_ops(LayerLoad(q, kv, r, r, 0 * r, 0 * r))
+        return self._decode[key]
+
+    def head(self, new_tokens: int, logit_rows: int) -> np.ndarray:
+        """(5,) of the embedding of `new_tokens` and the final norm, LM head and sampling of `logit_rows`."""
+        key = (new_tokens, logit_rows)
+        if key not in self._heads:
+            cost = head_cost(self.hw, self.arch, self.exe, float(new_tokens), float(logit_rows))
+            self._heads[key] = bound_fields(cost).sum(axis=1)
+        return self._heads[key]
+
+    def _row_ops(self, load: LayerLoad) -> np.ndarray:
+        return np.sum([bound_fields(op) for op in row_ops(self.hw, self.arch, self.exe, load)], axis=0)
+
+
+def launch_prices(hw: Hardware, arch: Arch, exe: Execution) -> LaunchPrices:
+    """The `LaunchPrices` of (hw, arch, exe), kept per process."""
+    # the tables' file keys the cache too: hardware files that differ only in their tables compare equal
+    return _launch_prices(hw, hw.kernel_tables.path if hw.kernel_tables is not None else None, arch, exe)
+
+
+@lru_cache(maxsize=64)
+def _launch_prices(hw: Hardware, tables: Path | None, arch: Arch, exe: Execution) -> LaunchPrices:
+    return LaunchPrices(hw, arch, exe)

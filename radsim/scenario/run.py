@@ -148,12 +148,12 @@ def run_estimate(s: Scenario) -> dict[str, Any]:
 @lru_cache(maxsize=16)
 def _trace_routes(path: str, num_layers: int) -> tuple[RouteBook, str, bool, dict[str, Any]]:
     from radsim.routes.book import from_trace
-    from radsim.routes.trace import read_trace
+    from radsim.routes.trace import read_routes
 
-    trace = read_trace(path)  # read once: the meta and the routes
-    meta = trace.meta
+    routes = read_routes(path)  # read once per file: the meta and the routes
+    meta = routes.meta
     routed = meta["model"]["kind"] != "sequential"  # a sequential model has no router to run
-    return from_trace(trace, num_layers, source=path), meta["kv_policy"], routed, meta
+    return from_trace(routes, num_layers, source=path), meta["kv_policy"], routed, meta
 
 
 def route_book(s: Scenario, arch: Arch, trace_file: str | None = None) -> tuple[RouteBook, str, bool]:
@@ -280,7 +280,8 @@ def overload_warnings(s: Scenario, sim: Simulation) -> list[str]:
     if s.arrival == "batch" or not sim.timeline or not sim.requests:
         return []
     last_arrival = sim.requests[-1].arrival_at
-    waiting = max((it.waiting for it in sim.timeline if it.start_at <= last_arrival), default=0)
+    before = sim.timeline.column("start_at") <= last_arrival
+    waiting = int(sim.timeline.column("waiting")[before].max(initial=0))
     if waiting > max(10, OVERLOAD_WAITING_SHARE * len(sim.requests)):
         return [
             f"arrivals exceed capacity: up to {waiting} requests were waiting before the last arrival "

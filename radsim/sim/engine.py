@@ -32,13 +32,25 @@ from radsim.cost.memory import activation_bytes, kv_entry_bytes, weights_bytes
 from radsim.cost.table import CostTable
 from radsim.errors import ConfigError
 from radsim.routes.book import RouteBook
-from radsim.sim.scheduler import Batch, Scheduler, SchedulerConfig
+from radsim.sim.scheduler import Batch, DecodeRun, Scheduler, SchedulerConfig
 from radsim.sim.workload import Request
 from radsim.spec.arch import Arch
 from radsim.spec.hardware import Hardware
 
 ROUTE_BLOCK = 1024  # requests whose routes are drawn together
 PROGRESS_EVERY = 256  # iterations between calls of `Simulation.on_progress`
+MIN_RUN = 8  # decode iterations worth advancing over at once (a run costs about as much as 4-8 single ones)
+RUN_ELEMENTS = 1 << 14  # (steps x rows) of one vectorised run: bounds its arrays
+
+
+def _delay_to(now: float, end: float) -> float:
+    """The delay that brings simpy's clock from `now` exactly to `end` (now + delay == end)."""
+    delay = end - now
+    while now + delay < end:
+        delay = np.nextafter(delay, np.inf)
+    while now + delay > end:
+        delay = np.nextafter(delay, -np.inf)
+    return float(delay)
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,65 @@ class Iteration:
     waiting: int
 
 
+TIMELINE_FIELDS = (
+    *("replica", "start_at", "time_s", "energy_J", "requests", "prefill_tokens"),
+    *("decode_tokens", "kv_bytes", "waiting"),
+)
+_INTEGER_FIELDS = {"replica", "requests", "prefill_tokens", "decode_tokens", "waiting"}
+_FLUSH_ROWS = 4096  # iterations kept as tuples before they are packed into a block
+
+
+class Timeline:
+    """Every iteration of a run (the fields of `Iteration`), packed by column into float64 blocks
+    (72 bytes an iteration; counts are exact in float64). Iterating yields `Iteration`s;
+    `column(name)` and `array()` give numpy arrays."""
+
+    def __init__(self) -> None:
+        self._rows: list[tuple] = []
+        self._blocks: list[np.ndarray] = []
+        self._length = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def append(self, *values: float) -> None:
+        """One iteration, its values in `TIMELINE_FIELDS` order."""
+        self._rows.append(values)
+        self._length += 1
+        if len(self._rows) >= _FLUSH_ROWS:
+            self._flush()
+
+    def extend(self, columns: list[np.ndarray]) -> None:
+        """Several iterations at once, one array per field in `TIMELINE_FIELDS` order."""
+        self._flush()
+        block = np.column_stack([np.asarray(c, dtype=np.float64) for c in columns])
+        self._blocks.append(block)
+        self._length += len(block)
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._blocks.append(np.array(self._rows, dtype=np.float64).reshape(-1, len(TIMELINE_FIELDS)))
+            self._rows = []
+
+    def array(self) -> np.ndarray:
+        """(iterations, fields) of every iteration so far."""
+        self._flush()
+        if len(self._blocks) != 1:
+            self._blocks = [
+                np.concatenate(self._blocks) if self._blocks else np.zeros((0, len(TIMELINE_FIELDS)))
+            ]
+        return self._blocks[0]
+
+    def column(self, name: str) -> np.ndarray:
+        return self.array()[:, TIMELINE_FIELDS.index(name)]
+
+    def __iter__(self):
+        for row in self.array().tolist():
+            yield Iteration(
+                *(int(v) if f in _INTEGER_FIELDS else v for f, v in zip(TIMELINE_FIELDS, row, strict=True))
+            )
+
+
 @dataclass
 class Replica:
     """A replica's state: its scheduler and its energy and busy-time books."""
@@ -120,8 +191,13 @@ class Simulation:
             )
             for i in range(cfg.replicas)
         ]
-        self.timeline: list[Iteration] = []
+        self.timeline = Timeline()
+        self._last_step_s = 0.0  # duration of the latest iteration: sizes the next decode run
+        self._arrival_times = np.array([r.arrival_at for r in self.requests], dtype=np.float64)
         self.on_progress: Callable[[int], None] | None = None  # called with the requests completed so far
+        # advance over runs of identical decode iterations at once (layer-major execution, one
+        # replica); False prices every iteration on its own: the reference the tests compare with
+        self.advance = cfg.execution_policy == "layer_major" and cfg.replicas == 1
         self._next = 0  # next request to deliver (one replica)
         self._block = -1
         self._block_routes: tuple[np.ndarray, ...] = ()
@@ -200,22 +276,26 @@ class Simulation:
                 replica.wake = self.env.event()
                 yield replica.wake
                 continue
+            if self.advance and single and batch.decode_rows.size <= self.table.max_rows:
+                steps = sched.run_length(batch)
+                if steps >= MIN_RUN:
+                    yield from self._run_decodes(replica, batch, steps)
+                    continue
             time_s, energy_J = self.iteration_totals(batch, sched)[:2].tolist()
+            self._last_step_s = time_s
             devices = self.cfg.exe.tp
             idle = self.env.now - replica.last_end_at
             replica.energy_J += idle * self.cfg.hw.idle_power_W * devices + energy_J * devices
             self.timeline.append(
-                Iteration(
-                    replica.index,
-                    self.env.now,
-                    time_s,
-                    energy_J * devices,
-                    int(batch.decode_rows.size + batch.prefill_rows.size),
-                    batch.prefill_tokens,
-                    batch.decode_tokens,
-                    sched.kv_bytes,
-                    sched.waiting_count,
-                )
+                replica.index,
+                self.env.now,
+                time_s,
+                energy_J * devices,
+                int(batch.decode_rows.size + batch.prefill_rows.size),
+                batch.prefill_tokens,
+                batch.decode_tokens,
+                sched.kv_bytes,
+                sched.waiting_count,
             )
             yield self.env.timeout(time_s)
             replica.busy_s += time_s
@@ -223,6 +303,100 @@ class Simulation:
             sched.finish(batch, self.env.now)
             if self.on_progress is not None and len(self.timeline) % PROGRESS_EVERY == 0:
                 self.on_progress(sum(len(r.scheduler.done) for r in self.replicas))
+
+    def _run_decodes(self, replica: Replica, batch: Batch, steps: int):
+        """Advance over a run of decode-only iterations of the same rows at once: priced in one
+        vectorised call, booked as the step-by-step loop books each (`advance=False` runs that
+        loop; tests/sim/test_advance.py holds the two equal). The run ends before an iteration that
+        would complete a request, overflow the KV cache, or plan differently because a request
+        arrived that it could admit."""
+        sched, cfg = replica.scheduler, self.cfg
+        steps = min(steps, max(MIN_RUN, RUN_ELEMENTS // max(batch.decode_rows.size, 1)))
+        cut = sched.admits_on_arrival(batch)
+        if cut and self._next < len(self.requests) and self._last_step_s > 0:
+            # the run ends at the next arrival: price about as many steps as fit before it
+            horizon = self.requests[self._next].arrival_at - self.env.now
+            steps = max(1, min(steps, int(horizon / self._last_step_s * 1.1) + 2))
+        run = sched.decode_run(batch, steps)
+        totals = self.run_totals(run, sched)  # at least the first step: `batch` fits
+        k = len(totals)
+        now = self.env.now
+        # the clock as simpy advances it, one addition per iteration (accumulate is sequential)
+        clock = np.add.accumulate(np.concatenate([[now], totals[:, 0]]))
+        starts, ends = clock[:-1], clock[1:]
+        # arrivals up to each later plan join the queue there; one that could be admitted ends the run
+        arrived = np.searchsorted(self._arrival_times, starts, side="right")
+        arrived[0] = self._next
+        if cut and self._next < len(self.requests):
+            later = np.flatnonzero(arrived[1:] > self._next)
+            if later.size:
+                k = int(later[0]) + 1
+        starts, ends, arrived, totals = starts[:k], ends[:k], arrived[:k], totals[:k]
+        if k < run.steps:
+            run = DecodeRun(
+                run.rows,
+                run.tokens[:k],
+                run.visits[:k],
+                run.context[:k],
+                None if run.held is None else run.held[:k],
+                run.new_entries[:k],
+            )
+        devices, idle_W = cfg.exe.tp, cfg.hw.idle_power_W
+        count = int(batch.decode_rows.size)
+        energy = totals[:, 1] * devices
+        idle = now - replica.last_end_at  # before the first; none between iterations of the run
+        first = idle * idle_W * devices + totals[0, 1] * devices
+        replica.energy_J = float(
+            np.add.accumulate(np.concatenate([[replica.energy_J, first], energy[1:]]))[-1]
+        )
+        replica.busy_s = float(np.add.accumulate(np.concatenate([[replica.busy_s], totals[:, 0]]))[-1])
+        entries = np.add.accumulate(np.concatenate([[sched.entries_used], run.new_entries]))[:-1]
+        waiting = sched.waiting_count + (arrived - self._next)
+        ones = np.ones(k)
+        self.timeline.extend(
+            [replica.index * ones, starts, totals[:, 0], energy, count * ones, 0 * ones, count * ones,
+             entries * sched.entry_bytes, waiting]
+        )  # fmt: skip
+        while self._next < int(arrived[-1]):  # delivered in order, as at each plan
+            self._deliver(replica, self._next)
+            self._next += 1
+        replica.last_end_at = float(ends[-1])
+        self._last_step_s = float(totals[-1, 0])
+        if (
+            self.on_progress is not None
+            and (len(self.timeline) // PROGRESS_EVERY) > (len(self.timeline) - k) // PROGRESS_EVERY
+        ):
+            self.on_progress(sum(len(r.scheduler.done) for r in self.replicas))
+        yield self.env.timeout(_delay_to(now, float(ends[-1])))
+        sched.finish_run(run, starts, ends)
+
+    def run_totals(self, run: DecodeRun, sched: Scheduler) -> np.ndarray:
+        """(k, FIELDS) of each iteration of a decode run, priced as `iteration_totals` prices each."""
+        cfg, table = self.cfg, self.table
+        layers, policy = cfg.arch.num_layers, cfg.exe.kv_policy
+        k, d, w = run.visits.shape
+        visits = run.visits
+        load = np.empty((k, 5, w))
+        if policy == "none":
+            assert run.held is not None
+            load[:, :3] = visits.sum(axis=1)[:, None, :]
+            load[:, 3:] = np.einsum("kdw,kdw->kw", visits, run.held + 1.0)[:, None, :]
+        else:
+            weights = np.ones((k, 5, d))
+            weights[:, 3] = run.context + 1.0
+            weights[:, 4] = weights[:, 3]
+            load[:] = weights @ visits
+            load[:, 1, :layers] = d
+            if policy == "compute":
+                load[:, 0, :layers] = d
+                load[:, 3:, :layers] = weights[:, 3].sum(axis=1)[:, None, None]
+            if w > layers:
+                assert run.held is not None
+                later = np.einsum("kdw,kdw->kw", visits[:, :, layers:], run.held[:, :, layers:] + 1.0)
+                load[:, 3:, layers:] = later[:, None, :]
+        fields = table.layer_fields(load.transpose(1, 0, 2).reshape(5, k * w))  # (4, k * w)
+        totals = fields.reshape(4, k, w).sum(axis=2).T
+        return totals + table.head_totals(d, d)
 
     def iteration_totals(self, batch: Batch, sched: Scheduler) -> np.ndarray:
         """Price one iteration, as an array of `radsim.cost.table.FIELDS`: layer launches under the

@@ -11,8 +11,7 @@ and idle power between iterations over every device of every replica.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from operator import attrgetter
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -129,7 +128,7 @@ def summarize(sim, slo: SLO, pricing: Pricing) -> dict:
         "cost_usd": cost,
         "cost_usd_per_Mtok": cost / out_tokens * 1e6 if out_tokens else None,
         "devices": devices,
-        "kv_cache_peak_bytes": max((it.kv_bytes for it in sim.timeline), default=0.0),
+        "kv_cache_peak_bytes": float(sim.timeline.column("kv_bytes").max(initial=0.0)),
         "decode_step_s": _decode_step(sim.timeline),
     }
     return result
@@ -137,17 +136,18 @@ def summarize(sim, slo: SLO, pricing: Pricing) -> dict:
 
 def _decode_step(timeline) -> float | None:
     """Mean duration of the iterations that decode and prefill nothing; None if there is none."""
-    times = [it.time_s for it in timeline if it.prefill_tokens == 0 and it.decode_tokens > 0]
-    return float(np.mean(times)) if times else None
+    only = (timeline.column("prefill_tokens") == 0) & (timeline.column("decode_tokens") > 0)
+    times = timeline.column("time_s")[only]
+    return float(np.mean(times)) if times.size else None
 
 
 def timeline_table(sim) -> pd.DataFrame:
     """One row per iteration: start, duration, energy, power, batch, tokens, KV use, queue."""
-    from radsim.sim.engine import Iteration
+    from radsim.sim.engine import _INTEGER_FIELDS, TIMELINE_FIELDS
 
-    names = [f.name for f in fields(Iteration)]
-    row = attrgetter(*names)
-    table = pd.DataFrame([row(it) for it in sim.timeline], columns=names)
+    table = pd.DataFrame(sim.timeline.array(), columns=list(TIMELINE_FIELDS))
+    for name in _INTEGER_FIELDS:
+        table[name] = table[name].astype(np.int64)
     if len(table):
         table["power_W"] = table["energy_J"] / table["time_s"]
     return table

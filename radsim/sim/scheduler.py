@@ -126,6 +126,24 @@ class Batch:
         return np.concatenate([self.decode_visits, self.prefill_visits])
 
 
+@dataclass
+class DecodeRun:
+    """k iterations from now on that decode the same rows and nothing else (`Scheduler.decode_run`):
+    per step, the route-book token each row processes, its slot visits, its context and the KV
+    entries it holds before the step, and the entries the step adds."""
+
+    rows: np.ndarray  # (D,) scheduler rows
+    tokens: np.ndarray  # (k, D) route-book tokens
+    visits: np.ndarray  # (k, D, W) visits per slot, 0 or 1
+    context: np.ndarray  # (k, D) tokens each row holds in the KV cache before the step
+    held: np.ndarray | None  # (k, D, W) entries per slot before the step (None as in `Batch.decode_held`)
+    new_entries: np.ndarray  # (k,) KV entries each step adds
+
+    @property
+    def steps(self) -> int:
+        return int(self.tokens.shape[0])
+
+
 class Scheduler:
     """Waiting queue and running rows of one replica, with its KV-cache books."""
 
@@ -178,6 +196,7 @@ class Scheduler:
         self.last_token_at = np.full(n, np.nan)  # of prefilling rows; a decoding row emitted at the last plan
         self.stalled = np.zeros(n, dtype=bool)  # decoding rows that sat out iterations (static batching)
         self._planned_at = 0.0  # when the current iteration was planned
+        self.preempted = False  # whether planning the current iteration preempted a request
         self.admitted_at = np.full(n, np.nan)
         self.cum_entries: list[np.ndarray | None] = [None] * n
         self.waiting: deque[Queued] = deque()
@@ -244,6 +263,7 @@ class Scheduler:
     def next_batch(self, now: float) -> Batch | None:
         """The next iteration's work, or None when there is nothing to do."""
         self._planned_at = now
+        self.preempted = False
         if self.cfg.policy == "static" and not self.active.any():
             self._admit_static(now)
         decode = (self.phase == DECODING).nonzero()[0]
@@ -323,6 +343,7 @@ class Scheduler:
             decode = decode[decode != victim]
             chunks.pop(victim, None)
             self._preempt(victim)
+            self.preempted = True
         return None
 
     def _chunk(self, row: int, n: int) -> np.ndarray:
@@ -443,6 +464,74 @@ class Scheduler:
         entries = visits.copy()
         entries[:, : self.num_layers] = counts[:, None]
         return entries
+
+    # -- runs of identical decode iterations -----------------------------------------------------
+    def run_length(self, batch: Batch) -> int:
+        """Iterations from `batch` on (itself included) that the scheduler would plan as the same
+        decode-only batch with no request completing: 0 when `batch` prefills, a row waits for a
+        static batch, or a row completes at once. KV capacity and arrivals are checked by the caller
+        (`decode_run`, and the engine)."""
+        if (
+            batch.prefill_rows.size
+            or self.preempted
+            or self.stalled.any()
+            or (self.phase == PREFILLING).any()
+        ):
+            return 0  # (after a preemption the victim, first in the queue, might fit at the next plan)
+        rows = batch.decode_rows
+        if not rows.size:
+            return 0
+        return int((self.end_context[rows] - batch.decode_context).min()) - 1  # the next completes one
+
+    def admits_on_arrival(self, batch: Batch) -> bool:
+        """Whether a request arriving while `batch`'s run goes on could be admitted at a later plan
+        (a request already waiting cannot: KV entries only grow during the run, and rows and the
+        token budget stay as they are)."""
+        return (
+            self.cfg.policy == "continuous"
+            and not self.waiting
+            and bool(self._free_rows)
+            and self.cfg.max_tokens_per_iteration - int(batch.decode_rows.size) > 0
+        )
+
+    def decode_run(self, batch: Batch, steps: int) -> DecodeRun:
+        """The first `steps` iterations of `batch`'s run, cut where the KV cache would overflow (that
+        iteration preempts: it is planned as usual)."""
+        rows, context = batch.decode_rows, batch.decode_context
+        offsets = np.arange(steps)
+        ctx = context[None, :] + offsets[:, None]  # (k, D)
+        tokens = self.routes[rows[None, :], ctx]
+        added = self._entries_per_token.take(tokens).sum(axis=1).astype(np.float64)  # exact integers
+        fits = self.entries_used + np.cumsum(added) <= self.capacity_entries
+        k = int(np.argmin(fits)) if not fits.all() else steps
+        tokens, ctx, added = tokens[:k], ctx[:k], added[:k]
+        visits = self._slots_f64.take(tokens, axis=0)  # (k, D, W)
+        held = None
+        if batch.decode_held is not None:
+            before = np.cumsum(visits, axis=0) - visits  # visits of the earlier steps of the run
+            held = batch.decode_held[None] + before
+            if self.shared_first_pass:
+                held[:, :, : self.num_layers] = ctx[:, :, None]
+        return DecodeRun(rows, tokens, visits, ctx, held, added)
+
+    def finish_run(self, run: DecodeRun, starts: np.ndarray, ends: np.ndarray) -> None:
+        """Book a run's iterations, planned at `starts` and done at `ends`, as `finish` books each."""
+        rows, layers = run.rows, self.num_layers
+        self.entries_used = float(
+            np.add.accumulate(np.concatenate([[self.entries_used], run.new_entries]))[-1]
+        )
+        total = run.visits.sum(axis=0)  # exact: counts
+        if not self.shared_first_pass:
+            self.held[rows] += total
+        elif total.shape[1] > layers:
+            self.held[rows, layers:] += total[:, layers:]
+        self.context[rows] = run.context[-1] + 1
+        count = int(rows.size)
+        gaps = ends - starts  # each iteration's gap, as `finish` computes it
+        np.add.at(self.itl_histogram, np.searchsorted(ITL_BINS, gaps, side="left"), count)
+        self.itl_sum = float(np.add.accumulate(np.concatenate([[self.itl_sum], gaps * count]))[-1])
+        self.itl_count += count * gaps.size
+        self._planned_at = float(starts[-1])
 
     # -- completion ----------------------------------------------------------------------------
     def finish(self, batch: Batch, now: float) -> None:
