@@ -88,22 +88,55 @@ def add_measure_commands(sub) -> None:
     add_campaign_arguments(g)
     g.set_defaults(func=_campaign)
 
-    c = sub.add_parser("calibrate", help="microbenchmarks fitted into a calibrated hardware file")
-    c.add_argument("--prior", default="epyc_2core", help="host hardware file the calibration starts from")
+    c = sub.add_parser(
+        "calibrate",
+        help="fit a calibrated hardware file: from microbenchmarks run here, or from a campaign folder",
+    )
+    c.add_argument(
+        "--campaign",
+        default=None,
+        metavar="DIR",
+        help="fit from this campaign folder's microbenchmarks (radsim campaign), running nothing and "
+        "never reading its measurements.csv; writes DIR/calibrated.toml unless --out",
+    )
+    c.add_argument(
+        "--prior",
+        "--hw",
+        dest="prior",
+        default=None,
+        metavar="NAME",
+        help="hardware file the calibration starts from, a name or a TOML path (default: epyc_2core; "
+        "with --campaign: the shipped file of the GPU its environment.json names)",
+    )
     c.add_argument(
         "--measurements",
-        default=f"{DEFAULT_DIR}/measurements.csv",
-        help="table whose calibration half fits the launch overhead ('' to skip)",
+        default=None,
+        help=f"table whose calibration half fits the launch overhead ('' to skip; default "
+        f"{DEFAULT_DIR}/measurements.csv; not with --campaign)",
     )
-    c.add_argument("--out", default=f"{DEFAULT_DIR}/calibrated.toml")
-    c.add_argument("--device", default="cpu")
-    c.add_argument("--threads", type=int, default=1)
-    c.add_argument("--quick", action="store_true", help="a fast subset of the benchmarks (CI)")
+    c.add_argument(
+        "--out",
+        default=None,
+        help=f"calibrated TOML (default {DEFAULT_DIR}/calibrated.toml; with --campaign DIR/calibrated.toml)",
+    )
+    c.add_argument("--device", default=None, help="cpu or cuda[:N] (default cpu; not with --campaign)")
+    c.add_argument("--threads", type=int, default=None, help="torch threads (default 1; not with --campaign)")
+    c.add_argument(
+        "--quick", action="store_true", help="a fast subset of the benchmarks (CI; not with --campaign)"
+    )
     c.set_defaults(func=_calibrate)
 
     v = sub.add_parser("validate", help="cost-model error on held-out measured configurations")
-    v.add_argument("--hw", default=f"{DEFAULT_DIR}/calibrated.toml", help="hardware name or TOML path")
-    v.add_argument("--measurements", default=f"{DEFAULT_DIR}/measurements.csv")
+    v.add_argument(
+        "--campaign",
+        default=None,
+        metavar="DIR",
+        help="a calibrated campaign folder: --hw DIR/calibrated.toml --measurements DIR/measurements.csv --out DIR",
+    )
+    v.add_argument(
+        "--hw", default=None, help=f"hardware name or TOML path (default {DEFAULT_DIR}/calibrated.toml)"
+    )
+    v.add_argument("--measurements", default=None, help=f"default {DEFAULT_DIR}/measurements.csv")
     v.add_argument(
         "--out", default=None, help="folder for the error table and plot (default: beside the table)"
     )
@@ -148,20 +181,54 @@ def _campaign(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
+    if args.campaign is not None:
+        _calibrate_campaign(args)
+        return
     from radsim.measure.calibrate import calibrate, load_prior
     from radsim.measure.harness import check_device, read_measurements
     from radsim.measure.timing import get_device
 
-    check_device(args.device)
-    threads = _threads(args.threads)
-    load_prior(args.prior)
-    table = Path(args.measurements) if args.measurements else None
+    device_name = args.device or "cpu"
+    check_device(device_name)
+    threads = _threads(1 if args.threads is None else args.threads)
+    prior = args.prior or "epyc_2core"
+    load_prior(prior)
+    measurements = f"{DEFAULT_DIR}/measurements.csv" if args.measurements is None else args.measurements
+    table = Path(measurements) if measurements else None
     if table is not None:
         read_measurements(table)
-    output_file(args.out, "--out", (".toml",))
-    device = get_device(args.device, threads)
-    out = calibrate(device, args.prior, Path(args.out), table, quick=args.quick, compute_units=threads)
-    print(f"wrote {out}")
+    out = args.out or f"{DEFAULT_DIR}/calibrated.toml"
+    output_file(out, "--out", (".toml",))
+    device = get_device(device_name, threads)
+    path = calibrate(device, prior, Path(out), table, quick=args.quick, compute_units=threads)
+    print(f"wrote {path}")
+
+
+def _calibrate_campaign(args: argparse.Namespace) -> None:
+    """`radsim calibrate --campaign DIR`: fit from the folder's files (`radsim.measure.campaign.fit`)."""
+    from radsim.measure.campaign.fit import calibrate_campaign
+
+    given = [
+        option
+        for option, value in (
+            ("--measurements", args.measurements),
+            ("--device", args.device),
+            ("--threads", args.threads),
+            ("--quick", args.quick or None),
+        )
+        if value is not None
+    ]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)}: not allowed with --campaign (it fits from the folder's files and runs "
+            "nothing); allowed with it: --hw, --out"
+        )
+    path, cal = calibrate_campaign(args.campaign, args.prior, args.out)
+    fits = cal.record["fits"]
+    for key in ("memory_efficiency", "gemm_efficiency", "kernel_launch_overhead_s", "idle_power_W"):
+        how = f"measured ({fits[key]['file']})" if key in fits else f"kept from {cal.base.stem}"
+        print(f"{key:26s} {cal.figures[key][0]:<12.4g} {how}")
+    print(f"wrote {path} and {path.with_name(path.stem + '-benchmarks.json')}")
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -169,18 +236,26 @@ def _validate(args: argparse.Namespace) -> None:
     from radsim.measure.validate import error_table, format_summary, format_table, load_split, plot, summary
     from radsim.scenario.run import load_hw
 
-    table_path = Path(args.measurements)
+    base = Path(args.campaign) if args.campaign is not None else None
+    if base is not None and not base.is_dir():
+        raise ConfigError(f"--campaign {base}: not a folder")
+    hw_name = args.hw or (str(base / "calibrated.toml") if base else f"{DEFAULT_DIR}/calibrated.toml")
+    if base is not None and args.hw is None and not Path(hw_name).is_file():
+        raise ConfigError(f"{hw_name}: missing; run `radsim calibrate --campaign {base}` first")
+    table_path = Path(
+        args.measurements or (base / "measurements.csv" if base else f"{DEFAULT_DIR}/measurements.csv")
+    )
     try:
-        hw = load_hw(args.hw)
+        hw = load_hw(hw_name)
     except ConfigError as exc:
-        raise ConfigError(f"--hw {args.hw}: {exc}") from None
+        raise ConfigError(f"--hw {hw_name}: {exc}") from None
     split = (
-        load_split(Path(args.hw).with_name(Path(args.hw).stem + "-benchmarks.json"))
-        if Path(args.hw).suffix == ".toml"
+        load_split(Path(hw_name).with_name(Path(hw_name).stem + "-benchmarks.json"))
+        if Path(hw_name).suffix == ".toml"
         else None
     )
     measured = read_measurements(table_path)
-    out = output_dir(Path(args.out) if args.out else table_path.parent, "--out")
+    out = output_dir(Path(args.out) if args.out else (base or table_path.parent), "--out")
     table = error_table(hw, measured, split)
     rows = summary(table)
     write_csv(table, out / "validation.csv", tuple(table[0]))
@@ -188,10 +263,9 @@ def _validate(args: argparse.Namespace) -> None:
     if args.json:
         print(json_text(dict(summary=rows, configs=table), indent=2))
         return
-    print(
-        f"hardware {hw.stem}; {sum(r['split'] == 'validate' for r in table)} held-out of {len(table)} "
-        f"configurations (the others calibrated)"
-    )
+    held_out = sum(r["split"] == "validate" for r in table)
+    others = "every one held out" if held_out == len(table) else "the others calibrated"
+    print(f"hardware {hw.stem}; {held_out} held-out of {len(table)} configurations ({others})")
     print(format_summary(rows))
     if args.all:
         print()

@@ -325,30 +325,49 @@ def refine(hw: Hardware, rows: list[dict[str, str]], split: dict[str, str]) -> t
     return figures(fit.x), len(groups)
 
 
-def write_toml(
+def toml_text(
     path: Path, name: str, prior: Hardware, figures: dict[str, tuple[Any, str]], header: str
-) -> None:
-    """A hardware file: header comment, text keys, one inline table per figure."""
+) -> str:
+    """A hardware file's text (header comment, text keys, one inline table per figure), checked by the loader.
+
+    A figure's value is a number, or the text of `kernel_tables`; integral values keep every digit,
+    others six significant ones. `path` is where the file will live (kernel tables resolve from it).
+    """
     lines = [f"# {line}" for line in header.splitlines()]
     lines += ["", f'name = "{name}"', f'kind = "{prior.kind}"', f'vendor = "{prior.vendor}"', ""]
     for key, (value, source) in figures.items():
-        text = str(int(value)) if isinstance(value, int) else repr(float(f"{value:.6g}"))
+        if isinstance(value, str):
+            text = json.dumps(value)
+        elif isinstance(value, int):
+            text = str(int(value))
+        elif float(value).is_integer() and abs(value) < 2**53:
+            text = repr(float(value))
+        else:
+            text = repr(float(f"{value:.6g}"))
         lines.append(f"{key} = {{ value = {text}, source = {json.dumps(source)} }}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines) + "\n"
     parse_hardware(tomllib.loads(text), path)  # refuse to write a file the loader rejects
+    return text
+
+
+def write_toml(
+    path: Path, name: str, prior: Hardware, figures: dict[str, tuple[Any, str]], header: str
+) -> None:
+    """Write the hardware file `toml_text` renders, atomically."""
+    text = toml_text(path, name, prior, figures, header)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)
 
 
-def load_prior(name: str) -> Hardware:
-    """The host hardware file a calibration starts from: a registry name or a TOML path."""
+def load_prior(name: str, option: str = "--prior") -> Hardware:
+    """The hardware file a calibration starts from: a registry name or a TOML path (errors name `option`)."""
     if Path(name).suffix == ".toml":
         check_text(name, "hardware file")
         return load_hardware(name)
     path = hw_dir() / f"{name}.toml"
     if not path.exists():
         names = ", ".join(p.stem for p in sorted(hw_dir().glob("*.toml")))
-        raise ConfigError(f"--prior {name!r}: unknown hardware; allowed: {names}, or a TOML path")
+        raise ConfigError(f"{option} {name!r}: unknown hardware; allowed: {names}, or a TOML path")
     return load_hardware(path)
 
 

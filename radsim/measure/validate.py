@@ -105,10 +105,16 @@ def ape(predicted: float, measured: float) -> float:
 
 
 def error_table(
-    hw: Hardware, rows: list[dict[str, str]], split: dict[str, str] | None = None
+    hw: Hardware, rows: list[dict[str, str]], split: dict[str, str] | str | None = None
 ) -> list[dict[str, Any]]:
-    """One row per configuration: measured and predicted step time and memory, their errors, split."""
+    """One row per configuration: measured and predicted step time and memory, their errors, split.
+
+    `split` is the calibration's record: a split per configuration, one of `SPLITS` for every
+    configuration ('validate' when the calibration read no step timing), or None for the checkerboard.
+    """
     configs = group_configs(rows)
+    if isinstance(split, str):
+        split = dict.fromkeys(configs, split)
     split = split or split_configs(configs)
     unsplit = sorted(set(configs) - set(split))
     if unsplit:
@@ -260,16 +266,21 @@ def plot(table: list[dict[str, Any]], out_stem: Path) -> list[Path]:
     return paths
 
 
-def load_split(path: Path) -> dict[str, str] | None:
-    """The split a calibration recorded, if any (ConfigError naming the file when it is corrupt)."""
+def load_split(path: Path) -> dict[str, str] | str | None:
+    """The split a calibration recorded, if any (ConfigError naming the file when it is corrupt).
+
+    A calibration from a campaign's microbenchmarks records 'validate': every configuration is held out.
+    """
     if not path.exists():
         return None
     try:
         split = json.loads(read_text(path, "calibration record")).get("split")
     except (json.JSONDecodeError, AttributeError) as exc:
         raise ConfigError(f"{path}: not a calibration record (JSON with a 'split' object): {exc}") from exc
-    if split is None:
-        return None
+    if split is None or split in SPLITS:
+        return split
     if not isinstance(split, dict) or not all(v in SPLITS for v in split.values()):
-        raise ConfigError(f"{path}: 'split' must map configuration ids to {' or '.join(SPLITS)}")
+        raise ConfigError(
+            f"{path}: 'split' must map configuration ids to {' or '.join(SPLITS)}, or be one of them for all"
+        )
     return split

@@ -59,3 +59,18 @@ def test_written_file_loads_with_its_sources(tmp_path):
     hw = parse_hardware(tomllib.loads(path.read_text()), path)
     assert hw.gemm_half_rows == 5.25 and hw.sources["gemm_half_rows"].startswith("measured")
     assert hw.compute_units == prior.compute_units and np.isclose(hw.fp32_dense_flops, prior.fp32_dense_flops)
+
+
+def test_a_rendered_file_keeps_kernel_tables_and_every_digit_of_whole_numbers(tmp_path):
+    from radsim.measure.calibrate import toml_text
+    from radsim.spec.hardware import hw_dir
+
+    prior = load_hardware("h100_sxm")
+    raw = tomllib.loads((hw_dir() / "h100_sxm.toml").read_text())
+    figures = {k: (getattr(prior, k), prior.sources[k]) for k in prior.sources if k != "kernel_tables"}
+    figures["kernel_tables"] = (raw["kernel_tables"]["value"], raw["kernel_tables"]["source"])
+    path = tmp_path / "cal.toml"
+    hw = parse_hardware(tomllib.loads(toml_text(path, "calibrated test", prior, figures, "header")), path)
+    assert not path.exists()  # rendering writes nothing
+    assert hw.memory_capacity_bytes == prior.memory_capacity_bytes == 85899345920
+    assert hw.kernel_tables is not None and hw.sources["kernel_tables"] == prior.sources["kernel_tables"]

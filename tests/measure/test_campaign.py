@@ -261,7 +261,7 @@ def test_failed_items_are_recorded_and_the_size_cap_stops_a_table(tmp_path, monk
     def boom() -> list[dict]:
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(campaign, "MAX_FILE_BYTES", 30)
+    monkeypatch.setattr(campaign.pace, "MAX_FILE_BYTES", 30)  # where Sink reads it
     items = [
         Item("a", 0.0, lambda: [dict(x="1" * 10)]),
         Item("b", 0.0, boom),

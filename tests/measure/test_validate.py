@@ -116,3 +116,20 @@ def test_whole_loop_on_a_tiny_model(tmp_path):
         overall = _whole_loop(tmp_path / "second")
     assert overall["time_ape_median"] < 35.0
     assert overall["memory_ape_median"] < 25.0
+
+
+def test_a_calibration_that_read_no_step_timing_holds_every_configuration_out(tmp_path):
+    from radsim.errors import ConfigError
+    from radsim.measure.validate import load_split
+
+    record = tmp_path / "calibrated-benchmarks.json"
+    record.write_text(json.dumps({"split": "validate"}))
+    assert load_split(record) == "validate"
+    record.write_text(json.dumps({"split": "some"}))
+    with pytest.raises(ConfigError, match="calibrated-benchmarks.json: 'split' must map"):
+        load_split(record)
+    step = dict(_slot(2, 1, 10, 1), scope="step", time_s="0.001", time_s_p10="0.0009", time_s_p90="0.0011")
+    step.update(peak_memory_bytes="1000000", activation_bytes="1000")
+    rows = [step, *(dict(_slot(2, 1, 10, 1, layer), time_s="0.0004") for layer in range(2))]
+    table = error_table(load_hardware("epyc_2core"), rows, "validate")
+    assert [r["split"] for r in table] == ["validate"] and summary(table)[0]["configs"] == 1
