@@ -119,8 +119,8 @@ def _train(args: argparse.Namespace) -> None:
 
     cfg = load_run_config(args.config)
     _at_least(args, "threads", 0)
-    require_models("train")  # before the run folder is made: a missing extra leaves nothing behind
     out = output_dir(Path(args.out) / cfg.name, "--out")
+    require_models("train")
     _setup(args)
     if cfg.kind == "radial_distill":
         from radsim.train.distill import distill

@@ -148,12 +148,12 @@ def run_estimate(s: Scenario) -> dict[str, Any]:
 @lru_cache(maxsize=16)
 def _trace_routes(path: str, num_layers: int) -> tuple[RouteBook, str, bool, dict[str, Any]]:
     from radsim.routes.book import from_trace
-    from radsim.routes.trace import read_routes
+    from radsim.routes.trace import read_trace
 
-    routes = read_routes(path)  # read once per file: the meta and the routes
-    meta = routes.meta
+    trace = read_trace(path)  # read once: the meta and the routes
+    meta = trace.meta
     routed = meta["model"]["kind"] != "sequential"  # a sequential model has no router to run
-    return from_trace(routes, num_layers, source=path), meta["kv_policy"], routed, meta
+    return from_trace(trace, num_layers, source=path), meta["kv_policy"], routed, meta
 
 
 def route_book(s: Scenario, arch: Arch, trace_file: str | None = None) -> tuple[RouteBook, str, bool]:
