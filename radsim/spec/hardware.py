@@ -43,7 +43,7 @@ CALIBRATED_FIGURES = {
 }
 _OPTIONAL_FIGURES = (
     {k for k in PEAK_KEYS.values() if k != "fp32_dense_flops"}
-    | {"scale_up_bandwidth_Bps"}
+    | {"scale_up_bandwidth_Bps", "active_power_W"}
     | CALIBRATED_FIGURES
 )
 _INTEGER_FIGURES = {"compute_units", "gemm_tile_m", "gemm_tile_n"}
@@ -100,6 +100,9 @@ class Hardware:
     attention_efficiency: float | None = None
     # fixed time per launch of the router and the gather/scatter (else `kernel_launch_overhead_s`)
     routing_launch_overhead_s: float | None = None
+    # power while kernels run, before the work's own energy: static power at the boost voltage and the
+    # clock tree (else `idle_power_W`: a device that draws the same idle or busy)
+    active_power_W: float | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     # measured GEMM and all-reduce tables (`radsim.spec.kernel_tables`); None: the roofline prices all
     kernel_tables: KernelTables | None = field(default=None, compare=False, repr=False)
@@ -118,6 +121,11 @@ class Hardware:
     def dtypes(self) -> list[str]:
         """Dtypes with a matrix peak on this device."""
         return [d for d, k in PEAK_KEYS.items() if getattr(self, k) is not None]
+
+    @property
+    def busy_power_W(self) -> float:
+        """Power while a kernel runs before its FLOPs and bytes: `active_power_W`, else `idle_power_W`."""
+        return self.idle_power_W if self.active_power_W is None else self.active_power_W
 
     @property
     def collective_bandwidth_Bps(self) -> float:
@@ -229,6 +237,12 @@ def _check_consistency(values: dict[str, Any], path: Path) -> None:
         raise ConfigError(
             f"{path}: 'idle_power_W' ({values['idle_power_W']}) must be below "
             f"'max_power_W' ({values['max_power_W']})"
+        )
+    active = values.get("active_power_W")
+    if active is not None and not values["idle_power_W"] <= active < values["max_power_W"]:
+        raise ConfigError(
+            f"{path}: 'active_power_W' ({active}) must be at least 'idle_power_W' "
+            f"({values['idle_power_W']}) and below 'max_power_W' ({values['max_power_W']})"
         )
     if values["last_level_cache_bytes"] >= values["memory_capacity_bytes"]:
         raise ConfigError(f"{path}: 'last_level_cache_bytes' must be below 'memory_capacity_bytes'")

@@ -111,7 +111,12 @@ def _gpu_campaign(dry: Path, tmp_path: Path, device_name: str = "NVIDIA H100 80G
         device="cuda:0", device_name=device_name, driver_version="570.86", cuda_version="12.8"
     )
     env["launch"].update(graph="measured", graph_launch_s=1.5e-6, eager_launch_s=6e-6)
-    points = [("idle", 72.0, {}), ("stream", 400.0, dict(bandwidth_Bps=2.9e12)), ("gemm", 690.0, {})]
+    points = [
+        ("idle", 72.0, {}),
+        ("spin", 150.0, dict(kernels_per_s=1e5)),
+        ("stream", 400.0, dict(bandwidth_Bps=2.9e12)),
+        ("gemm", 690.0, {}),
+    ]
     env["power"] = dict(
         status="measured",
         reason=None,
@@ -164,6 +169,9 @@ def test_a_gpu_campaign_maps_to_its_shipped_file_and_keeps_its_kernel_tables(dry
         and "graph" in hw.sources["kernel_launch_overhead_s"]
     )
     assert hw.idle_power_W == 72.0 and "NVML" in hw.sources["idle_power_W"]
+    # the three-point power recipe: spin sets the active baseline, stream less spin the energy per byte
+    assert hw.active_power_W == 150.0 and "spin" in hw.sources["active_power_W"]
+    assert hw.memory_energy_J_per_byte == pytest.approx((400.0 - 150.0) / 2.9e12)
     for key in ("memory_efficiency", "gemm_efficiency", "kernel_launch_overhead_s", "idle_power_W"):
         assert "NVIDIA H100 80GB HBM3, driver 570.86, torch" in hw.sources[key]
     assert hw.memory_capacity_bytes == load_hardware("h100_sxm").memory_capacity_bytes  # every digit kept

@@ -11,12 +11,16 @@ for validation. Fitted (rows named by their CSV line in the calibration record):
   m >= `LARGE_M` (every layer shape), over the base file's peak of that dtype;
 - `kernel_launch_overhead_s`: environment.json `launch.graph_launch_s` on a GPU (the harness
   replays its steps as CUDA graphs), `launch.eager_launch_s` on a CPU or where graphs failed;
-- `idle_power_W`: environment.json's `power` point `idle` (NVML), where it was measured.
+- `idle_power_W`: environment.json's `power` point `idle` (NVML), where it was measured;
+- `active_power_W`: its point `spin` (a busy-but-idle kernel on every SM: clocks up, no FLOPs or
+  DRAM traffic to speak of), where measured, between idle and the board limit;
+- `memory_energy_J_per_byte`: (stream W - spin W) / the stream point's bytes/s, where both were
+  measured (the stream kernel's energy above the active baseline, per byte moved).
 
 Recorded, not fitted (no hardware field reads them; in the file's header and the record): each
 GEMM dtype's large-M efficiency and its small-M floor (m <= `SMALL_M`, weights larger than the
-last-level cache: the bytes/s they stream at), the other launch figure, the power of the spin,
-stream and GEMM points with the throughput they reached, NVML's power limits and clocks.
+last-level cache: the bytes/s they stream at), the other launch figure, the power of the stream
+and GEMM points with the throughput they reached, NVML's power limits and clocks.
 
 A dry run (tiny sizes, the rehearsal of this path) calibrates only a CPU hardware file; where none
 of its rows reaches a threshold above, the rows at its largest size are used, and every source says
@@ -206,6 +210,33 @@ def fit_idle(base: Hardware, c: Campaign, power: dict[str, Any]) -> dict[str, An
     return dict(value=watts, field="power.points[idle].power_W", file=path.name, how=how)
 
 
+def fit_active(base: Hardware, c: Campaign, power: dict[str, Any], idle_W: float) -> dict[str, Any] | None:
+    """active_power_W from NVML's spin point (a kernel resident on every SM that moves no data)."""
+    point = power["points"].get("spin", {})
+    if point.get("power_W") is None:
+        return None
+    path = c.folder / "environment.json"
+    watts = positive(path, "field 'power.points[spin].power_W'", point["power_W"])
+    if not idle_W <= watts < base.max_power_W:
+        raise ConfigError(
+            f"{path}: power point spin is {watts:.4g} W; allowed: from idle_power_W {idle_W:.4g} "
+            f"to below max_power_W {base.max_power_W:.4g} of {base.stem}"
+        )
+    how = f"NVML power point spin ({point.get('energy_source')}), a busy-but-idle kernel"
+    return dict(value=watts, field="power.points[spin].power_W", file=path.name, how=how)
+
+
+def fit_byte_energy(c: Campaign, power: dict[str, Any], active_W: float) -> dict[str, Any] | None:
+    """memory_energy_J_per_byte: the stream point's power above the active baseline per byte/s."""
+    point = power["points"].get("stream", {})
+    watts, bandwidth = point.get("power_W"), point.get("bandwidth_Bps")
+    if watts is None or not bandwidth or watts <= active_W:
+        return None
+    value = (watts - active_W) / bandwidth
+    how = f"NVML power point stream ({watts:.4g} W at {bandwidth:.4g} B/s) less the active baseline {active_W:.4g} W"
+    return dict(value=value, field="power.points[stream]", file="environment.json", how=how)
+
+
 def _fmt(x: float | None, unit: str = "") -> str:
     return "n/a" if x is None else f"{x:.4g}{unit}"
 
@@ -260,6 +291,13 @@ def fit_campaign(base: Hardware, base_raw: dict[str, Any], option: str, c: Campa
     ):
         if fit is not None:
             fits[key] = fit
+    idle_W = fits["idle_power_W"]["value"] if "idle_power_W" in fits else base.idle_power_W
+    active = fit_active(base, c, power, idle_W)
+    if active is not None:
+        fits["active_power_W"] = active
+        joules = fit_byte_energy(c, power, active["value"])
+        if joules is not None:
+            fits["memory_energy_J_per_byte"] = joules
     figures = base_figures(base, base_raw)
     for key, fit in fits.items():
         figures[key] = (fit["value"], f"measured: {fit['how']}, {c.note(fit['file'])}")
