@@ -207,13 +207,14 @@ def elementwise(
     )
 
 
-def allreduce(hw: Hardware, rows, width: int, a_bytes: float, tp: int) -> KernelCost:
+def allreduce(hw: Hardware, rows, width: int, a_bytes: float, tp: int, algorithm: str = "custom") -> KernelCost:
     """All-reduce of a (rows x width) activation across `tp` devices.
 
     Every device sends and receives 2(n-1)/n of the message (reduce-scatter then all-gather). On a
     scale-up fabric that links every pair of devices (NVSwitch, Infinity Fabric mesh) this takes two
     latency steps (the "two-shot" algorithm of NCCL's NVLS and of vLLM/TensorRT-LLM custom
-    all-reduce); over PCIe a ring takes 2(n-1) steps.
+    all-reduce); over PCIe a ring takes 2(n-1) steps. With measured tables, `algorithm` (the
+    engine's: `Execution.allreduce`) picks the curve (`KernelTables.allreduce_curve`).
     """
     rows = np.asarray(rows, dtype=np.float64)
     if tp == 1:
@@ -225,7 +226,7 @@ def allreduce(hw: Hardware, rows, width: int, a_bytes: float, tp: int) -> Kernel
     link_time = link / hw.collective_bandwidth_Bps + steps * hw.link_latency_s
     measured = None
     if hw.kernel_tables is not None:  # the algorithm an engine picks for the largest message here
-        curve = hw.kernel_tables.allreduce_curve(tp, float(np.max(message, initial=0.0)))
+        curve = hw.kernel_tables.allreduce_curve(tp, float(np.max(message, initial=0.0)), algorithm)
         measured = None if curve is None else curve.time_s(message)
     # Each device reads its buffer and writes the reduced result: local DRAM traffic too.
     act = 2.0 * message

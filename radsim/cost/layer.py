@@ -53,11 +53,13 @@ from radsim.cost.power import op_energy_J
 from radsim.errors import ConfigError
 from radsim.spec.arch import Arch
 from radsim.spec.hardware import Hardware
+from radsim.spec.engine import ALLREDUCE_ALGORITHMS
 from radsim.spec.kv import KV_POLICIES
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0}
 
 EXPERT_LAUNCHES = ("per_expert", "grouped")
+
 OPS = (
     "attn_norm",
     "qkv",
@@ -85,8 +87,11 @@ class Execution:
     kv_policy: str = "none"
     routed: bool = False  # a router runs after every visit and visitors are gathered/scattered
     expert_launch: str = "grouped"  # Finedeep experts: grouped per sub-layer, or one launch each
+    allreduce: str = "custom"  # the engine's all-reduce (ALLREDUCE_ALGORITHMS), where tables measure both
 
     def __post_init__(self) -> None:
+        if self.allreduce not in ALLREDUCE_ALGORITHMS:
+            raise ConfigError(f"allreduce '{self.allreduce}'; allowed: {', '.join(ALLREDUCE_ALGORITHMS)}")
         if self.expert_launch not in EXPERT_LAUNCHES:
             raise ConfigError(f"expert_launch '{self.expert_launch}'; allowed: {', '.join(EXPERT_LAUNCHES)}")
         if self.dtype not in DTYPE_BYTES:
@@ -294,14 +299,14 @@ def row_ops(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> list[K
             ]
         ),
         gemm(hw, peak, load.q_rows, d, q_width, wb, ab, res, dtype=dt),
-        allreduce(hw, load.q_rows, d, ab, tp),
+        allreduce(hw, load.q_rows, d, ab, tp, exe.allreduce),
         elementwise(hw, load.mlp_rows, d, NORM_FLOPS_PER_ELEMENT, ab, reads=2.0, resident=res),
         (
             _finedeep_mlp(hw, arch, exe, load.mlp_rows, res)
             if arch.finedeep
             else _mlp(hw, peak, load.mlp_rows, d, ffn, up_width, arch.ffn_kind, wb, ab, res, dt)
         ),
-        allreduce(hw, load.mlp_rows, d, ab, tp),
+        allreduce(hw, load.mlp_rows, d, ab, tp, exe.allreduce),
         _router(hw, arch, exe, load.visitors),
         _gather_scatter(hw, arch, exe, load.visitors),
     ]

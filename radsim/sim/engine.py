@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
+from radsim.cost.host import host_wait_energy_J, iteration_time_s, launch_counts
 from radsim.cost.layer import Execution
 from radsim.cost.loads import (
     EXECUTION_POLICIES,
+    KV,
     decode_load,
     skipper_load,
     slot_load,
@@ -35,6 +37,7 @@ from radsim.routes.book import RouteBook
 from radsim.sim.scheduler import Batch, DecodeRun, Scheduler, SchedulerConfig
 from radsim.sim.workload import Request
 from radsim.spec.arch import Arch
+from radsim.spec.engine import DEFAULT_ENGINE, EngineProfile, load_engine
 from radsim.spec.hardware import Hardware
 
 ROUTE_BLOCK = 1024  # requests whose routes are drawn together
@@ -64,6 +67,7 @@ class SimConfig:
     execution_policy: str = "layer_major"
     replicas: int = 1
     seed: int = 0
+    engine: EngineProfile = field(default_factory=lambda: load_engine(DEFAULT_ENGINE))
 
     def __post_init__(self) -> None:
         if self.execution_policy not in EXECUTION_POLICIES:
@@ -181,6 +185,7 @@ class Simulation:
         self.env = simpy.Environment()
         sched = cfg.scheduler
         self.table = CostTable(cfg.hw, cfg.arch, cfg.exe, max_rows=sched.max_tokens_per_iteration)
+        self.launches = launch_counts(cfg.hw, cfg.arch, cfg.exe)  # dispatch of the engine profile
         kv_capacity = self._kv_capacity()
         self.rng = np.random.default_rng(cfg.seed)
         self.replicas = [
@@ -281,7 +286,7 @@ class Simulation:
                 if steps >= MIN_RUN:
                     yield from self._run_decodes(replica, batch, steps)
                     continue
-            time_s, energy_J = self.iteration_totals(batch, sched)[:2].tolist()
+            time_s, energy_J = self.iteration_totals(batch, sched, hosted=True)[:2].tolist()
             self._last_step_s = time_s
             devices = self.cfg.exe.tp
             idle = self.env.now - replica.last_end_at
@@ -395,12 +400,25 @@ class Simulation:
                 later = np.einsum("kdw,kdw->kw", visits[:, :, layers:], run.held[:, :, layers:] + 1.0)
                 load[:, 3:, layers:] = later[:, None, :]
         fields = table.layer_fields(load.transpose(1, 0, 2).reshape(5, k * w))  # (4, k * w)
-        totals = fields.reshape(4, k, w).sum(axis=2).T
-        return totals + table.head_totals(d, d)
+        totals = fields.reshape(4, k, w).sum(axis=2).T + table.head_totals(d, d)
+        if not cfg.engine.adds_nothing:
+            passes = np.count_nonzero(load[:, KV] > 0, axis=1)
+            self._host(totals, passes, d, True)
+        return totals
 
-    def iteration_totals(self, batch: Batch, sched: Scheduler) -> np.ndarray:
+    def _host(self, totals: np.ndarray, passes, sequences: int, decode_only: bool) -> None:
+        """Iterations' GPU time in `totals` (rows of FIELDS) to their wall time under the engine
+        profile (`radsim.cost.host`), with the device's active power while it waits on the host."""
+        cfg = self.cfg
+        launches = self.launches.launches(passes)
+        gpu = totals[..., 0]
+        wall = iteration_time_s(cfg.engine, gpu, launches, passes, sequences, decode_only, cfg.exe.routed)
+        totals[..., 1] += host_wait_energy_J(cfg.hw, wall - gpu)
+        totals[..., 0] = wall
+
+    def iteration_totals(self, batch: Batch, sched: Scheduler, hosted: bool = False) -> np.ndarray:
         """Price one iteration, as an array of `radsim.cost.table.FIELDS`: layer launches under the
-        execution policy, then embedding and head."""
+        execution policy, then embedding and head; with `hosted`, the engine profile's host time."""
         cfg, book, table = self.cfg, self.routes, self.table
         layers, policy = cfg.arch.num_layers, cfg.exe.kv_policy
         if cfg.execution_policy == "layer_major":
@@ -426,4 +444,8 @@ class Simulation:
             total = table.layer_totals(load, tokens=batch.token_count)
             if policy == "copy":
                 total = total + table.layer_totals(skipper_load(batch.slot_visits, batch.new_tokens, layers))
-        return total + table.head_totals(batch.token_count, int(batch.logit_rows))
+        total = total + table.head_totals(batch.token_count, int(batch.logit_rows))
+        if hosted and not cfg.engine.adds_nothing:
+            sequences = int(batch.decode_rows.size + batch.prefill_rows.size)
+            self._host(total, np.count_nonzero(load[KV] > 0), sequences, not batch.prefill_rows.size)
+        return total

@@ -163,10 +163,13 @@ class KernelTables:
         table = self.gemm.get(GEMM_TABLE_DTYPE.get(dtype, ""))
         return None if table is None else table.time_s(m, n, k)
 
-    def allreduce_curve(self, tp: int, message_bytes: float) -> AllReduceCurve | None:
-        """The curve of the algorithm a serving engine uses for this message and group size."""
+    def allreduce_curve(self, tp: int, message_bytes: float, algorithm: str = "custom") -> AllReduceCurve | None:
+        """The curve of the algorithm an engine uses for this message and group size: with `algorithm`
+        'custom' (a serving engine's own all-reduce), the custom kernel up to
+        `CUSTOM_ALLREDUCE_MAX_BYTES` and NCCL above; with 'nccl' (plain torch.distributed), NCCL."""
         custom = [a for a in self.allreduce if "graph" in a.lower()]
-        order = [*custom, "NCCL"] if message_bytes <= CUSTOM_ALLREDUCE_MAX_BYTES else ["NCCL", *custom]
+        small = algorithm == "custom" and message_bytes <= CUSTOM_ALLREDUCE_MAX_BYTES
+        order = [*custom, "NCCL"] if small else ["NCCL", *custom]
         for algorithm in order:
             curve = self.allreduce.get(algorithm, {}).get(tp)
             if curve is not None:
