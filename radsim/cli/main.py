@@ -142,6 +142,13 @@ def _parser() -> argparse.ArgumentParser:
     ashow = arch.add_parser("show", help="show one architecture")
     ashow.add_argument("name")
     ashow.set_defaults(func=_arch_show)
+    engine = sub.add_parser("engine", help="serving-engine profiles (--engine)").add_subparsers(
+        title="engine commands"
+    )
+    engine.add_parser("list", help="list engine profiles").set_defaults(func=_engine_list)
+    eshow = engine.add_parser("show", help="show one engine profile with sources")
+    eshow.add_argument("name")
+    eshow.set_defaults(func=_engine_show)
     add_estimate_command(sub)
     add_simulate_command(sub)
     add_capacity_command(sub)
@@ -185,6 +192,31 @@ def _hw_show(args: argparse.Namespace) -> None:
         print(
             f"  GEMM dtypes {', '.join(sorted(tables.gemm))}; all-reduce {', '.join(sorted(tables.allreduce))}"
         )
+
+
+def _engine_list(args: argparse.Namespace) -> None:
+    from radsim.spec.engine import DEFAULT_ENGINE, list_engines, load_engine
+
+    print(f"{'name':<8} {'launch':>8} {'graphs':>12} {'iteration':>10} {'per seq':>8} {'overlap':>7}  all-reduce")
+    for name in list_engines():
+        e = load_engine(name)
+        graphs = f"decode <= {e.graph_max_batch}" if e.decode_graphs else "none"
+        print(
+            f"{name:<8} {e.host_launch_s * 1e6:>5.1f} us {graphs:>12} {e.host_iteration_s * 1e6:>7.0f} us "
+            f"{e.host_sequence_s * 1e6:>5.2f} us {'yes' if e.overlap else 'no':>7}  {e.allreduce}"
+            f"{'   (default)' if name == DEFAULT_ENGINE else ''}"
+        )
+
+
+def _engine_show(args: argparse.Namespace) -> None:
+    from radsim.spec.engine import load_engine
+
+    e = load_engine(args.name)
+    print(f"{e.stem}: {e.description}")
+    for key, source in e.sources.items():
+        value = getattr(e, key)
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+        print(f"  {key:<18} {shown:>12}   {source}")
 
 
 def _arch_list(args: argparse.Namespace) -> None:
