@@ -8,10 +8,11 @@ file; `show` lists what a file holds and where it came from.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from radsim.errors import ConfigError
-from radsim.files import json_text, output_dir
+from radsim.files import json_text, output_dir, output_file
 
 
 def add_tables_commands(sub) -> None:
@@ -31,6 +32,9 @@ def add_tables_commands(sub) -> None:
     err = commands.add_parser("error", help="held-out interpolation error of a table file")
     err.add_argument("file", help="a kernel-table file (.npz) or a device name")
     err.add_argument("--json", action="store_true", help="print one JSON list")
+    err.add_argument(
+        "--plot", metavar="FILE", help="also write predicted against measured latency (.html or .png)"
+    )
     err.set_defaults(func=_error)
     show = commands.add_parser("show", help="what a table file holds and where it came from")
     show.add_argument("file", help="a kernel-table file (.npz) or a device name")
@@ -65,13 +69,34 @@ def _tables(file: str):
 def _error(args: argparse.Namespace) -> None:
     from radsim.measure.tables import format_errors, held_out_errors
 
+    if args.plot:
+        output_file(args.plot, "--plot", (".html", ".png"))  # before any work
     tables = _tables(args.file)
-    rows = held_out_errors(tables)
+    samples: dict | None = {} if args.plot else None
+    rows = held_out_errors(tables, samples)
+    if args.plot:
+        assert samples is not None
+        _write_error_plot(args.plot, samples, f"Held-out kernel-table error: {tables.source}")
     print(
         json_text(rows)
         if args.json
         else format_errors(rows, f"held-out error of {tables.path.name}: {tables.source}")
     )
+
+
+def _write_error_plot(out: str, samples: dict, title: str) -> None:
+    from radsim.files import atomic_write_text
+    from radsim.measure.tables import error_figure
+
+    fig = error_figure(samples, title)
+    path = Path(out)
+    if path.suffix == ".png":
+        from radsim.files import atomic_write
+
+        atomic_write(path, lambda tmp: fig.write_image(str(tmp), format="png", width=1000, height=650))
+    else:
+        atomic_write_text(path, fig.to_html(include_plotlyjs="cdn", full_html=True))
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def _show(args: argparse.Namespace) -> None:

@@ -299,11 +299,20 @@ def _summary(errors: np.ndarray) -> dict[str, float]:
     }
 
 
-def held_out_errors(tables) -> list[dict[str, Any]]:
+#: held-out points kept per (op, dtype or algorithm) for the predicted-vs-measured plot
+PLOT_POINTS = 1500
+
+
+def held_out_errors(tables, samples: dict[tuple[str, str], list] | None = None) -> list[dict[str, Any]]:
     """Interpolation error on half of each table: every other grid value of one axis (m, n or k of
     a GEMM; message size of an all-reduce) is left out, interpolated from the rest, and compared
-    with its measurement. Absolute percentage errors, per op, dtype or algorithm, and axis."""
+    with its measurement. Absolute percentage errors, per op, dtype or algorithm, and axis. With
+    `samples`, each (op, kind) gets its (measured, predicted) latency arrays appended, for a plot."""
     from radsim.spec.kernel_tables import AllReduceCurve, GemmTable
+
+    def record(op: str, kind: str, truth: np.ndarray, predicted: np.ndarray) -> None:
+        if samples is not None:
+            samples.setdefault((op, kind), []).append((np.ravel(truth), np.ravel(predicted)))
 
     rows: list[dict[str, Any]] = []
     for dtype, grid in sorted(tables.gemm.items()):
@@ -318,12 +327,13 @@ def held_out_errors(tables) -> list[dict[str, Any]]:
             truth = np.take(grid.latency_s, held, axis)
             m, n, k = np.meshgrid(*(a[held] if i == axis else a for i, a in enumerate(axes)), indexing="ij")
             predicted = sub.time_s(m, n, k)
+            record("gemm", dtype, truth, predicted)
             errors = np.abs(predicted.ravel() / truth.ravel() - 1.0) * 100.0
             rows.append({"op": "gemm", "kind": dtype, "axis": name, **_summary(errors)})
             pooled.append(errors)
         if pooled:
             rows.append({"op": "gemm", "kind": dtype, "axis": "all", **_summary(np.concatenate(pooled))})
-    rows.extend(_attention_errors(tables))
+    rows.extend(_attention_errors(tables, record))
     for algorithm, by_gpus in sorted(tables.allreduce.items()):
         errors_all = []
         for _, curve in sorted(by_gpus.items()):
@@ -332,6 +342,7 @@ def held_out_errors(tables) -> list[dict[str, Any]]:
                 continue
             sub_curve = AllReduceCurve(curve.message_bytes[keep], curve.latency_s[keep])
             predicted = sub_curve.time_s(curve.message_bytes[held])
+            record("all_reduce", algorithm, curve.latency_s[held], predicted)
             errors_all.append(np.abs(predicted / curve.latency_s[held] - 1.0) * 100.0)
         if not errors_all:
             continue
@@ -346,15 +357,15 @@ def held_out_errors(tables) -> list[dict[str, Any]]:
     return rows
 
 
-def _attention_errors(tables) -> list[dict[str, Any]]:
+def _attention_errors(tables, record) -> list[dict[str, Any]]:
     """Held-out error of decode and prefill attention per KV dtype, over every head geometry: every
     other batch size or length left out and interpolated from the rest."""
-    return _phase_errors(tables.generation_attention, "decode_attention") + _phase_errors(
-        tables.context_attention, "prefill_attention"
+    return _phase_errors(tables.generation_attention, "decode_attention", record) + _phase_errors(
+        tables.context_attention, "prefill_attention", record
     )
 
 
-def _phase_errors(grids, op: str) -> list[dict[str, Any]]:
+def _phase_errors(grids, op: str, record) -> list[dict[str, Any]]:
     from radsim.spec.kernel_tables import AttentionTable
 
     by_dtype: dict[str, dict[str, list[np.ndarray]]] = {}
@@ -369,7 +380,9 @@ def _phase_errors(grids, op: str) -> list[dict[str, Any]]:
             sub = AttentionTable(kept[0], kept[1], np.take(grid.latency_s, keep, axis))
             b, c = np.meshgrid(*(a[held] if i == axis else a for i, a in enumerate(axes)), indexing="ij")
             truth = np.take(grid.latency_s, held, axis)
-            errors = np.abs(sub.time_s(b, c) / truth - 1.0).ravel() * 100.0
+            predicted = sub.time_s(b, c)
+            record(op, kv_dtype, truth, predicted)
+            errors = np.abs(predicted / truth - 1.0).ravel() * 100.0
             by_dtype.setdefault(kv_dtype, {}).setdefault(axis_name, []).append(errors)
     rows = []
     for kv_dtype, axes_errors in sorted(by_dtype.items()):
@@ -401,3 +414,50 @@ def format_errors(rows: list[dict[str, Any]], title: str) -> str:
             f"| {r['op']} | {r['kind']} | {r['axis']} | {r['points']} | {r['median_ape']:.1f}% | {r['p90_ape']:.1f}% |"
         )
     return "\n".join(lines)
+
+
+def error_figure(samples: dict[tuple[str, str], list], title: str):
+    """Predicted (interpolated from the other half) against measured latency of every held-out table
+    point, log-log, one series per op and dtype or algorithm (at most `PLOT_POINTS` each, drawn
+    evenly), with the y = x line and +-10% bands."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    low, high = np.inf, 0.0
+    for (op, kind), parts in sorted(samples.items()):
+        truth = np.concatenate([t for t, _ in parts])
+        predicted = np.concatenate([p for _, p in parts])
+        ok = np.isfinite(predicted) & (truth > 0)
+        truth, predicted = truth[ok], predicted[ok]
+        if not truth.size:
+            continue
+        pick = np.unique(np.linspace(0, truth.size - 1, min(PLOT_POINTS, truth.size)).astype(int))
+        median = float(np.median(np.abs(predicted / truth - 1.0)) * 100.0)
+        fig.add_trace(
+            go.Scattergl(
+                x=truth[pick] * 1e6,
+                y=predicted[pick] * 1e6,
+                mode="markers",
+                marker=dict(size=4, opacity=0.5),
+                name=f"{op} {kind} (median {median:.1f}%, {truth.size} points)",
+            )
+        )
+        low, high = min(low, float(truth.min())), max(high, float(truth.max()))
+    if high > 0:
+        line = np.array([low, high]) * 1e6
+        for factor, dash, label in ((1.0, "solid", "y = x"), (1.1, "dot", "+10%"), (0.9, "dot", "-10%")):
+            fig.add_trace(
+                go.Scatter(
+                    x=line, y=line * factor, mode="lines", name=label,
+                    line=dict(color="black", dash=dash, width=1), showlegend=factor == 1.0,
+                )
+            )  # fmt: skip
+    fig.update_layout(
+        title=title,
+        xaxis=dict(title="measured latency (us)", type="log"),
+        yaxis=dict(title="interpolated from the other half (us)", type="log"),
+        template="plotly_white",
+        legend=dict(font=dict(size=10)),
+        height=650,
+    )
+    return fig

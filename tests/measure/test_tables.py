@@ -144,3 +144,22 @@ def test_cli_imports_shows_and_reports_the_error(tmp_path, capsys):
     assert main(["tables", "error", str(out / "vllm-0.9.0.npz"), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["op"] for r in rows} == {"gemm", "all_reduce"}
+
+
+def test_error_plot_holds_every_held_out_series(tmp_path, capsys):
+    from radsim.measure.tables import error_figure, held_out_errors
+    from radsim.spec.kernel_tables import load_kernel_tables
+
+    data = _fixture(tmp_path / "data")
+    out = tmp_path / "out"
+    assert main(["tables", "import", "--device", "h100_sxm", "--from", str(data), "--out", str(out)]) == 0
+    samples: dict = {}
+    rows = held_out_errors(load_kernel_tables(out / "vllm-0.9.0.npz"), samples)
+    assert {op for op, _ in samples} == {r["op"] for r in rows}
+    names = [t.name for t in error_figure(samples, "t").data]
+    assert any(n.startswith("gemm bf16 (median") for n in names) and "y = x" in names
+    plot = tmp_path / "plot.html"
+    assert main(["tables", "error", str(out / "vllm-0.9.0.npz"), "--plot", str(plot)]) == 0
+    assert plot.stat().st_size > 1000
+    assert main(["tables", "error", str(out / "vllm-0.9.0.npz"), "--plot", str(tmp_path / "p.txt")]) == 2
+    assert "--plot" in capsys.readouterr().err
