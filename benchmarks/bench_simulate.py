@@ -34,7 +34,7 @@ def main() -> None:
     start = time.perf_counter()
     trace = args.trace and (args.trace if Path(args.trace).exists() else str(ROOT / args.trace))
     scenario = Scenario(
-        engine="simulate",
+        command="simulate",
         hw="h100_sxm",
         arch="llama3.1-8b",
         trace=trace,

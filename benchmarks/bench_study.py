@@ -22,13 +22,13 @@ FIXED = {"hw": "h100_sxm", "arch": "llama3.1-8b", "dtype": "bf16", "prompt_token
 TRACES = ["", "traces/smollm2-135m-radial-distill-tau0.27.parquet", "traces/radial-scratch-p05.parquet"]
 SWEEPS = {
     "estimate": [
-        {"engine": "estimate", "axes": {"depth_fraction": [1.0, 0.75, 0.5, 0.25], "batch": [1, 2, 4, 8, 16, 32, 64, 128, 256]}},
+        {"command": "estimate", "axes": {"depth_fraction": [1.0, 0.75, 0.5, 0.25], "batch": [1, 2, 4, 8, 16, 32, 64, 128, 256]}},
     ],
     "simulate (static batches)": [
-        {"engine": "simulate", "arrival": "batch", "axes": {"trace": TRACES, "batch": [1, 8, 32, 128]}},
+        {"command": "simulate", "arrival": "batch", "axes": {"trace": TRACES, "batch": [1, 8, 32, 128]}},
     ],
     "simulate (30 s Poisson)": [
-        {"engine": "simulate", "arrival": "poisson", "rate_per_s": 4.0, "duration_s": 30.0, "max_batch": 64,
+        {"command": "simulate", "arrival": "poisson", "rate_per_s": 4.0, "duration_s": 30.0, "max_batch": 64,
          "axes": {"trace": TRACES}},
     ],
 }  # fmt: skip

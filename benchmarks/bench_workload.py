@@ -48,7 +48,7 @@ def one(trace: str, requests: int, reference: bool, seed: int) -> dict:
     from radsim.sim.scheduler import SchedulerConfig
     from radsim.sim.workload import LengthDist, Request, WorkloadConfig, generate
 
-    s = Scenario(engine="simulate", hw="h100_sxm", arch="llama2-7b", trace=trace, seed=seed)
+    s = Scenario(command="simulate", hw="h100_sxm", arch="llama2-7b", trace=trace, seed=seed)
     duration = requests / RATE_PER_S * 1.1
     work = WorkloadConfig(
         "poisson",

@@ -1,8 +1,9 @@
 """Refactor equality: how far a study's results moved, point by point, against a reference table.
 
 Run: python benchmarks/refactor_equality.py REFERENCE.csv NEW.csv [--metrics ttft_s,tpot_s,...]
-Both tables are matched on `point_id` (the ids are stable across releases). Prints, for each group of
-points (engine, arrival, routes, batch), the largest relative change of each metric, and the count
+Both tables are matched on `point_id` (the ids are stable across releases; a table of a release
+that named `command` `engine` is read as today's). Prints, for each group of
+points (command, arrival, routes, batch), the largest relative change of each metric, and the count
 of points whose every metric is equal to 1e-12; the exit code is 1 when a point is missing.
 Use it after a change that must not move numbers (a refactor) or to report the ones that moved.
 """
@@ -15,13 +16,15 @@ import sys
 import numpy as np
 import pandas as pd
 
+from radsim.study.sweep import upgrade_columns  # a reference table written before `command`
+
 DEFAULT_METRICS = "ttft_s,tpot_s,e2e_s,output_tokens_per_s,peak_memory_bytes,avg_power_W,cost_usd_per_Mtok"
 
 
 def compare(reference: pd.DataFrame, new: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Per point: the relative change of each metric (NaN where either side is empty)."""
     both = reference.merge(new, on="point_id", suffixes=("_ref", ""), how="inner")
-    out = both[["point_id", "engine", "arrival", "routes", "batch"]].copy()
+    out = both[["point_id", "command", "arrival", "routes", "batch"]].copy()
     for m in metrics:
         ref, cur = both[f"{m}_ref"].astype(float), both[m].astype(float)
         out[m] = np.where((ref == 0) & (cur == 0), 0.0, (cur - ref) / ref.abs())
@@ -35,7 +38,7 @@ def main() -> int:
     parser.add_argument("--metrics", default=DEFAULT_METRICS)
     args = parser.parse_args()
     metrics = args.metrics.split(",")
-    reference, new = pd.read_csv(args.reference), pd.read_csv(args.new)
+    reference, new = (upgrade_columns(pd.read_csv(p)) for p in (args.reference, args.new))
     missing = sorted(set(reference["point_id"]) - set(new["point_id"]))
     diff = compare(reference, new, [m for m in metrics if m in reference and m in new])
     shown = [m for m in metrics if m in diff]
@@ -43,7 +46,7 @@ def main() -> int:
     print(f"{len(diff)} points matched, {int(equal.sum())} equal to 1e-12, {len(missing)} missing")
     moved = diff[~equal]
     if len(moved):
-        table = moved.groupby(["engine", "arrival", "routes", "batch"])[shown].agg(lambda s: s.abs().max())
+        table = moved.groupby(["command", "arrival", "routes", "batch"])[shown].agg(lambda s: s.abs().max())
         with pd.option_context(
             "display.width",
             250,

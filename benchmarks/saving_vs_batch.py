@@ -17,7 +17,7 @@ from radsim.scenario.schema import Scenario
 def decode_step(hw: str, arch: str, trace: str, batch: int, execution: str) -> tuple[float, str]:
     """Mean decode-step time of the static batch, and the routes' description."""
     scenario = Scenario(
-        engine="simulate", hw=hw, arch=arch, trace=trace, arrival="batch", batch=batch, execution=execution
+        command="simulate", hw=hw, arch=arch, trace=trace, arrival="batch", batch=batch, execution=execution
     )
     sim, metrics = run_simulation(scenario)
     routes = f"depth fraction {sim.routes.mean_depth_fraction:.3f}, kv policy {sim.cfg.exe.kv_policy}"

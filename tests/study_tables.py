@@ -1,4 +1,4 @@
-"""A tiny study shared by the study, plot and report tests: every engine, a trace and a failing point."""
+"""A tiny study shared by the study, plot and report tests: every command, a trace and a failing point."""
 
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ output_tokens = 16
 slo_tpot_s = 0.05   # read by simulations only; the estimate grid leaves it out
 
 [[grid]]
-engine = "estimate"
+command = "estimate"
 [grid.axes]
 depth_fraction = [1.0, 0.5]
 batch = [1, 4, 16]
 
 [[grid]]
-engine = "simulate"
+command = "simulate"
 arrival = "batch"
 batch = 4
 [grid.axes]
@@ -37,7 +37,7 @@ trace = ["", "traces/radial-scratch-p05.parquet"]
 execution = ["layer_major", "step_sync"]
 
 [[grid]]
-engine = "simulate"
+command = "simulate"
 arrival = "poisson"
 rate_per_s = 4.0
 duration_s = 3.0
@@ -47,7 +47,7 @@ depth_fraction = [1.0, 0.5]
 
 # Capacity under the SLOs, for the sequential model and a trace.
 [[grid]]
-engine = "capacity"
+command = "capacity"
 duration_s = 3.0
 slo_ttft_s = 0.5
 [grid.axes]
@@ -55,7 +55,7 @@ trace = ["", "traces/radial-scratch-p05.parquet"]
 
 # Llama-3.1-70B needs 141 GB in bf16: this point fails and is recorded, the others run.
 [[grid]]
-engine = "estimate"
+command = "estimate"
 arch = "llama3.1-70b"
 """
 

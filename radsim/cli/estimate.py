@@ -63,7 +63,7 @@ def _traced(args: argparse.Namespace) -> None:
 
     flags = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "trace"})
     scenario = replace(
-        scenario_from_args(flags, "estimate"), engine="simulate", arrival="batch", trace=args.trace
+        scenario_from_args(flags, "estimate"), command="simulate", arrival="batch", trace=args.trace
     )
     resolve(scenario)
     base = baseline_scenario(scenario, args.baseline) if args.baseline else None
@@ -71,7 +71,7 @@ def _traced(args: argparse.Namespace) -> None:
         resolve(base)
     sim, metrics = run_simulation(scenario)
     how = "static batch simulated with the trace's routes (simulate --arrival batch)"
-    result = {"hw": sim.cfg.hw.stem, "arch": sim.cfg.arch.name, "engine_used": how, **metrics}
+    result = {"hw": sim.cfg.hw.stem, "arch": sim.cfg.arch.name, "command_used": how, **metrics}
     result["routes"], result["kv_policy"] = sim.routes.source, sim.cfg.exe.kv_policy
     result["depth_fraction"] = sim.routes.mean_depth_fraction
     if base is not None:

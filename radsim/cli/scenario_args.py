@@ -1,6 +1,6 @@
 """Command-line flags of a scenario, generated from its one table of inputs (`radsim.scenario.schema`).
 
-Each input an engine reads becomes one flag, `--name-with-dashes`, with the input's type, default,
+Each input a command reads becomes one flag, `--name-with-dashes`, with the input's type, default,
 allowed values and help; older spellings stay as aliases. Parsed flags become a `Scenario`, whose
 construction runs the same checks as a study point's.
 """
@@ -28,11 +28,11 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-").lower()
 
 
-def add_scenario_arguments(parser: argparse.ArgumentParser, engine: str) -> None:
-    """One flag for every input `engine` reads, in table order, defaults shown by `--help`."""
+def add_scenario_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """One flag for every input `command` reads, in table order, defaults shown by `--help`."""
     for name in SCENARIO_FIELDS:
         spec = input_of(name)
-        if name in ("engine", "label") or engine not in spec.engines:
+        if name in ("command", "label") or command not in spec.commands:
             continue
         names = [flag(name), *(f for f in spec.flags if f != flag(name))]
         kwargs: dict[str, Any] = {"dest": name, "help": spec.help}
@@ -51,7 +51,7 @@ def add_scenario_arguments(parser: argparse.ArgumentParser, engine: str) -> None
         parser.add_argument(*names, **{k: v for k, v in kwargs.items() if v is not None or k == "default"})
 
 
-def scenario_from_args(args: argparse.Namespace, engine: str) -> Scenario:
+def scenario_from_args(args: argparse.Namespace, command: str) -> Scenario:
     """The scenario the parsed flags describe (checked as a study point is)."""
     values = {name: getattr(args, name) for name in SCENARIO_FIELDS if hasattr(args, name)}
-    return scenario_from({**values, "engine": engine}, f"radsim {engine}")
+    return scenario_from({**values, "command": command}, f"radsim {command}")

@@ -62,12 +62,12 @@ def find_capacity(
     docstring); `on_probe(rate, met)` is called after each simulation (a progress bar)."""
     from radsim.scenario.run import run_simulation
 
-    if s.engine == "estimate" or s.arrival not in ("poisson", "gamma"):
-        raise ConfigError("capacity searches over the rate of poisson or gamma arrivals (engine capacity)")
+    if s.command == "estimate" or s.arrival not in ("poisson", "gamma"):
+        raise ConfigError("capacity searches over the rate of poisson or gamma arrivals (command capacity)")
     if s.replicas != 1:
         raise ConfigError("capacity is per replica: leave replicas at 1 (use --target-rate for a deployment)")
     percentile = s.slo_percentile
-    simulated = replace(s, engine="simulate", slo_percentile=90)
+    simulated = replace(s, command="simulate", slo_percentile=90)
     runs: dict[float, dict[str, Any]] = {}
 
     def evaluate(rate: float) -> bool:

@@ -1,5 +1,5 @@
 """What a scenario builds and runs: its hardware, architecture, execution, routes, requests and
-scheduler, and the two engines on it.
+scheduler, and the two runs on it (the static estimate and the serving simulation).
 
 `run_estimate` prices the static batch (`radsim.cost.estimate`); `run_simulation` runs the serving
 simulator (`radsim.sim.engine`) and summarises it (`radsim.sim.metrics`). The CLI commands and the

@@ -1,10 +1,11 @@
 """The scenario: one frozen, validated description of a run, and the one place its inputs are defined.
 
-A scenario says what runs (`engine`: the static `estimate` or the serving simulator `simulate`), on
+A scenario says what runs (`command`: the static `estimate`, the serving simulator `simulate`, or a
+`capacity` search over simulations, as the radsim command of that name), on
 what (hardware, architecture, dtype, tensor parallelism), with which routes (a trace, or a depth
 fraction under a named depth distribution), under which workload, scheduler, SLOs and prices. Every
 input is declared once below, as a dataclass field whose metadata (`Input`) gives its type, default,
-allowed values or range, the engines that read it and its help text. The CLI flags of `radsim
+allowed values or range, the commands that read it and its help text. The CLI flags of `radsim
 estimate` and `radsim simulate` (`radsim.cli.scenario_args`), the inputs of a study point
 (`radsim.study.load`) and the benchmarks are all built from this table, so an input has one name,
 one default, one set of allowed values and one check everywhere. A study point is a scenario.
@@ -30,14 +31,16 @@ from radsim.sim.scheduler import BATCHING_POLICIES
 from radsim.sim.workload import LENGTH_KINDS
 from radsim.spec.kv import KV_POLICIES
 
-ENGINES = ("estimate", "simulate", "capacity")
+COMMANDS = ("estimate", "simulate", "capacity")
+#: The name `command` had before `engine` came to name the serving engine profile.
+LEGACY_COMMAND_KEY = "engine"
 ARRIVALS = ("batch", "poisson", "gamma", "replay")
 _SIM = ("simulate", "capacity")  # capacity: a search over simulations
 
 
 @dataclass(frozen=True)
 class Input:
-    """What an input is: its type, allowed values or range, the engines that read it, its help."""
+    """What an input is: its type, allowed values or range, the commands that read it, its help."""
 
     kind: type
     default: Any
@@ -46,7 +49,7 @@ class Input:
     minimum: float | None = None
     maximum: float | None = None
     positive: bool = False  # strictly above `minimum`
-    engines: tuple[str, ...] = ENGINES
+    commands: tuple[str, ...] = COMMANDS
     flags: tuple[str, ...] = ()  # other CLI spellings (older flag names)
     later: bool = False  # added after studies shipped: enters a point id only when not at its default
     required: bool = False
@@ -60,11 +63,12 @@ def _input(default: Any, kind: type, help: str, **spec: Any) -> Any:
 class Scenario:
     """A run: every input with its default; construction checks each value and their combination."""
 
-    engine: str = _input(
+    command: str = _input(
         "estimate",
         str,
-        "what runs: a static-batch estimate, the serving simulator, or a capacity search over simulations",
-        allowed=ENGINES,
+        "what runs: the static-batch estimate, the serving simulator, or a capacity search over"
+        " simulations (the radsim command of that name)",
+        allowed=COMMANDS,
     )
     hw: str = _input("", str, "hardware name (radsim hw list) or TOML path", required=True)
     arch: str = _input("", str, "architecture name (radsim arch list) or TOML path", required=True)
@@ -85,10 +89,10 @@ class Scenario:
         0, int, "layers a token visits (> 0 sets depth_fraction = this / layers)", minimum=0
     )
     trace: str = _input(
-        "", str, "routing trace (Parquet) to draw routes from; '' draws parametric routes", engines=_SIM
+        "", str, "routing trace (Parquet) to draw routes from; '' draws parametric routes", commands=_SIM
     )
     reuse_prob: float = _input(
-        0.0, float, "parametric: chance a token revisits a layer", minimum=0.0, maximum=1.0, engines=_SIM
+        0.0, float, "parametric: chance a token revisits a layer", minimum=0.0, maximum=1.0, commands=_SIM
     )
     kv_policy: str = _input(
         "",
@@ -101,7 +105,7 @@ class Scenario:
         str,
         "parametric: layers anywhere, or a prefix of the stack",
         allowed=ROUTE_SHAPES,
-        engines=_SIM,
+        commands=_SIM,
         later=True,
     )
     expert_launch: str = _input(
@@ -146,7 +150,7 @@ class Scenario:
         str,
         "a static batch at t=0, Poisson or gamma arrivals, or a replayed CSV",
         allowed=ARRIVALS,
-        engines=_SIM,
+        commands=_SIM,
     )
     rate_per_s: float = _input(
         1.0,
@@ -154,7 +158,7 @@ class Scenario:
         "requests per second (poisson, gamma)",
         minimum=0.0,
         positive=True,
-        engines=_SIM,
+        commands=_SIM,
         flags=("--rate",),
     )
     duration_s: float = _input(
@@ -163,7 +167,7 @@ class Scenario:
         "seconds of arrivals (poisson, gamma)",
         minimum=0.0,
         positive=True,
-        engines=_SIM,
+        commands=_SIM,
         flags=("--duration",),
     )
     burstiness: float = _input(
@@ -172,24 +176,24 @@ class Scenario:
         "gamma: coefficient of variation of the gaps (1 is Poisson)",
         minimum=0.0,
         positive=True,
-        engines=_SIM,
+        commands=_SIM,
     )
     lengths: str = _input(
         "fixed",
         str,
         "request lengths: fixed, uniform on [1, 2 mean], or lognormal",
         allowed=LENGTH_KINDS,
-        engines=_SIM,
+        commands=_SIM,
     )
     replicas: int = _input(
-        1, int, "replicas; arrivals join the one with the fewest requests", minimum=1, engines=_SIM
+        1, int, "replicas; arrivals join the one with the fewest requests", minimum=1, commands=_SIM
     )
     slo_ttft_s: float = _input(
         2.0,
         float,
         "time-to-first-token target of goodput (s)",
         minimum=0.0,
-        engines=_SIM,
+        commands=_SIM,
         flags=("--slo-ttft",),
     )
     slo_tpot_s: float = _input(
@@ -197,7 +201,7 @@ class Scenario:
         float,
         "time-per-output-token target of goodput (s)",
         minimum=0.0,
-        engines=_SIM,
+        commands=_SIM,
         flags=("--slo-tpot",),
     )
     electricity_usd_per_kWh: float = _input(
@@ -217,7 +221,7 @@ class Scenario:
         int,
         "most sequences a replica runs at once (arrivals other than batch)",
         minimum=1,
-        engines=_SIM,
+        commands=_SIM,
         later=True,
     )
     batching: str = _input(
@@ -225,11 +229,11 @@ class Scenario:
         str,
         "'': static for arrival batch, else continuous",
         allowed=("", *BATCHING_POLICIES),
-        engines=_SIM,
+        commands=_SIM,
         later=True,
     )
     chunked_prefill: bool = _input(
-        True, bool, "split prompts across iterations to fit the token budget", engines=_SIM, later=True
+        True, bool, "split prompts across iterations to fit the token budget", commands=_SIM, later=True
     )
     memory_fraction: float = _input(
         0.9,
@@ -238,18 +242,18 @@ class Scenario:
         minimum=0.0,
         maximum=1.0,
         positive=True,
-        engines=_SIM,
+        commands=_SIM,
         later=True,
     )
     length_cv: float = _input(
-        0.5, float, "lognormal lengths: coefficient of variation", minimum=0.0, engines=_SIM, later=True
+        0.5, float, "lognormal lengths: coefficient of variation", minimum=0.0, commands=_SIM, later=True
     )
     max_length_tokens: int = _input(
         0,
         int,
         "cap on prompt and on output lengths (0: four times the mean)",
         minimum=0,
-        engines=_SIM,
+        commands=_SIM,
         later=True,
         flags=("--max-length",),
     )
@@ -258,12 +262,12 @@ class Scenario:
         int,
         "capacity: percentile of TTFT and TPOT the SLOs bound",
         allowed=(50, 90, 99),
-        engines=("capacity",),
+        commands=("capacity",),
         later=True,
         flags=("--percentile",),
     )
     replay: str = _input(
-        "", str, "arrival replay: CSV with arrival_s,prompt_tokens,output_tokens", engines=_SIM, later=True
+        "", str, "arrival replay: CSV with arrival_s,prompt_tokens,output_tokens", commands=_SIM, later=True
     )
 
     def __post_init__(self) -> None:
@@ -272,14 +276,14 @@ class Scenario:
         self._check_combination()
 
     def _check_combination(self) -> None:
-        engine = self.engine
+        command = self.command
         for f in fields(self):
             spec = input_of(f.name)
-            if engine not in spec.engines and getattr(self, f.name) != f.default:
-                raise ConfigError(f"'{f.name}' applies only to engine(s) {', '.join(spec.engines)}")
-        if engine == "estimate" and self.execution != "layer_major":
+            if command not in spec.commands and getattr(self, f.name) != f.default:
+                raise ConfigError(f"'{f.name}' applies only to command(s) {', '.join(spec.commands)}")
+        if command == "estimate" and self.execution != "layer_major":
             raise ConfigError(
-                "engine 'estimate' launches each layer once per step; execution 'step_sync' needs engine 'simulate'"
+                "command 'estimate' launches each layer once per step; execution 'step_sync' needs command 'simulate'"
             )
         if self.trace and (self.depth_fraction != 1.0 or self.visited_layers):
             raise ConfigError("a trace sets the depth; leave depth_fraction and visited_layers unset")
@@ -287,11 +291,11 @@ class Scenario:
             raise ConfigError("give depth_fraction or visited_layers, not both")
         if self.route_shape != "random" and (self.trace or self.reuse_prob):
             raise ConfigError("route_shape shapes parametric routes; leave trace and reuse_prob unset")
-        if engine == "capacity" and self.arrival not in ("poisson", "gamma"):
-            raise ConfigError("engine 'capacity' searches over the rate of poisson or gamma arrivals")
-        if engine == "capacity" and self.replicas != 1:
-            raise ConfigError("engine 'capacity' is per replica: leave replicas at 1")
-        if engine != "estimate" and self.arrival != "batch" and self.batch != default_of("batch"):
+        if command == "capacity" and self.arrival not in ("poisson", "gamma"):
+            raise ConfigError("command 'capacity' searches over the rate of poisson or gamma arrivals")
+        if command == "capacity" and self.replicas != 1:
+            raise ConfigError("command 'capacity' is per replica: leave replicas at 1")
+        if command != "estimate" and self.arrival != "batch" and self.batch != default_of("batch"):
             raise ConfigError(
                 f"'batch' is the static batch of arrival 'batch'; arrival '{self.arrival}' runs up to 'max_batch' sequences"
             )
@@ -299,9 +303,9 @@ class Scenario:
             raise ConfigError("arrival 'replay' needs 'replay', a CSV file (--replay FILE)")
         if self.replay and self.arrival != "replay":
             raise ConfigError("'replay' is read with arrival 'replay' only")
-        if engine != "estimate" and self.prefill_chunk == 0 and self.arrival != "batch":
+        if command != "estimate" and self.prefill_chunk == 0 and self.arrival != "batch":
             raise ConfigError("'prefill_chunk' 0 (the whole static batch) needs arrival 'batch'")
-        if engine != "estimate" and self.execution == "step_sync" and self.kv_policy == "compute":
+        if command != "estimate" and self.execution == "step_sync" and self.kv_policy == "compute":
             raise ConfigError(
                 "kv policy 'compute' runs attention for every token in every layer: use execution layer_major"
             )
@@ -310,7 +314,7 @@ class Scenario:
     @property
     def static_batch(self) -> bool:
         """Whether the requests are one batch at t=0 (estimate, or simulate with arrival batch)."""
-        return self.engine == "estimate" or self.arrival == "batch"
+        return self.command == "estimate" or self.arrival == "batch"
 
     @property
     def batching_policy(self) -> str:
@@ -332,21 +336,23 @@ class Scenario:
 
         The same computation keeps its id across releases, so that existing studies keep their stored
         results: inputs added later enter only when not at their default; the maximum batch of a
-        serving run is hashed under `batch`, which held it before `max_batch` existed; an input the
-        engine does not read is hashed at its value of the first release (arrival 'batch'); and the
-        depth distribution of parametric routes enters only where it differs from the one its engine
-        drew before it could be chosen (estimate exact, simulate bernoulli).
+        serving run is hashed under `batch`, which held it before `max_batch` existed; the command is
+        hashed under `engine`, its name before `engine` came to name the serving engine profile; an
+        input the command does not read is hashed at its value of the first release (arrival
+        'batch'); and the depth distribution of parametric routes enters only where it differs from
+        the one its command drew before it could be chosen (estimate exact, simulate bernoulli).
         """
         values = self.as_dict()
-        if self.engine != "estimate" and not self.static_batch:
+        if self.command != "estimate" and not self.static_batch:
             values["batch"], values["max_batch"] = self.max_batch, default_of("max_batch")
-        if self.engine not in input_of("arrival").engines:
+        if self.command not in input_of("arrival").commands:
             values["arrival"] = "batch"
-        legacy_law = "exact" if self.engine == "estimate" else "bernoulli"
+        legacy_law = "exact" if self.command == "estimate" else "bernoulli"
         if self.trace or self.depth_distribution == legacy_law:
             values["depth_distribution"] = default_of("depth_distribution")  # left out below
         keys = [k for k in values if not input_of(k).later or values[k] != default_of(k)]
-        canonical = json.dumps({k: values[k] for k in keys}, sort_keys=True, separators=(",", ":"))
+        hashed = {_HASHED_AS.get(k, k): values[k] for k in keys}
+        canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
@@ -366,6 +372,9 @@ class Scenario:
 
 
 SCENARIO_FIELDS = tuple(f.name for f in fields(Scenario))
+#: Inputs hashed into a point id under another name: `command` under its earlier name (so that
+#: existing studies keep their ids), and so an input named `engine` under a name of its own.
+_HASHED_AS = {"command": LEGACY_COMMAND_KEY, LEGACY_COMMAND_KEY: "engine_profile"}
 _FIELD = {f.name: f for f in fields(Scenario)}
 
 
@@ -410,12 +419,30 @@ def check_value(key: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where} is required")
 
 
+def check_legacy_inputs(values: dict[str, Any], where: str, axis: bool = False) -> None:
+    """Raise ConfigError for an input written under its earlier name: `engine` = estimate, simulate
+    or capacity is now `command` (`engine` names the serving engine profile). With `axis`, each
+    value is a list of an axis's values."""
+    if LEGACY_COMMAND_KEY not in values:
+        return
+    given = values[LEGACY_COMMAND_KEY]
+    listed = given if axis and isinstance(given, list) else [given]
+    if not any(isinstance(v, str) and v in COMMANDS for v in listed):
+        return  # another value: the serving engine profile's, checked as that input
+    shown = json.dumps(given)
+    raise ConfigError(
+        f"{where}: '{LEGACY_COMMAND_KEY}' = {shown} is now written 'command = {shown}' "
+        f"('{LEGACY_COMMAND_KEY}' names the serving engine profile)"
+    )
+
+
 def scenario_from(values: dict[str, Any], where: str = "<scenario>") -> Scenario:
     """A scenario from a mapping of inputs (a study point, parsed flags); errors name `where` and the field."""
+    check_legacy_inputs(values, where)
     unknown = sorted(set(values) - set(SCENARIO_FIELDS))
     if unknown:
         raise ConfigError(f"{where}: unknown input(s) {unknown}; allowed: {', '.join(SCENARIO_FIELDS)}")
-    for key in ("engine", "hw", "arch"):
+    for key in ("command", "hw", "arch"):
         if key not in values:
             raise ConfigError(f"{where}: '{key}' is required (in [fixed], the grid or its axes)")
     typed: dict[str, Any] = {

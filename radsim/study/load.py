@@ -2,7 +2,8 @@
 
 A study file (`studies/NAME.toml`) has a `[study]` table (name, description, seed), a `[fixed]`
 table of inputs shared by every point, and one or more `[[grid]]` tables. Each grid names its
-`engine` (`estimate`: the static batch of `radsim.cost.estimate`; `simulate`: the serving simulator),
+`command` (`estimate`: the static batch of `radsim.cost.estimate`; `simulate`: the serving simulator;
+`capacity`: a search over simulations),
 may fix more inputs, and lists its axes in `[grid.axes]`; its points are the Cartesian product of
 the axes. A point is a scenario (`radsim.scenario.schema`): every input has one default, units in
 its name and a checked type and range, and each point is identified by a stable hash of its inputs
@@ -20,13 +21,19 @@ from typing import Any
 
 from radsim.errors import ConfigError
 from radsim.files import read_text
-from radsim.scenario.schema import INPUTS, SCENARIO_FIELDS, check_value, scenario_from
+from radsim.scenario.schema import (
+    INPUTS,
+    SCENARIO_FIELDS,
+    check_legacy_inputs,
+    check_value,
+    scenario_from,
+)
 
 #: Most points a study may expand to unless the caller raises the limit (`radsim study run --max-points`).
 DEFAULT_MAX_POINTS = 100_000
 
 #: Inputs that name files or registry entries, or must fit the architecture: checked once per combination.
-_RESOURCE_KEYS = ("engine", "hw", "dtype", "arch", "layers", "visited_layers", "trace", "replay")
+_RESOURCE_KEYS = ("command", "hw", "dtype", "arch", "layers", "visited_layers", "trace", "replay")
 
 #: Inputs that may not vary along an axis together (a trace fixes the depth).
 _DEPTH_KEYS = ("depth_fraction", "visited_layers", "trace")
@@ -57,7 +64,7 @@ class Study:
     path: Path
     fixed: tuple[tuple[str, Any], ...]
     grids: tuple[Grid, ...]
-    #: what the file asks that has no effect (a fixed input no grid's engine reads), for stderr
+    #: what the file asks that has no effect (a fixed input no grid's command reads), for stderr
     warnings: tuple[str, ...] = ()
     #: one point per combination of the inputs that name files or registry entries, with its grid
     resources: tuple[tuple[int, tuple[tuple[str, Any], ...]], ...] = ()
@@ -103,7 +110,7 @@ def parse_study(raw: dict[str, Any], path: Path, max_points: int = DEFAULT_MAX_P
     grids = raw.get("grid")
     if not isinstance(grids, list) or not grids:
         raise ConfigError(
-            f"{path}: a study needs at least one [[grid]] table (with an engine and [grid.axes])"
+            f"{path}: a study needs at least one [[grid]] table (with a command and [grid.axes])"
         )
     parsed = tuple(_grid(g, fixed, f"{path}: grid {i + 1}") for i, g in enumerate(grids))
     _check_size(parsed, path, max_points)
@@ -131,12 +138,12 @@ def _check_size(grids: tuple[Grid, ...], path: Path, max_points: int) -> None:
 
 
 def _unread_fixed(fixed: dict[str, Any], grids: tuple[Grid, ...], path: Path) -> tuple[str, ...]:
-    """A warning for every [fixed] input that no grid's engine reads (it is left out of every point)."""
-    engines = {dict(g.fixed).get("engine", fixed.get("engine")) for g in grids}
-    unread = [k for k in fixed if not engines & set(INPUTS[k].engines)]
+    """A warning for every [fixed] input that no grid's command reads (it is left out of every point)."""
+    commands = {dict(g.fixed).get("command", fixed.get("command")) for g in grids}
+    unread = [k for k in fixed if not commands & set(INPUTS[k].commands)]
     return tuple(
-        f"{path}: [fixed] '{k}' is read by engine {', '.join(INPUTS[k].engines)} only and no grid runs "
-        f"{'it' if len(INPUTS[k].engines) == 1 else 'them'} (grids run {', '.join(sorted(map(str, engines)))}); "
+        f"{path}: [fixed] '{k}' is read by command {', '.join(INPUTS[k].commands)} only and no grid runs "
+        f"{'it' if len(INPUTS[k].commands) == 1 else 'them'} (grids run {', '.join(sorted(map(str, commands)))}); "
         "it has no effect"
         for k in unread
     )
@@ -168,6 +175,7 @@ def _grid(raw: Any, shared: dict[str, Any], where: str) -> Grid:
     axes = raw.get("axes", {})
     if not isinstance(axes, dict):
         raise ConfigError(f"{where}: 'axes' must be a table of name = [values]")
+    check_legacy_inputs(axes, f"{where}: [grid.axes]", axis=True)
     for key, values in axes.items():
         if key not in INPUTS:
             raise ConfigError(f"{where}: unknown axis '{key}'; allowed: {', '.join(INPUTS)}")
@@ -196,6 +204,7 @@ def _check_keys(raw: Any, allowed: set[str], where: str) -> None:
 
 
 def _check_values(values: dict[str, Any], where: str) -> None:
+    check_legacy_inputs(values, where)
     for key, value in values.items():
         if key not in INPUTS:
             raise ConfigError(f"{where}: unknown key '{key}'; allowed: {', '.join(INPUTS)}")
@@ -223,9 +232,9 @@ def _grid_points(study: Study) -> Iterator[tuple[int, dict[str, Any]]]:
         names = [k for k, _ in grid.axes]
         for combo in itertools.product(*(v for _, v in grid.axes)):
             own = {**dict(grid.fixed), **dict(zip(names, combo, strict=True))}
-            engine = own.get("engine", dict(study.fixed).get("engine"))
-            # a shared value that the point's engine does not read is left out (with a warning at load)
-            shared = {k: v for k, v in study.fixed if engine in INPUTS[k].engines}
+            command = own.get("command", dict(study.fixed).get("command"))
+            # a shared value that the point's command does not read is left out (with a warning at load)
+            shared = {k: v for k, v in study.fixed if command in INPUTS[k].commands}
             yield number, make_point({**shared, **own}, f"{study.path}: grid {number}")
 
 

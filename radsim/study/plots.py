@@ -114,8 +114,8 @@ class _Styles:
     def marker(self, rows: pd.DataFrame, **extra) -> dict:
         """Circles for static estimates, squares for simulations; open under step-synchronous execution."""
         execution = str(rows["execution"].iloc[0]) if "execution" in rows else "layer_major"
-        engine = str(rows["engine"].iloc[0]) if "engine" in rows else "estimate"
-        symbol = "circle" if engine == "estimate" else "square"
+        command = str(rows["command"].iloc[0]) if "command" in rows else "estimate"
+        symbol = "circle" if command == "estimate" else "square"
         return {"color": self.color(rows), "symbol": symbol + _MARKERS.get(execution, ""), **extra}
 
 
@@ -131,12 +131,12 @@ def _varying(table: pd.DataFrame, exclude: set[str] | frozenset[str] = frozenset
 
 
 def _reads(row: pd.Series, key: str) -> bool:
-    """Whether the row's engine reads the input (an unread input only shows its default)."""
-    return key not in INPUTS or "engine" not in row or row["engine"] in INPUTS[key].engines
+    """Whether the row's command reads the input (an unread input only shows its default)."""
+    return key not in INPUTS or "command" not in row or row["command"] in INPUTS[key].commands
 
 
 def _label(row: pd.Series, keys: list[str]) -> str:
-    plain = ("routes", "engine", "execution", "hw", "arch", "label")
+    plain = ("routes", "command", "execution", "hw", "arch", "label")
     parts = [str(row[k]) if k in plain else f"{k} {row[k]}" for k in keys if _reads(row, k)]
     return ", ".join(parts) or str(row.get("routes", "all points"))
 
@@ -176,7 +176,7 @@ def _facets(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 def _is_static(rows: pd.DataFrame) -> pd.Series:
     """Points that are one static batch: every estimate, and simulations of arrival 'batch'."""
-    return (rows["engine"] == "estimate") | (rows["arrival"] == "batch")
+    return (rows["command"] == "estimate") | (rows["arrival"] == "batch")
 
 
 def _static(table: pd.DataFrame) -> pd.DataFrame:
@@ -309,9 +309,9 @@ def savings_vs_batch(table: pd.DataFrame) -> go.Figure | None:
 def study_slo(table: pd.DataFrame) -> tuple[float, float] | None:
     """The (TTFT, TPOT) SLOs of the study's capacity points, when they all share one pair."""
     rows = _ok(table)
-    if "engine" not in rows or "slo_ttft_s" not in rows:
+    if "command" not in rows or "slo_ttft_s" not in rows:
         return None
-    rows = rows[rows["engine"] == "capacity"]
+    rows = rows[rows["command"] == "capacity"]
     pairs = set(zip(rows["slo_ttft_s"], rows["slo_tpot_s"], strict=True))
     return (float(next(iter(pairs))[0]), float(next(iter(pairs))[1])) if len(pairs) == 1 else None
 
@@ -498,9 +498,9 @@ def memory_breakdown(table: pd.DataFrame) -> go.Figure | None:
     rows = rows[_is_static(rows)] if _is_static(rows).any() else rows
     if rows.empty or "weights_bytes" not in rows:
         return None
-    keys = _varying(rows, {"batch", "engine", "execution", "kv_policy"}) or ["routes"]
+    keys = _varying(rows, {"batch", "command", "execution", "kv_policy"}) or ["routes"]
     rows = rows.drop_duplicates([*keys, "batch"])
-    groups = list(_series(rows, {"batch", "engine", "execution", "kv_policy"}))
+    groups = list(_series(rows, {"batch", "command", "execution", "kv_policy"}))
     cols = min(len(groups), _PANELS_PER_ROW)
     nrows = -(-len(groups) // cols)
     fig = make_subplots(
@@ -581,10 +581,10 @@ def power_over_time(table: pd.DataFrame) -> go.Figure | None:
     fig = go.Figure()
     styles = _Styles(table)
     hover = _hover(rows)
-    keys = _varying(rows, {"rate_per_s", "engine"})
+    keys = _varying(rows, {"rate_per_s", "command"})
     for idx, row in rows.iterrows():
         data = json.loads(row["power_timeline_json"])
-        at_capacity = row.get("engine") == "capacity"
+        at_capacity = row.get("command") == "capacity"
         rate = row["max_rate_per_s"] if at_capacity else row["rate_per_s"]
         how = "at capacity, " if at_capacity else ""
         label = (
@@ -632,7 +632,7 @@ def depth_distribution(table: pd.DataFrame) -> go.Figure | None:
     styles = _Styles(table)
     for idx, row in rows.iterrows():
         data = json.loads(row["depth_histogram_json"])
-        name = f"{row['routes']} ({row['engine']}, {int(row['num_layers'])} layers)"
+        name = f"{row['routes']} ({row['command']}, {int(row['num_layers'])} layers)"
         fig.add_trace(
             go.Bar(
                 x=data["layers_visited"],
@@ -751,7 +751,7 @@ def _bar_pair(
 def capacity(table: pd.DataFrame) -> go.Figure | None:
     """Capacity under the SLOs (requests/s per replica) and the cost per token at that rate, per routes."""
     rows = _ok(table)
-    rows = rows[rows["engine"] == "capacity"] if "engine" in rows else rows.iloc[:0]
+    rows = rows[rows["command"] == "capacity"] if "command" in rows else rows.iloc[:0]
     if rows.empty or "max_rate_per_s" not in rows:
         return None
     facets = _facets(rows)
@@ -778,13 +778,13 @@ def _rate_curves(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame, pd.DataFr
     capacity search simulated, and serving simulations of Poisson or gamma arrivals at two or more
     rates. A curve has columns rate_per_s, ttft_s, tpot_s (at the judged percentile) and meets_slo."""
     rows = _ok(table)
-    if "engine" not in rows:
+    if "command" not in rows:
         return []
     curves = []
-    capacity = rows[rows["engine"] == "capacity"]
+    capacity = rows[rows["command"] == "capacity"]
     if "capacity_probes_json" in capacity:
         capacity = capacity[capacity["capacity_probes_json"].fillna("") != ""]
-        exclude = {"hw", "engine", "rate_per_s"}
+        exclude = {"hw", "command", "rate_per_s"}
         for label, s in _series(capacity, exclude):
             for idx, row in s.iterrows():
                 data = pd.DataFrame(json.loads(row["capacity_probes_json"]))
@@ -798,8 +798,8 @@ def _rate_curves(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame, pd.DataFr
                     }
                 )
                 curves.append((label, s.loc[[idx]], curve, row))
-    serving = rows[(rows["engine"] == "simulate") & rows["arrival"].isin(["poisson", "gamma"])]
-    for label, s in _series(serving, {"hw", "engine", "rate_per_s"}):
+    serving = rows[(rows["command"] == "simulate") & rows["arrival"].isin(["poisson", "gamma"])]
+    for label, s in _series(serving, {"hw", "command", "rate_per_s"}):
         for _, part in s.groupby("hw", sort=False):
             if part["rate_per_s"].nunique() < 2:
                 continue
@@ -929,7 +929,7 @@ def capacity_vs_depth(table: pd.DataFrame) -> go.Figure | None:
     """Capacity under the SLOs and the cost per token at that rate against the routes' mean depth, one
     line per device (and per model or execution when those vary): what each layer skipped buys."""
     rows = _ok(table)
-    rows = rows[rows["engine"] == "capacity"] if "engine" in rows else rows.iloc[:0]
+    rows = rows[rows["command"] == "capacity"] if "command" in rows else rows.iloc[:0]
     if rows.empty or "mean_depth_fraction" not in rows or rows["mean_depth_fraction"].nunique() < 2:
         return None
     fig = make_subplots(rows=1, cols=2, subplot_titles=("capacity", "cost at capacity"))

@@ -1,6 +1,6 @@
 """Evaluation of one study point: its inputs in, one flat row of SI metrics out.
 
-Engine `estimate` runs the static batch of `radsim.cost.estimate`; engine `simulate` runs the serving
+Command `estimate` runs the static batch of `radsim.cost.estimate`; command `simulate` runs the serving
 simulator (`radsim.sim.engine`) on a static batch arriving at once (arrival `batch`) or on Poisson or
 gamma arrivals, and summarises it with `radsim.sim.metrics`. Both add what the plots need beside the
 scalar metrics, as JSON text so that the result stays one tidy row: each layer's FLOPs, DRAM bytes
@@ -37,7 +37,7 @@ def evaluate(point: dict[str, Any], trace_file: str | None = None) -> dict[str, 
     row = dict(point)
     try:
         scenario = scenario_from({k: v for k, v in point.items() if k in SCENARIO_FIELDS})
-        evaluator = {"estimate": _estimate, "simulate": _simulate, "capacity": _capacity}[scenario.engine]
+        evaluator = {"estimate": _estimate, "simulate": _simulate, "capacity": _capacity}[scenario.command]
         row.update(evaluator(scenario, trace_file))
         row["error"] = ""
     except Exception as exc:  # a failed point is recorded, not raised
@@ -152,7 +152,7 @@ def _capacity(s: Scenario, trace_file: str | None) -> dict[str, Any]:
     found = find_capacity(s, CapacitySearch(), trace_file)
     found.pop("rate_run")
     probes = found.pop("probes")
-    at = replace(s, engine="simulate", slo_percentile=90, rate_per_s=found["max_rate_per_s"])
+    at = replace(s, command="simulate", slo_percentile=90, rate_per_s=found["max_rate_per_s"])
     out = _simulate(at, trace_file)  # the same run the search judged (same inputs, same seed)
     out.update({k: v for k, v in found.items() if k not in ("slo_ttft_s", "slo_tpot_s", "duration_s")})
     out["cost_usd_per_Mtok_at_slo"] = found["cost_usd_per_Mtok"]

@@ -97,7 +97,7 @@ def _headlines(rows: pd.DataFrame) -> str:
     """A few numbers that answer the study: capacity per routes, the fastest and the cheapest point."""
     items = []
     if "max_rate_per_s" in rows:
-        capacity = rows[rows["engine"] == "capacity"]
+        capacity = rows[rows["command"] == "capacity"]
         for _, r in capacity.iterrows():
             same = (capacity["hw"] == r["hw"]) & (capacity["arch"] == r["arch"])
             base = capacity[same & (capacity["routes"] == "sequential")]
@@ -169,7 +169,7 @@ def _fixed(table: pd.DataFrame) -> str:
 
 def _table(rows: pd.DataFrame, errors: bool = False) -> str:
     inputs = (
-        ["point_id", "engine", *[k for k in _varying(rows) if k != "engine"]] if len(rows) else ["point_id"]
+        ["point_id", "command", *[k for k in _varying(rows) if k != "command"]] if len(rows) else ["point_id"]
     )
     metrics = [] if errors else [c for c in SHOWN if c in rows]
     head = [*inputs, *(SHOWN[c][0] for c in metrics), *(["error"] if errors else [])]

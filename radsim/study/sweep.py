@@ -32,6 +32,7 @@ import pandas as pd
 
 from radsim.errors import ConfigError
 from radsim.files import atomic_write
+from radsim.scenario.schema import COMMANDS, LEGACY_COMMAND_KEY
 from radsim.study.load import INPUTS, Study, expand, resolve_trace
 from radsim.study.point import evaluate
 
@@ -246,6 +247,7 @@ def _finished_rows(
             f"{path}: not a radsim result table (no column(s) {', '.join(sorted(missing))}); "
             "remove it or choose another --out folder"
         )
+    old = upgrade_columns(old)
     studies = set(old["study"])
     if studies - {name}:
         raise ConfigError(
@@ -277,6 +279,19 @@ def write_table(table: pd.DataFrame, out: Path, csv: bool = True) -> None:
         atomic_write(out / RESULTS_CSV, lambda tmp: table.to_csv(tmp, index=False))
 
 
+def upgrade_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """A table as this release writes it, from one an earlier release wrote.
+
+    Before `engine` came to name the serving engine profile, the column `command` was `engine`: a
+    table without `command` whose `engine` holds only estimate, simulate and capacity has it renamed
+    (its point ids are the same: `Scenario.point_id`), so its results resume, plot and report.
+    """
+    old = LEGACY_COMMAND_KEY
+    if "command" not in table and old in table and set(table[old]) <= set(COMMANDS):
+        table = table.rename(columns={old: "command"})
+    return table
+
+
 def read_results(path: str | Path) -> pd.DataFrame:
     """A result table from its Parquet or CSV file, or from the folder that holds it.
 
@@ -304,9 +319,16 @@ def read_results(path: str | Path) -> pd.DataFrame:
         if type(exc).__module__.split(".")[0] != "pyarrow":
             raise
         raise ConfigError(f"{path}: not a readable Parquet result table ({exc})") from exc
-    missing = {"point_id", "engine", "error"} - set(table.columns)
+    table = upgrade_columns(table)
+    missing = {"point_id", "command", "error"} - set(table.columns)
     if missing:
-        raise ConfigError(f"{path}: not a study result table (missing columns {sorted(missing)})")
+        legacy = (
+            f"; its column '{LEGACY_COMMAND_KEY}' holds {sorted(map(str, set(table[LEGACY_COMMAND_KEY])))[:3]}, "
+            f"not only {', '.join(COMMANDS)}"
+            if "command" in missing and LEGACY_COMMAND_KEY in table
+            else ""
+        )
+        raise ConfigError(f"{path}: not a study result table (missing columns {sorted(missing)}{legacy})")
     for key in [
         "error",
         "routes",
@@ -322,12 +344,12 @@ def read_results(path: str | Path) -> pd.DataFrame:
 
 
 def _check_result_columns(table: pd.DataFrame, path: Path) -> None:
-    """Inputs of the numeric kinds must be numbers; engines must be known (a corrupt table fails here)."""
-    from radsim.scenario.schema import ENGINES
-
-    bad_engines = sorted(set(table["engine"]) - set(ENGINES))
-    if bad_engines:
-        raise ConfigError(f"{path}: column 'engine' holds {bad_engines[:3]}; allowed: {', '.join(ENGINES)}")
+    """Inputs of the numeric kinds must be numbers; commands must be known (a corrupt table fails here)."""
+    bad_commands = sorted(map(str, set(table["command"]) - set(COMMANDS)))
+    if bad_commands:
+        raise ConfigError(
+            f"{path}: column 'command' holds {bad_commands[:3]}; allowed: {', '.join(COMMANDS)}"
+        )
     for key, spec in INPUTS.items():
         if key in table and spec.kind in (int, float) and not pd.api.types.is_numeric_dtype(table[key]):
             raise ConfigError(f"{path}: column '{key}' must hold numbers ({spec.kind.__name__})")

@@ -40,7 +40,7 @@ arch = "{arch}"
 prompt_tokens = 32
 output_tokens = 8
 """
-ESTIMATE_GRID = '[[grid]]\nengine = "estimate"\n[grid.axes]\nbatch = [1, 2]\n'
+ESTIMATE_GRID = '[[grid]]\ncommand = "estimate"\n[grid.axes]\nbatch = [1, 2]\n'
 
 
 def _study(
@@ -114,33 +114,39 @@ def _replay_files(d: Path) -> None:
 
 def _study_files(d: Path) -> None:
     trace = str(TRACE)
-    sim_batch = '[[grid]]\nengine = "simulate"\narrival = "batch"\n[grid.axes]\n'
+    sim_batch = '[[grid]]\ncommand = "simulate"\narrival = "batch"\n[grid.axes]\n'
     files = {
         "s_hw.toml": _study(hw="h1000"),
-        "s_arch.toml": _study(grids=ESTIMATE_GRID + '[[grid]]\nengine = "estimate"\narch = "llama9"\n'),
+        "s_arch.toml": _study(grids=ESTIMATE_GRID + '[[grid]]\ncommand = "estimate"\narch = "llama9"\n'),
         "s_trace.toml": _study(grids=sim_batch + f'trace = ["{trace}", "{d}/garbage.parquet"]\n'),
         "s_trace_missing.toml": _study(grids=sim_batch + 'trace = ["nowhere/none.parquet"]\n'),
-        "s_nan.toml": _study(grids='[[grid]]\nengine = "simulate"\n[grid.axes]\nrate_per_s = [1.0, nan]\n'),
+        "s_nan.toml": _study(grids='[[grid]]\ncommand = "simulate"\n[grid.axes]\nrate_per_s = [1.0, nan]\n'),
         "s_inf.toml": _study().replace(
             "output_tokens = 8", "output_tokens = 8\nelectricity_usd_per_kWh = inf"
         ),
         "s_key.toml": _study().replace("output_tokens = 8", "output_tokens = 8\ncolour = 3"),
-        "s_axis.toml": _study(grids='[[grid]]\nengine = "estimate"\n[grid.axes]\nbatches = [1]\n'),
-        "s_empty_axis.toml": _study(grids='[[grid]]\nengine = "estimate"\n[grid.axes]\nbatch = []\n'),
-        "s_repeat.toml": _study(grids='[[grid]]\nengine = "estimate"\n[grid.axes]\nbatch = [2, 2]\n'),
+        "s_axis.toml": _study(grids='[[grid]]\ncommand = "estimate"\n[grid.axes]\nbatches = [1]\n'),
+        "s_empty_axis.toml": _study(grids='[[grid]]\ncommand = "estimate"\n[grid.axes]\nbatch = []\n'),
+        "s_repeat.toml": _study(grids='[[grid]]\ncommand = "estimate"\n[grid.axes]\nbatch = [2, 2]\n'),
         "s_huge.toml": _study(
-            grids='[[grid]]\nengine = "estimate"\n[grid.axes]\n'
+            grids='[[grid]]\ncommand = "estimate"\n[grid.axes]\n'
             + "".join(f"{k} = {list(range(1, 41))}\n" for k in ("batch", "seed", "tp", "layers"))
         ),
         "s_ok.toml": _study(name="ok"),
         "s_replay.toml": _study(
-            grids=f'[[grid]]\nengine = "simulate"\narrival = "replay"\nreplay = "{d}/r_nan.csv"\n'
+            grids=f'[[grid]]\ncommand = "simulate"\narrival = "replay"\nreplay = "{d}/r_nan.csv"\n'
         ),
-        "s_dtype.toml": _study(hw="a100_sxm_80gb", grids='[[grid]]\nengine = "estimate"\ndtype = "fp8"\n'),
-        "s_visited.toml": _study(grids='[[grid]]\nengine = "estimate"\nvisited_layers = 64\n'),
+        "s_dtype.toml": _study(hw="a100_sxm_80gb", grids='[[grid]]\ncommand = "estimate"\ndtype = "fp8"\n'),
+        "s_visited.toml": _study(grids='[[grid]]\ncommand = "estimate"\nvisited_layers = 64\n'),
         "s_nogrid.toml": _study(grids=""),
-        "s_noengine.toml": _study(grids="[[grid]]\n[grid.axes]\nbatch = [1]\n"),
-        "s_type.toml": _study(grids='[[grid]]\nengine = "estimate"\n[grid.axes]\nbatch = ["one"]\n'),
+        "s_nocommand.toml": _study(grids="[[grid]]\n[grid.axes]\nbatch = [1]\n"),
+        "s_type.toml": _study(grids='[[grid]]\ncommand = "estimate"\n[grid.axes]\nbatch = ["one"]\n'),
+        # `command` under its name before `engine` named the serving engine profile
+        "s_legacy_grid.toml": _study(grids='[[grid]]\nengine = "simulate"\n[grid.axes]\nseed = [1]\n'),
+        "s_legacy_fixed.toml": _study(grids="[[grid]]\n[grid.axes]\nbatch = [1]\n").replace(
+            "[fixed]\n", '[fixed]\nengine = "estimate"\n'
+        ),
+        "s_legacy_axis.toml": _study(grids='[[grid]]\n[grid.axes]\nengine = ["estimate", "capacity"]\n'),
     }
     for name, text in files.items():
         (d / name).write_text(text)
@@ -160,13 +166,14 @@ def _result_files(d: Path) -> None:
         {
             "study": {"name": "res"},
             "fixed": {"hw": "h100_sxm", "arch": "llama3.1-8b", "prompt_tokens": 32, "output_tokens": 8},
-            "grid": [{"engine": "estimate", "axes": {"batch": [1, 2]}}],
+            "grid": [{"command": "estimate", "axes": {"batch": [1, 2]}}],
         },
         d / "res.toml",
     )
     table = run_study(study, d / "res", stream=None)
     table.assign(batch="many").to_csv(d / "t_types.csv", index=False)
-    table.assign(engine="magic").to_csv(d / "t_engine.csv", index=False)
+    table.assign(command="magic").to_csv(d / "t_command.csv", index=False)
+    table.rename(columns={"command": "engine"}).assign(engine="vllm").to_csv(d / "t_engine.csv", index=False)
     table.assign(roofline_json="{not json").to_csv(d / "t_json.csv", index=False)
     table.drop(columns=["tpot_s"]).to_csv(d / "t_nometric.csv", index=False)
     pd.DataFrame({"a": [1], "b": [2]}).to_csv(d / "t_other.csv", index=False)
@@ -381,7 +388,21 @@ CASES: dict[str, list[Case]] = {
         c("study run {d}/s_dtype.toml --out {d}/o", "s_dtype.toml: grid 1", "'dtype'", "fp8"),
         c("study run {d}/s_visited.toml --out {d}/o", "s_visited.toml: grid 1", "'visited_layers'"),
         c("study run {d}/s_nogrid.toml --out {d}/o", "s_nogrid.toml", "[[grid]]"),
-        c("study run {d}/s_noengine.toml --out {d}/o", "s_noengine.toml", "'engine' is required"),
+        c("study run {d}/s_nocommand.toml --out {d}/o", "s_nocommand.toml", "'command' is required"),
+        c(
+            "study run {d}/s_legacy_grid.toml --out {d}/o",
+            """s_legacy_grid.toml: grid 1: 'engine' = "simulate" is now written 'command = "simulate"'""",
+            "('engine' names the serving engine profile)",
+        ),
+        c(
+            "study run {d}/s_legacy_fixed.toml --out {d}/o",
+            """s_legacy_fixed.toml: [fixed]: 'engine' = "estimate" is now written 'command = "estimate"'""",
+        ),
+        c(
+            "study run {d}/s_legacy_axis.toml --out {d}/o",
+            "s_legacy_axis.toml: grid 1: [grid.axes]",
+            """is now written 'command = ["estimate", "capacity"]'""",
+        ),
         c("study run {d}/s_ok.toml --out {d}/other_out", "holds results of study", "another"),
         c("study run {d}/s_ok.toml --out {d}/corrupt_out", "corrupt_out", "cannot read earlier results"),
         c("study run {d}/s_ok.toml --out {d}/o --workers x", "--workers", "invalid int value"),
@@ -392,7 +413,13 @@ CASES: dict[str, list[Case]] = {
         c("study plot {d}/missing.parquet --out {d}/p", "missing.parquet", "no result table"),
         c("study plot {d}/t_other.csv --out {d}/p", "t_other.csv", "not a study result table"),
         c("study plot {d}/t_types.csv --out {d}/p", "t_types.csv", "'batch'", "numbers"),
-        c("study plot {d}/t_engine.csv --out {d}/p", "t_engine.csv", "'engine'", "estimate"),
+        c("study plot {d}/t_command.csv --out {d}/p", "t_command.csv", "'command'", "estimate"),
+        c(
+            "study plot {d}/t_engine.csv --out {d}/p",
+            "t_engine.csv",
+            "['command']",
+            "'engine' holds ['vllm']",
+        ),
         c("study plot {d}/t_json.csv --out {d}/p --format html", "t_json.csv", "cannot draw"),
         c("study plot {d}/t_nometric.csv --out {d}/p --format html", "t_nometric.csv", "tpot_s"),
         c("study plot {d}/res --out {d}/afile", "--out", "is a file"),

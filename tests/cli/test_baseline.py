@@ -15,11 +15,11 @@ TRACE = str(Path(__file__).resolve().parents[2] / "traces/radial-scratch-p05.par
 
 
 def test_the_baseline_changes_only_the_routes():
-    s = Scenario(engine="simulate", hw="h100_sxm", arch="llama3.1-8b", trace=TRACE, rate_per_s=3.0, seed=4)
+    s = Scenario(command="simulate", hw="h100_sxm", arch="llama3.1-8b", trace=TRACE, rate_per_s=3.0, seed=4)
     dense = baseline_scenario(s, "dense")
     assert dense.trace == "" and dense.routes_label == "sequential"
     assert (dense.rate_per_s, dense.seed, dense.hw) == (3.0, 4, "h100_sxm")
-    parametric = Scenario(engine="simulate", hw="h100_sxm", arch="llama3.1-8b", depth_fraction=0.5)
+    parametric = Scenario(command="simulate", hw="h100_sxm", arch="llama3.1-8b", depth_fraction=0.5)
     assert baseline_scenario(parametric, TRACE).trace == TRACE
 
 

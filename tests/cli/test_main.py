@@ -227,7 +227,7 @@ def test_estimate_with_a_trace_simulates_the_static_batch(capsys):
     dense = json.loads(capsys.readouterr().out)
     assert main([*args, "--trace", "traces/radial-scratch-p05.parquet", "--baseline", "dense"]) == 0
     traced = json.loads(capsys.readouterr().out)
-    assert "simulate --arrival batch" in traced["engine_used"] and traced["completed"] == 4
+    assert "simulate --arrival batch" in traced["command_used"] and traced["completed"] == 4
     assert "radial-scratch-p05" in traced["routes_source"] and traced["warnings"]  # 8 layers on 32
     # the dense baseline is the same static batch the closed-form estimate prices
     assert traced["baseline"]["ttft_s_mean"] == pytest.approx(dense["ttft_s"], rel=1e-9)

@@ -14,7 +14,7 @@ from radsim.scenario.run import run_simulation
 from radsim.scenario.schema import Scenario
 
 BASE = Scenario(
-    engine="capacity",
+    command="capacity",
     hw="h100_sxm",
     arch="llama3.1-8b",
     prompt_tokens=256,
@@ -35,13 +35,13 @@ def capacity() -> dict:
 def test_the_rate_found_meets_the_slo_and_one_and_a_half_times_it_does_not(capacity):
     rate = capacity["max_rate_per_s"]
     assert rate > 0 and capacity["failing_rate_per_s"] <= rate * 1.03
-    _, at = run_simulation(replace(BASE, engine="simulate", rate_per_s=rate))
+    _, at = run_simulation(replace(BASE, command="simulate", rate_per_s=rate))
     assert (
         meets_slo(at, BASE, 90)
         and at["ttft_s_p90"] <= BASE.slo_ttft_s
         and at["tpot_s_p90"] <= BASE.slo_tpot_s
     )
-    _, above = run_simulation(replace(BASE, engine="simulate", rate_per_s=1.5 * rate))
+    _, above = run_simulation(replace(BASE, command="simulate", rate_per_s=1.5 * rate))
     assert not meets_slo(above, BASE, 90)
     assert capacity["cost_usd_per_Mtok"] == pytest.approx(at["cost_usd_per_Mtok"])
 

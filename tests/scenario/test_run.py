@@ -1,4 +1,4 @@
-"""A scenario run by either engine: one meaning per metric, both depth distributions everywhere."""
+"""A scenario run by either command (estimate, simulate): one meaning per metric, both depth distributions everywhere."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ CALIBRATED_CPU = str(ROOT / "measurements/epyc-genoa-vm/calibrated.toml")
 )
 @pytest.mark.parametrize("batch", [1, 32, 128])
 def test_estimate_and_simulate_agree_on_one_static_batch(hw, arch, dtype, batch):
-    """The same requests, all at t=0, static batching: the two engines report the same latencies."""
+    """The same requests, all at t=0, static batching: the two commands report the same latencies."""
     values = dict(hw=hw, arch=arch, dtype=dtype, batch=batch, prompt_tokens=512, output_tokens=128)
-    estimated = run_estimate(Scenario(engine="estimate", **values))
-    _, simulated = run_simulation(Scenario(engine="simulate", arrival="batch", **values))
+    estimated = run_estimate(Scenario(command="estimate", **values))
+    _, simulated = run_simulation(Scenario(command="simulate", arrival="batch", **values))
     for metric in ("ttft_s", "tpot_s", "e2e_s"):
         assert estimated[metric] == pytest.approx(simulated[f"{metric}_mean"], rel=0.01), metric
     assert estimated["decode_step_s"] == pytest.approx(simulated["decode_step_s"], rel=0.01)
@@ -30,16 +30,16 @@ def test_estimate_and_simulate_agree_on_one_static_batch(hw, arch, dtype, batch)
     assert estimated["prefill_time_s"] == pytest.approx(simulated["ttft_s_p99"], rel=0.01)
 
 
-def test_both_depth_distributions_reach_both_engines():
+def test_both_depth_distributions_reach_both_commands():
     base = dict(
         hw="h100_sxm", arch="llama3.1-8b", batch=8, prompt_tokens=64, output_tokens=16, depth_fraction=0.5
     )
-    exact = run_estimate(Scenario(engine="estimate", **base))
-    bern = run_estimate(Scenario(engine="estimate", depth_distribution="bernoulli", **base))
+    exact = run_estimate(Scenario(command="estimate", **base))
+    bern = run_estimate(Scenario(command="estimate", depth_distribution="bernoulli", **base))
     assert exact["layers_visited_per_token"] == 16 and bern["layers_visited_per_token"] == pytest.approx(16.0)
     assert exact["decode_step_s"] != bern["decode_step_s"]
     for law in ("exact", "bernoulli"):
-        sim, _ = run_simulation(Scenario(engine="simulate", arrival="batch", depth_distribution=law, **base))
+        sim, _ = run_simulation(Scenario(command="simulate", arrival="batch", depth_distribution=law, **base))
         depth = sim.routes.depth
         assert (depth == 16).all() if law == "exact" else depth.std() > 1.0
 
@@ -47,7 +47,7 @@ def test_both_depth_distributions_reach_both_engines():
 def test_a_stretched_trace_names_its_model_and_quality_and_warns():
     trace = str(ROOT / "traces/radial-scratch-p05.parquet")
     s = Scenario(
-        engine="simulate",
+        command="simulate",
         hw="h100_sxm",
         arch="llama3.1-8b",
         trace=trace,
@@ -61,7 +61,7 @@ def test_a_stretched_trace_names_its_model_and_quality_and_warns():
     same = str(ROOT / "traces/smollm2-135m-radial-distill-tau0.27.parquet")  # 30 layers onto 32: no warning
     _, metrics = run_simulation(
         Scenario(
-            engine="simulate",
+            command="simulate",
             hw="h100_sxm",
             arch="llama3.1-8b",
             trace=same,
@@ -75,7 +75,7 @@ def test_a_stretched_trace_names_its_model_and_quality_and_warns():
 
 def test_an_overloaded_run_warns_and_a_light_one_does_not():
     base = dict(
-        engine="simulate",
+        command="simulate",
         hw="h100_sxm",
         arch="llama3.1-8b",
         duration_s=5.0,

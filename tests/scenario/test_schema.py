@@ -28,10 +28,10 @@ def test_shipped_studies_keep_their_point_ids():
 def test_cli_flags_are_the_inputs_with_their_defaults():
     parser = _parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for engine in ("estimate", "simulate"):
-        command = sub.choices[engine]
+    for cmd in ("estimate", "simulate"):
+        command = sub.choices[cmd]
         dests = {a.dest: a for a in command._actions}
-        read = [n for n in SCENARIO_FIELDS if engine in INPUTS[n].engines and n not in ("engine", "label")]
+        read = [n for n in SCENARIO_FIELDS if cmd in INPUTS[n].commands and n not in ("command", "label")]
         assert set(read) <= set(dests), set(read) - set(dests)
         for name in read:
             action = dests[name]
@@ -39,10 +39,10 @@ def test_cli_flags_are_the_inputs_with_their_defaults():
                 assert action.default == default_of(name), name
                 assert "default" in action.help, name
         # parsed with only the required flags, the CLI builds the scenario of the defaults
-        args = parser.parse_args([engine, "--hw", "h100_sxm", "--arch", "llama3.1-8b"])
+        args = parser.parse_args([cmd, "--hw", "h100_sxm", "--arch", "llama3.1-8b"])
         from radsim.cli.scenario_args import scenario_from_args
 
-        assert scenario_from_args(args, engine) == Scenario(engine=engine, hw="h100_sxm", arch="llama3.1-8b")
+        assert scenario_from_args(args, cmd) == Scenario(command=cmd, hw="h100_sxm", arch="llama3.1-8b")
 
 
 @pytest.mark.parametrize(
@@ -60,7 +60,31 @@ def test_cli_flags_are_the_inputs_with_their_defaults():
 )
 def test_bad_inputs_name_the_field_and_what_is_allowed(values, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        scenario_from({"engine": "simulate", "hw": "h100_sxm", "arch": "llama3.1-8b", **values}, "here")
+        scenario_from({"command": "simulate", "hw": "h100_sxm", "arch": "llama3.1-8b", **values}, "here")
+
+
+@pytest.mark.parametrize("value", ["estimate", "simulate", "capacity"])
+def test_the_legacy_engine_key_says_how_it_is_written_now(value):
+    """`engine` named the command before it came to name the serving engine profile."""
+    values = {"engine": value, "hw": "h100_sxm", "arch": "llama3.1-8b"}
+    message = f"""here: 'engine' = "{value}" is now written 'command = "{value}"' ('engine' names the serving engine profile)"""
+    with pytest.raises(ConfigError) as raised:
+        scenario_from(values, "here")
+    assert str(raised.value) == message
+    with pytest.raises(ConfigError, match="is now written 'command"):
+        scenario_from({**values, "command": value}, "here")  # also beside the new key
+
+
+def test_the_command_is_hashed_under_its_legacy_name():
+    """A point keeps its id across the rename (the canonical JSON says `engine`)."""
+    import hashlib
+
+    s = Scenario(command="simulate", hw="h100_sxm", arch="llama3.1-8b")
+    values = {k: v for k, v in s.as_dict().items() if not INPUTS[k].later}  # later inputs at defaults
+    values["engine"] = values.pop("command")
+    values["batch"] = s.max_batch  # a serving run's maximum batch, under its first name
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    assert s.point_id == hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def test_nan_on_the_command_line_is_a_clean_error(capsys):

@@ -80,7 +80,7 @@ def _scenario(w: dict) -> Scenario:
     execution = "layer_major" if w["kv_policy"] == "compute" else w["execution"]
     cap = 2 * max(w["prompt_tokens"], w["output_tokens"])  # lengths are clipped to [1, cap]
     values = {k: v for k, v in w.items() if k not in ("routes", "room", "execution")}
-    values |= dict(engine="simulate", hw="h100_sxm", arch=ARCH, max_length_tokens=cap, execution=execution)
+    values |= dict(command="simulate", hw="h100_sxm", arch=ARCH, max_length_tokens=cap, execution=execution)
     s = scenario_from({**values, **routes}, "example")
     longest = 2 * cap  # prompt and output, each at most `cap`
     return scenario_from({**values, **routes, "memory_fraction": _memory_fraction(s, w["room"] * longest)})

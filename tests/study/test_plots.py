@@ -60,7 +60,7 @@ def test_savings_compare_with_the_sequential_model_of_the_same_inputs(table):
     names = {t.name for t in fig.data}
     assert not any("sequential" in n for n in names)
     estimate = next(t for t in fig.data if t.name.startswith("estimate") and t.xaxis == "x")
-    ok = table[(table["engine"] == "estimate") & (table["error"] == "")]
+    ok = table[(table["command"] == "estimate") & (table["error"] == "")]
     seq = ok[ok["routes"] == "sequential"].set_index("batch")["decode_step_s"]
     half = ok[ok["routes"] == "depth 0.5"].set_index("batch")["decode_step_s"]
     assert list(estimate.y) == pytest.approx(list(seq / half))
@@ -76,7 +76,7 @@ def test_figures_from_csv_match_figures_from_parquet(table, tmp_path_factory):
 
 
 def test_a_table_without_simulations_skips_their_plots(table):
-    figures = build_figures(table[table["engine"] == "estimate"])
+    figures = build_figures(table[table["command"] == "estimate"])
     assert "power_over_time" not in figures and "roofline" in figures
 
 
@@ -97,7 +97,7 @@ def test_write_html_and_png(table, tmp_path):
 def test_architecture_bars_and_ratios_follow_the_labels(table):
     labelled = table.assign(label=table["routes"])
     figures = build_figures(labelled)
-    static = (labelled["engine"] == "estimate") | (labelled["arrival"] == "batch")
+    static = (labelled["command"] == "estimate") | (labelled["arrival"] == "batch")
     rows = labelled[static & (labelled["error"] == "") & labelled["tpot_s"].notna()]
     labels = list(dict.fromkeys(rows["label"]))
     assert [t.name for t in figures["architectures"].data if t.showlegend] == labels
@@ -120,7 +120,9 @@ def test_a_series_keeps_its_colour_across_figures(table):
 
 
 def test_pareto_front_keeps_to_the_points_meeting_the_slo(table):
-    static = table[(table["error"] == "") & ((table["engine"] == "estimate") | (table["arrival"] == "batch"))]
+    static = table[
+        (table["error"] == "") & ((table["command"] == "estimate") | (table["arrival"] == "batch"))
+    ]
     tpot = float(static["tpot_s"].median())
     fig = build_figures(table, slo=(10.0, tpot))["pareto_front"]
     front = next(t for t in fig.data if t.name.startswith("Pareto front"))
@@ -133,7 +135,7 @@ def test_pareto_front_keeps_to_the_points_meeting_the_slo(table):
 
 def test_latency_against_rate_marks_the_capacity_and_the_slos(table):
     fig = build_figures(table)["latency_vs_rate"]
-    capacity = table[(table["engine"] == "capacity") & (table["error"] == "")]
+    capacity = table[(table["command"] == "capacity") & (table["error"] == "")]
     stars = [t for t in fig.data if t.name.endswith(": capacity")]
     assert sorted(x for t in stars[::2] for x in t.x) == sorted(capacity["max_rate_per_s"])
     slo_lines = [s for s in fig.layout.shapes if s.line.dash == "dot"]

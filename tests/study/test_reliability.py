@@ -44,12 +44,12 @@ arch = "llama3.1-8b"
 prompt_tokens = 32
 output_tokens = 8
 [[grid]]
-engine = "estimate"
+command = "estimate"
 [grid.axes]
 batch = [1, 2, 4, 8, 16, 32]
 depth_fraction = [1.0, 0.75, 0.5, 0.25]
 [[grid]]
-engine = "simulate"
+command = "simulate"
 arrival = "poisson"
 rate_per_s = 20.0
 duration_s = 3.0
@@ -67,7 +67,7 @@ prompt_tokens = 32
 output_tokens = 8
 rate_per_s = 3.0   # read by simulations only: no grid here runs one
 [[grid]]
-engine = "estimate"
+command = "estimate"
 [grid.axes]
 batch = [1, 2]
 """
@@ -241,7 +241,7 @@ def test_unread_fixed_inputs_are_warned_about(tmp_path, capsys):
     study.write_text(SMALL_STUDY.format(name="warn"))
     assert main(["study", "run", str(study), "--out", str(tmp_path / "o"), "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert "radsim: warning:" in err and "'rate_per_s'" in err and "engine simulate, capacity only" in err
+    assert "radsim: warning:" in err and "'rate_per_s'" in err and "command simulate, capacity only" in err
 
 
 def test_failed_points_fail_the_run_and_say_where_the_errors_are(tmp_path, capsys):

@@ -22,6 +22,8 @@ from radsim.study.sweep import (
     read_results,
     run_study,
     serial_runner,
+    upgrade_columns,
+    write_table,
 )
 
 QUICKSTART = ROOT / "studies" / "quickstart.toml"
@@ -29,7 +31,7 @@ EXPECTED = ROOT / "tests" / "data" / "quickstart_expected.csv"
 #: The golden table's metrics must match within this relative tolerance: the study is deterministic,
 #: so only a change to the cost model or the simulator may move them (then regenerate, see below).
 GOLDEN_RTOL = 1e-6
-GOLDEN_KEYS = ["point_id", "engine", "routes", "execution", "arrival", "batch"]
+GOLDEN_KEYS = ["point_id", "command", "routes", "execution", "arrival", "batch"]
 GOLDEN_METRICS = [
     "ttft_s",
     "tpot_s",
@@ -55,12 +57,12 @@ def test_grid_expansion_order_defaults_and_ids(tmp_path):
     points = expand(study)
     assert len(points) == 6 + 4 + 2 + 2 + 1 == sum(g.size for g in study.grids)
     first = points[0]
-    assert (first["engine"], first["depth_fraction"], first["batch"]) == ("estimate", 1.0, 1)
+    assert (first["command"], first["depth_fraction"], first["batch"]) == ("estimate", 1.0, 1)
     assert [(p["depth_fraction"], p["batch"]) for p in points[:6]] == [
         (1.0, 1), (1.0, 4), (1.0, 16), (0.5, 1), (0.5, 4), (0.5, 16)
     ]  # fmt: skip
     assert first["seed"] == 3 and first["dtype"] == INPUTS["dtype"].default
-    # a shared value the estimate engine does not read is left at its default, not an error
+    # a shared value the estimate command does not read is left at its default, not an error
     assert first["slo_tpot_s"] == INPUTS["slo_tpot_s"].default and points[6]["slo_tpot_s"] == 0.05
     assert [p["routes"] for p in points[6:10]] == ["sequential"] * 2 + ["trace radial-scratch-p05"] * 2
     assert len({p["point_id"] for p in points}) == len(points)
@@ -74,42 +76,42 @@ def test_grid_expansion_order_defaults_and_ids(tmp_path):
     ("text", "message"),
     [
         ('[fixed]\nhw = "h100_sxm"\n', "at least one [[grid]]"),
-        ('[[grid]]\nengine = "estimate"\nhw = "h100_sxm"\narch = "x"\nbogus = 1\n', "unknown key 'bogus'"),
+        ('[[grid]]\ncommand = "estimate"\nhw = "h100_sxm"\narch = "x"\nbogus = 1\n', "unknown key 'bogus'"),
         (
-            '[[grid]]\nengine = "quantum"\nhw = "a"\narch = "b"\n',
-            "'engine' is 'quantum'; allowed: 'estimate', 'simulate'",
+            '[[grid]]\ncommand = "quantum"\nhw = "a"\narch = "b"\n',
+            "'command' is 'quantum'; allowed: 'estimate', 'simulate'",
         ),
         (
-            '[fixed]\nengine = "estimate"\nhw = "a"\narch = "b"\n[[grid]]\n[grid.axes]\nbatch = []\n',
+            '[fixed]\ncommand = "estimate"\nhw = "a"\narch = "b"\n[[grid]]\n[grid.axes]\nbatch = []\n',
             "non-empty list",
         ),
         (
-            '[fixed]\nengine = "estimate"\nhw = "a"\narch = "b"\n[[grid]]\n[grid.axes]\nbatch = [0]\n',
+            '[fixed]\ncommand = "estimate"\nhw = "a"\narch = "b"\n[[grid]]\n[grid.axes]\nbatch = [0]\n',
             "must be >= 1",
         ),
         (
-            '[fixed]\nengine = "estimate"\nhw = "a"\narch = "b"\nbatch = 2\n[[grid]]\n[grid.axes]\nbatch = [1]\n',
+            '[fixed]\ncommand = "estimate"\nhw = "a"\narch = "b"\nbatch = 2\n[[grid]]\n[grid.axes]\nbatch = [1]\n',
             "also a fixed value",
         ),
         (
-            '[fixed]\nengine = "estimate"\nhw = "a"\narch = "b"\n[[grid]]\ntrace = "t.parquet"\n',
-            "'trace' applies only to engine",
+            '[fixed]\ncommand = "estimate"\nhw = "a"\narch = "b"\n[[grid]]\ntrace = "t.parquet"\n',
+            "'trace' applies only to command",
         ),
         (
-            '[fixed]\nengine = "estimate"\nhw = "a"\narch = "b"\n[[grid]]\nexecution = "step_sync"\n',
-            "needs engine 'simulate'",
+            '[fixed]\ncommand = "estimate"\nhw = "a"\narch = "b"\n[[grid]]\nexecution = "step_sync"\n',
+            "needs command 'simulate'",
         ),
         (
-            '[fixed]\nengine = "estimate"\nhw = "a"\narch = "b"\n[[grid]]\nrate_per_s = 2.0\n',
-            "only to engine(s) simulate",
+            '[fixed]\ncommand = "estimate"\nhw = "a"\narch = "b"\n[[grid]]\nrate_per_s = 2.0\n',
+            "only to command(s) simulate",
         ),
         (
-            '[fixed]\nengine = "simulate"\nhw = "a"\narch = "b"\n[[grid]]\n[grid.axes]\ntrace = ["x"]\ndepth_fraction = [0.5]\n',
+            '[fixed]\ncommand = "simulate"\nhw = "a"\narch = "b"\n[[grid]]\n[grid.axes]\ntrace = ["x"]\ndepth_fraction = [0.5]\n',
             "both set the depth",
         ),
-        ('[fixed]\nengine = "estimate"\nhw = "a"\n[[grid]]\n', "'arch' is required"),
+        ('[fixed]\ncommand = "estimate"\nhw = "a"\n[[grid]]\n', "'arch' is required"),
         (
-            '[fixed]\nengine = "estimate"\nhw = "a"\narch = "b"\ndepth_fraction = "half"\n[[grid]]\n',
+            '[fixed]\ncommand = "estimate"\nhw = "a"\narch = "b"\ndepth_fraction = "half"\n[[grid]]\n',
             "must be float",
         ),
     ],
@@ -130,8 +132,8 @@ def test_failed_point_is_recorded_and_the_rest_run(tmp_path):
     ok = table[table["error"] == ""]
     assert len(ok) == 14 and ok["tpot_s"].gt(0).all() and ok["cost_usd_per_Mtok"].gt(0).all()
     # the estimate and a simulated static batch of the sequential model agree on the decode step
-    est = ok[(ok["engine"] == "estimate") & (ok["batch"] == 4) & (ok["routes"] == "sequential")]
-    sim = ok[(ok["engine"] == "simulate") & (ok["arrival"] == "batch") & (ok["routes"] == "sequential")]
+    est = ok[(ok["command"] == "estimate") & (ok["batch"] == 4) & (ok["routes"] == "sequential")]
+    sim = ok[(ok["command"] == "simulate") & (ok["arrival"] == "batch") & (ok["routes"] == "sequential")]
     assert sim["tpot_s"].iloc[0] == pytest.approx(est["tpot_s"].iloc[0], rel=1e-9)
     # both files hold the same table; the CSV reads back the empty strings
     pd.testing.assert_frame_equal(
@@ -173,6 +175,51 @@ def test_resume_after_interruption_evaluates_only_missing_points(tmp_path):
     assert len(seen) == 1
 
 
+def test_a_table_written_when_command_was_engine_resumes_plots_and_reports(tmp_path):
+    """Before `engine` named the serving engine profile, the column `command` was `engine`."""
+    from radsim.study.plots import build_figures
+
+    study = parse_study(
+        {
+            "study": {"name": "old"},
+            "fixed": {"hw": "h100_sxm", "arch": "llama3.1-8b", "prompt_tokens": 32, "output_tokens": 8},
+            "grid": [
+                {"command": "estimate", "axes": {"batch": [1, 4]}},
+                {"command": "simulate", "arrival": "poisson", "rate_per_s": 4.0, "duration_s": 2.0},
+            ],
+        },
+        tmp_path / "old.toml",
+    )
+    fresh = run_study(study, tmp_path / "fresh", stream=None)
+    out = tmp_path / "old"
+    old = fresh.rename(columns={"command": "engine"}).iloc[:-1]  # the last point had not run yet
+    write_table(old, out)
+    for path in (out, out / RESULTS_CSV):
+        read = read_results(path)
+        assert "engine" not in read and list(read.columns) == list(fresh.columns)
+        assert list(read["command"]) == ["estimate", "estimate"]
+    assert "latency_cost_vs_batch" in build_figures(read_results(out))
+    assert main(["study", "plot", str(out), "--out", str(tmp_path / "plots"), "--format", "html"]) == 0
+    assert main(["report", str(out), "--out", str(tmp_path / "report.html")]) == 0
+    seen: list[str] = []
+
+    def counting(points, traces):
+        seen.extend(p["point_id"] for p in points)
+        yield from serial_runner(points, traces)
+
+    resumed = run_study(study, out, counting, stream=None)
+    assert seen == [fresh["point_id"].iloc[-1]]  # the old rows are kept: same point ids
+    pd.testing.assert_frame_equal(resumed, fresh)
+    assert list(read_results(out / RESULTS_CSV).columns) == list(fresh.columns)
+
+
+def test_only_a_legacy_engine_column_of_commands_is_renamed():
+    table = pd.DataFrame({"point_id": ["a"], "engine": ["simulate"]})
+    assert list(upgrade_columns(table).columns) == ["point_id", "command"]
+    for kept in (table.assign(engine="vllm"), table.assign(command="simulate")):
+        assert upgrade_columns(kept) is kept
+
+
 def test_results_of_another_study_are_not_overwritten(tmp_path):
     study = load_study(write_tiny(tmp_path))
     out = tmp_path / "out"
@@ -193,10 +240,10 @@ def test_local_processes_and_dask_give_identical_tables(tmp_path):
             "study": {"name": "dask", "seed": 1},
             "fixed": {"hw": "h100_sxm", "arch": "llama3.1-8b", "prompt_tokens": 32, "output_tokens": 8},
             "grid": [
-                {"engine": "estimate", "axes": {"depth_fraction": [1.0, 0.5], "batch": [1, 8]}},
-                {"engine": "simulate", "arrival": "poisson", "duration_s": 2.0, "rate_per_s": 4.0,
+                {"command": "estimate", "axes": {"depth_fraction": [1.0, 0.5], "batch": [1, 8]}},
+                {"command": "simulate", "arrival": "poisson", "duration_s": 2.0, "rate_per_s": 4.0,
                  "axes": {"depth_fraction": [1.0, 0.5]}},
-                {"engine": "estimate", "arch": "llama3.1-70b"},
+                {"command": "estimate", "arch": "llama3.1-70b"},
             ],
         },
         tmp_path / "dask.toml",
@@ -288,7 +335,7 @@ def test_architectures_study_expands_to_every_architecture():
 
 
 def test_later_inputs_at_their_defaults_keep_point_ids():
-    base = make_point({"engine": "simulate", "hw": "h100_sxm", "arch": "llama3.1-8b"})
+    base = make_point({"command": "simulate", "hw": "h100_sxm", "arch": "llama3.1-8b"})
     same = make_point({**{k: base[k] for k in INPUTS}, "label": "", "expert_launch": "grouped"})
     assert same["point_id"] == base["point_id"]
     assert make_point({**{k: base[k] for k in INPUTS}, "label": "x"})["point_id"] != base["point_id"]
@@ -315,11 +362,11 @@ def test_one_small_point_per_architecture_evaluates(monkeypatch):
     assert early["kv_policy_used"] == "copy"
 
 
-def test_expert_launch_reaches_the_estimate_engine_at_any_depth():
+def test_expert_launch_reaches_the_estimate_command_at_any_depth():
     from radsim.study.point import evaluate
 
     def tpot(launch: str, depth: float) -> float:
-        values = dict(engine="estimate", hw="h100_sxm", arch="llama3.1-8b-finedeep", batch=4)
+        values = dict(command="estimate", hw="h100_sxm", arch="llama3.1-8b-finedeep", batch=4)
         values.update(prompt_tokens=32, output_tokens=4, expert_launch=launch, depth_fraction=depth)
         return evaluate(make_point(values))["tpot_s"]
 
