@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from radsim.cost.host import LaunchCounts, host_wait_energy_J, iteration_time_s, launch_counts
 from radsim.cost.iteration import IterationBreakdown, head_cost, iteration_cost
 from radsim.cost.layer import Execution, RoutedBatch, layer_cost
 from radsim.cost.memory import (
@@ -28,6 +29,7 @@ from radsim.cost.power import average_power_W
 from radsim.errors import ConfigError
 from radsim.routes.synthetic import check_distribution, depth_visits, is_routed, mean_layers
 from radsim.spec.arch import Arch
+from radsim.spec.engine import DEFAULT_ENGINE, EngineProfile, load_engine
 from radsim.spec.hardware import Hardware
 
 
@@ -62,20 +64,43 @@ class _Totals:
     bound_time_s: float = 0.0
     steps: int = 0
 
-    def add(self, step: IterationBreakdown) -> None:
-        self.time_s += step.time_s
-        self.energy_J += step.energy_J
+    def add(self, step: IterationBreakdown, host: _Host, sequences: int) -> None:
+        passes = int(np.count_nonzero(step.layers.launches.sum(axis=0) > 0))
+        wall = host.time_s(step.time_s, passes, sequences, False)
+        self.time_s += float(wall)
+        self.energy_J += step.energy_J + float(host_wait_energy_J(host.hw, wall - step.time_s))
         self.flops += step.flops
         self.bytes += step.bytes
         self.bound_time_s += step.compute_bound_fraction * step.time_s
         self.steps += 1
 
 
+@dataclass(frozen=True)
+class _Host:
+    """The engine profile's host time around an iteration's kernels (`radsim.cost.host`)."""
+
+    engine: EngineProfile
+    hw: Hardware
+    counts: LaunchCounts
+    routed: bool
+
+    def time_s(self, gpu_s, passes, sequences, decode_only: bool) -> np.ndarray:
+        launches = self.counts.launches(passes, self.engine)
+        return iteration_time_s(self.engine, gpu_s, launches, passes, sequences, decode_only, self.routed)
+
+
 def estimate(
-    hw: Hardware, arch: Arch, exe: Execution, work: Workload, pricing: Pricing | None = None
+    hw: Hardware,
+    arch: Arch,
+    exe: Execution,
+    work: Workload,
+    pricing: Pricing | None = None,
+    engine: EngineProfile | None = None,
 ) -> dict:
-    """Run the static batch and return its metrics as a flat dict (SI units, suffixes in keys)."""
+    """Run the static batch and return its metrics as a flat dict (SI units, suffixes in keys); with
+    an engine profile, each iteration pays its host time (`radsim.cost.host`)."""
     pricing = pricing or Pricing()
+    engine = engine or load_engine(DEFAULT_ENGINE)
     k = mean_layers(arch.num_layers, work.depth_fraction, work.depth_distribution)
     routed = is_routed(arch.num_layers, work.depth_fraction, work.depth_distribution)
     if exe.routed != routed:
@@ -94,12 +119,14 @@ def estimate(
     rng = np.random.default_rng(work.seed)
     held = np.zeros((arch.num_layers, work.batch))
     prefill, decode = _Totals(), _Totals()
+    host = _Host(engine, hw, launch_counts(hw, arch, exe), exe.routed)
     first_token_at = np.zeros(work.batch)  # when each request's prompt completes
-    for step, finished in _prefill_steps(hw, arch, exe, work, rng, held):
-        prefill.add(step)
+    for step, finished, sequences in _prefill_steps(hw, arch, exe, work, rng, held):
+        prefill.add(step, host, sequences)
         first_token_at[finished] = prefill.time_s
-    _decode(hw, arch, exe, work, rng, held, decode)
-    return _metrics(hw, arch, exe, work, k, memory, prefill, decode, first_token_at, pricing)
+    _decode(hw, arch, exe, work, rng, held, decode, host)
+    out = _metrics(hw, arch, exe, work, k, memory, prefill, decode, first_token_at, pricing)
+    return {**out, "engine": engine.stem}
 
 
 def _memory(arch: Arch, exe: Execution, work: Workload, k: float) -> MemoryUse:
@@ -136,13 +163,13 @@ def _prefill_steps(hw, arch, exe, work, rng, held):
         finished = seq[(positions + 1) % work.prompt_tokens == 0]
         step = iteration_cost(hw, arch, exe, new, held[:, seqs], visits, finished.size)
         held[:, seqs] += visits if exe.kv_policy == "none" else new[None, :]
-        yield step, finished
+        yield step, finished, int(seqs.size)
 
 
 DECODE_BLOCK_ELEMENTS = 1 << 21  # (steps x layers x sequences) costed in one call
 
 
-def _decode(hw, arch, exe, work, rng, held, totals: _Totals) -> None:
+def _decode(hw, arch, exe, work, rng, held, totals: _Totals, host: _Host) -> None:
     """Add every decode step's cost to `totals`; `held` (KV entries per layer and sequence) is updated.
 
     Steps are costed in blocks with a leading step axis (the cost model is vectorised), which gives
@@ -161,8 +188,13 @@ def _decode(hw, arch, exe, work, rng, held, totals: _Totals) -> None:
         added = visits if exe.kv_policy == "none" else np.ones_like(visits)
         context = held[None] + np.cumsum(added, axis=0) - added  # entries before each step
         cost = layer_cost(hw, arch, exe, RoutedBatch.of(new, context, visits))
-        totals.time_s += float(cost.time_s.sum() + steps * head.time_s.sum())
-        totals.energy_J += float(cost.energy_J.sum() + steps * head.energy_J.sum())
+        gpu = cost.time_s.sum(axis=(0, 2)) + head.time_s.sum()  # (steps,)
+        passes = np.count_nonzero(cost.launches.sum(axis=0) > 0, axis=-1)
+        wall = host.time_s(gpu, passes, batch, True)
+        totals.time_s += float(wall.sum())
+        totals.energy_J += float(
+            cost.energy_J.sum() + steps * head.energy_J.sum() + host_wait_energy_J(hw, wall - gpu).sum()
+        )
         totals.flops += float(cost.flops.sum() + steps * head.flops.sum())
         totals.bytes += float(cost.bytes.sum() + steps * head.bytes.sum())
         totals.bound_time_s += float(

@@ -40,10 +40,16 @@ class LaunchCounts:
 
     per_pass: float
     head: float
+    extra_per_pass: float = 0.0  # of `per_pass`: all-reduces and routing, beyond the dense layer's
 
-    def launches(self, passes):
-        """Launches of an iteration with `passes` launched layer groups."""
-        return np.asarray(passes, dtype=np.float64) * self.per_pass + self.head
+    def launches(self, passes, engine: EngineProfile | None = None):
+        """Launches of an iteration with `passes` launched layer groups: the cost model's fused kernels,
+        or, where the profile counts its own (an unfused eager decoder), that count plus the
+        all-reduce and routing launches."""
+        per_pass = self.per_pass
+        if engine is not None and engine.eager_kernels_per_pass:
+            per_pass = engine.eager_kernels_per_pass + self.extra_per_pass
+        return np.asarray(passes, dtype=np.float64) * per_pass + self.head
 
 
 @lru_cache(maxsize=64)
@@ -52,10 +58,17 @@ def launch_counts(hw: Hardware, arch: Arch, exe: Execution) -> LaunchCounts:
     embedding, final norm, LM head and sampling of one token."""
     from radsim.cost.iteration import head_cost
 
+    from dataclasses import replace
+
     one = np.ones(1)
-    layer = load_cost(hw, arch, exe, LayerLoad(one, one, one, one, one, one))
+
+    def per_pass(e: Execution) -> float:
+        return float(load_cost(hw, arch, e, LayerLoad(one, one, one, one, one, one)).launches.sum())
+
+    full = per_pass(exe)
+    dense = per_pass(replace(exe, tp=1, routed=False))
     head = head_cost(hw, arch, exe, 1.0, 1.0)
-    return LaunchCounts(per_pass=float(layer.launches.sum()), head=float(head.launches.sum()))
+    return LaunchCounts(per_pass=full, head=float(head.launches.sum()), extra_per_pass=full - dense)
 
 
 def dispatch_s(engine: EngineProfile, launches, passes, sequences, decode_only, routed: bool) -> np.ndarray:

@@ -21,6 +21,7 @@ from radsim.files import check_text
 from radsim.routes.synthetic import is_routed
 from radsim.scenario.schema import Scenario
 from radsim.spec.arch import Arch, load_arch
+from radsim.spec.engine import EngineProfile, load_engine
 from radsim.spec.hardware import Hardware, load_hardware
 
 if TYPE_CHECKING:
@@ -122,10 +123,16 @@ def slo(s: Scenario) -> SLO:
     return SLO(s.slo_ttft_s, s.slo_tpot_s)
 
 
+def engine_profile(s: Scenario) -> EngineProfile:
+    """The serving-engine profile the scenario names (`radsim.spec.engine`)."""
+    return load_engine(s.engine)
+
+
 def estimate_execution(s: Scenario, arch: Arch) -> Execution:
     """How the static estimate runs the model: a router wherever some token skips a layer."""
     routed = is_routed(arch.num_layers, depth_fraction(s, arch), s.depth_distribution)
-    return Execution(s.dtype, s.tp, s.kv_policy or "none", routed, s.expert_launch)
+    allreduce = engine_profile(s).allreduce
+    return Execution(s.dtype, s.tp, s.kv_policy or "none", routed, s.expert_launch, allreduce)
 
 
 def run_estimate(s: Scenario) -> dict[str, Any]:
@@ -142,7 +149,7 @@ def run_estimate(s: Scenario) -> dict[str, Any]:
         s.seed,
         s.depth_distribution,
     )
-    return estimate(hw, arch, estimate_execution(s, arch), work, pricing(s))
+    return estimate(hw, arch, estimate_execution(s, arch), work, pricing(s), engine_profile(s))
 
 
 @lru_cache(maxsize=16)
@@ -212,12 +219,13 @@ def build_simulation(s: Scenario, trace_file: str | None = None) -> Simulation:
 
     hw, arch = hardware(s), architecture(s)
     book, policy, routed = route_book(s, arch, trace_file)
-    exe = Execution(s.dtype, s.tp, policy, routed, s.expert_launch)
+    engine = engine_profile(s)
+    exe = Execution(s.dtype, s.tp, policy, routed, s.expert_launch, engine.allreduce)
     budget = s.prefill_chunk or s.batch * s.prompt_tokens
     sched = SchedulerConfig(
         s.batching_policy, s.sequences_per_batch, budget, s.chunked_prefill, s.memory_fraction
     )
-    cfg = SimConfig(hw, arch, exe, sched, s.execution, s.replicas, s.seed)
+    cfg = SimConfig(hw, arch, exe, sched, s.execution, s.replicas, s.seed, engine)
     return Simulation(cfg, book, requests(s))
 
 

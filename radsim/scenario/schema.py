@@ -29,6 +29,7 @@ from radsim.errors import ConfigError
 from radsim.routes.synthetic import DEPTH_DISTRIBUTIONS, ROUTE_SHAPES
 from radsim.sim.scheduler import BATCHING_POLICIES
 from radsim.sim.workload import LENGTH_KINDS
+from radsim.spec.engine import DEFAULT_ENGINE, load_engine
 from radsim.spec.kv import KV_POLICIES
 
 COMMANDS = ("estimate", "simulate", "capacity")
@@ -269,6 +270,13 @@ class Scenario:
     replay: str = _input(
         "", str, "arrival replay: CSV with arrival_s,prompt_tokens,output_tokens", commands=_SIM, later=True
     )
+    engine: str = _input(
+        DEFAULT_ENGINE,
+        str,
+        "serving-engine profile: host launch, CUDA-graph and scheduling time around the GPU's kernels "
+        "(radsim engine list; a TOML path); 'ideal' adds none",
+        later=True,
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -277,6 +285,7 @@ class Scenario:
 
     def _check_combination(self) -> None:
         command = self.command
+        load_engine(self.engine)  # a shipped profile or a readable file, else a ConfigError naming it
         for f in fields(self):
             spec = input_of(f.name)
             if command not in spec.commands and getattr(self, f.name) != f.default:

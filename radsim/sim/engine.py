@@ -410,7 +410,7 @@ class Simulation:
         """Iterations' GPU time in `totals` (rows of FIELDS) to their wall time under the engine
         profile (`radsim.cost.host`), with the device's active power while it waits on the host."""
         cfg = self.cfg
-        launches = self.launches.launches(passes)
+        launches = self.launches.launches(passes, cfg.engine)
         gpu = totals[..., 0]
         wall = iteration_time_s(cfg.engine, gpu, launches, passes, sequences, decode_only, cfg.exe.routed)
         totals[..., 1] += host_wait_energy_J(cfg.hw, wall - gpu)

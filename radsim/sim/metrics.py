@@ -102,6 +102,7 @@ def summarize(sim, slo: SLO, pricing: Pricing) -> dict:
     itl_total = sum(r.scheduler.itl_sum for r in sim.replicas)
     itl_n = sum(r.scheduler.itl_count for r in sim.replicas)
     result = {
+        "engine": sim.cfg.engine.stem,
         "requests": len(sim.requests),
         "completed": len(table),
         "output_tokens": out_tokens,

@@ -48,6 +48,7 @@ class EngineProfile:
     stem: str
     description: str
     host_launch_s: float  # host time to launch one kernel outside a CUDA graph
+    eager_kernels_per_pass: int  # kernels one layer pass launches outside graphs (0: the cost model's fused count)
     graph_launch_s: float  # host time to replay one captured CUDA graph
     decode_graphs: bool  # decode-only iterations replay a captured graph
     graph_max_batch: int  # largest decode batch with a captured graph (0: none)
@@ -76,7 +77,7 @@ class EngineProfile:
 
 _TEXT = ("name", "description")
 _SECONDS = ("host_launch_s", "graph_launch_s", "host_iteration_s", "host_sequence_s")
-_FIGURES = (*_SECONDS, "graph_max_batch", "decode_graphs", "mixed_launches", "overlap", "allreduce")
+_FIGURES = (*_SECONDS, "eager_kernels_per_pass", "graph_max_batch", "decode_graphs", "mixed_launches", "overlap", "allreduce")
 _CHOICES = {"mixed_launches": MIXED_LAUNCHES, "allreduce": ALLREDUCE_ALGORITHMS}
 DEFAULT_ENGINE = "ideal"
 
@@ -149,7 +150,7 @@ def _value(key: str, value: Any, path: Path) -> Any:
         return value
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise ConfigError(f"{where} must be a finite number >= 0, got {value!r}")
-    if key == "graph_max_batch":
+    if key in ("graph_max_batch", "eager_kernels_per_pass"):
         if float(value) != int(value):
             raise ConfigError(f"{where} must be a whole number, got {value!r}")
         return int(value)

@@ -32,7 +32,7 @@ import pandas as pd
 
 from radsim.errors import ConfigError
 from radsim.files import atomic_write
-from radsim.scenario.schema import COMMANDS, LEGACY_COMMAND_KEY
+from radsim.scenario.schema import COMMANDS, LEGACY_COMMAND_KEY, default_of
 from radsim.study.load import INPUTS, Study, expand, resolve_trace
 from radsim.study.point import evaluate
 
@@ -285,10 +285,14 @@ def upgrade_columns(table: pd.DataFrame) -> pd.DataFrame:
     Before `engine` came to name the serving engine profile, the column `command` was `engine`: a
     table without `command` whose `engine` holds only estimate, simulate and capacity has it renamed
     (its point ids are the same: `Scenario.point_id`), so its results resume, plot and report.
+    A table from before engine profiles has no `engine` column: its points ran under the default
+    profile, which is filled in.
     """
     old = LEGACY_COMMAND_KEY
     if "command" not in table and old in table and set(table[old]) <= set(COMMANDS):
         table = table.rename(columns={old: "command"})
+    if "command" in table and "engine" not in table:
+        table = table.assign(engine=default_of("engine"))
     return table
 
 

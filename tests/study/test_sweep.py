@@ -192,11 +192,12 @@ def test_a_table_written_when_command_was_engine_resumes_plots_and_reports(tmp_p
     )
     fresh = run_study(study, tmp_path / "fresh", stream=None)
     out = tmp_path / "old"
-    old = fresh.rename(columns={"command": "engine"}).iloc[:-1]  # the last point had not run yet
+    # no engine profiles yet either; the last point had not run yet
+    old = fresh.drop(columns=["engine"]).rename(columns={"command": "engine"}).iloc[:-1]
     write_table(old, out)
     for path in (out, out / RESULTS_CSV):
         read = read_results(path)
-        assert "engine" not in read and list(read.columns) == list(fresh.columns)
+        assert set(read.columns) == set(fresh.columns) and set(read["engine"]) == {"ideal"}
         assert list(read["command"]) == ["estimate", "estimate"]
     assert "latency_cost_vs_batch" in build_figures(read_results(out))
     assert main(["study", "plot", str(out), "--out", str(tmp_path / "plots"), "--format", "html"]) == 0
@@ -215,7 +216,9 @@ def test_a_table_written_when_command_was_engine_resumes_plots_and_reports(tmp_p
 
 def test_only_a_legacy_engine_column_of_commands_is_renamed():
     table = pd.DataFrame({"point_id": ["a"], "engine": ["simulate"]})
-    assert list(upgrade_columns(table).columns) == ["point_id", "command"]
+    upgraded = upgrade_columns(table)
+    assert list(upgraded.columns) == ["point_id", "command", "engine"]
+    assert list(upgraded["engine"]) == ["ideal"]  # before engine profiles: the default profile
     for kept in (table.assign(engine="vllm"), table.assign(command="simulate")):
         assert upgrade_columns(kept) is kept
 
