@@ -197,7 +197,9 @@ def _hw_show(args: argparse.Namespace) -> None:
 def _engine_list(args: argparse.Namespace) -> None:
     from radsim.spec.engine import DEFAULT_ENGINE, list_engines, load_engine
 
-    print(f"{'name':<8} {'launch':>8} {'graphs':>12} {'iteration':>10} {'per seq':>8} {'overlap':>7}  all-reduce")
+    print(
+        f"{'name':<8} {'launch':>8} {'graphs':>12} {'iteration':>10} {'per seq':>8} {'overlap':>7}  all-reduce"
+    )
     for name in list_engines():
         e = load_engine(name)
         graphs = f"decode <= {e.graph_max_batch}" if e.decode_graphs else "none"

@@ -56,9 +56,9 @@ class LaunchCounts:
 def launch_counts(hw: Hardware, arch: Arch, exe: Execution) -> LaunchCounts:
     """Launches of a layer pass with one new token that visits (the cost model's own count) and of the
     embedding, final norm, LM head and sampling of one token."""
-    from radsim.cost.iteration import head_cost
-
     from dataclasses import replace
+
+    from radsim.cost.iteration import head_cost
 
     one = np.ones(1)
 

@@ -207,7 +207,9 @@ def elementwise(
     )
 
 
-def allreduce(hw: Hardware, rows, width: int, a_bytes: float, tp: int, algorithm: str = "custom") -> KernelCost:
+def allreduce(
+    hw: Hardware, rows, width: int, a_bytes: float, tp: int, algorithm: str = "custom"
+) -> KernelCost:
     """All-reduce of a (rows x width) activation across `tp` devices.
 
     Every device sends and receives 2(n-1)/n of the message (reduce-scatter then all-gather). On a

@@ -52,8 +52,8 @@ from radsim.cost.kernels import (
 from radsim.cost.power import op_energy_J
 from radsim.errors import ConfigError
 from radsim.spec.arch import Arch
-from radsim.spec.hardware import Hardware
 from radsim.spec.engine import ALLREDUCE_ALGORITHMS
+from radsim.spec.hardware import Hardware
 from radsim.spec.kv import KV_POLICIES
 
 DTYPE_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0}

@@ -76,7 +76,8 @@ def gemm_grids(table) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]
     """Per radsim dtype, the (m, n, k) grid of latencies in seconds; and the kernel each came from.
 
     Grid points the source lacks (a few at the largest n x k) are filled from the nearest smaller
-    k, scaled by k (a GEMM that large is compute-bound: time follows k).
+    k, scaled by k (a GEMM that large is compute-bound: time follows k), then, where that smaller k
+    is missing too, from the nearest smaller n, scaled by n, and from the nearest smaller m.
     """
     grids: dict[str, dict[str, np.ndarray]] = {}
     kernels: dict[str, str] = {}
@@ -90,9 +91,15 @@ def gemm_grids(table) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, str]]
         latency = np.full(tuple(a.size for a in axes), np.nan)
         index = [np.searchsorted(a, rows[c].to_numpy()) for a, c in zip(axes, ("m", "n", "k"), strict=True)]
         latency[tuple(index)] = rows["latency"].to_numpy() * S_PER_MS
-        for j in range(1, latency.shape[2]):  # fill along k
-            gap = np.isnan(latency[:, :, j])
-            latency[:, :, j][gap] = latency[:, :, j - 1][gap] * axes[2][j] / axes[2][j - 1]
+        for axis in (2, 1, 0):  # fill along k, then n, then m
+            for j in range(1, latency.shape[axis]):
+                here = np.take(latency, j, axis)  # views are not given by take: index explicitly
+                before = np.take(latency, j - 1, axis)
+                gap = np.isnan(here)
+                filled = np.where(gap, before * axes[axis][j] / axes[axis][j - 1], here)
+                index = [slice(None)] * 3
+                index[axis] = j
+                latency[tuple(index)] = filled
         if np.isnan(latency).any():
             raise ConfigError(
                 f"GEMM table {dtype}: {int(np.isnan(latency).sum())} grid points cannot be filled"
@@ -275,7 +282,7 @@ def _write_notice(out_dir: Path, meta: dict[str, Any]) -> None:
         "(https://github.com/ai-dynamo/aiconfigurator), Copyright (c) NVIDIA CORPORATION & AFFILIATES, "
         "licensed under the Apache License, Version 2.0 (https://www.apache.org/licenses/LICENSE-2.0). "
         "Converted by `radsim tables import` (radsim/measure/tables.py): latencies to seconds, all-reduce "
-        "sizes to bytes, the few points the source lacks filled (GEMM along k, attention's largest batch x "
+        "sizes to bytes, the few points the source lacks filled (GEMM along k, then n and m, attention's largest batch x "
         "length corner by doubling half the batch; see radsim/measure/tables.py); "
         "no figure was fitted or altered otherwise.\n\n" + "".join(lines),
     )

@@ -10,6 +10,7 @@ it is run. Hardware, architectures and traces are cached per process: a sweep re
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,6 +24,7 @@ from radsim.scenario.schema import Scenario
 from radsim.spec.arch import Arch, load_arch
 from radsim.spec.engine import EngineProfile, load_engine
 from radsim.spec.hardware import Hardware, load_hardware
+from radsim.spec.kernel_tables import framework_tables
 
 if TYPE_CHECKING:
     from radsim.routes.book import RouteBook
@@ -59,9 +61,24 @@ def _arch(name: str, layers: int) -> Arch:
     return arch if layers in (0, arch.num_layers) else arch.with_layers(layers)
 
 
+@lru_cache(maxsize=64)
+def _engine_hardware(name: str, engine: str) -> Hardware:
+    """The device with the kernel tables of the engine's framework, where they were imported."""
+    hw = _hardware(name)
+    framework = load_engine(engine).kernel_tables
+    if not framework or hw.kernel_tables is None:
+        return hw
+    tables = framework_tables(hw.kernel_tables, framework)
+    if tables is None or tables is hw.kernel_tables:
+        return hw
+    source = f"measured: {framework} tables selected by engine '{engine}' [{tables.source}]"
+    return replace(hw, kernel_tables=tables, sources={**hw.sources, "kernel_tables": source})
+
+
 def hardware(s: Scenario) -> Hardware:
-    """The scenario's device (a registry name or a TOML path); its dtype must have a matrix peak."""
-    hw = _hardware(s.hw)
+    """The scenario's device (a registry name or a TOML path), priced from the kernel tables of the
+    engine profile's framework where the device has them; its dtype must have a matrix peak."""
+    hw = _engine_hardware(s.hw, s.engine)
     hw.peak_flops(s.dtype)
     return hw
 

@@ -48,7 +48,9 @@ class EngineProfile:
     stem: str
     description: str
     host_launch_s: float  # host time to launch one kernel outside a CUDA graph
-    eager_kernels_per_pass: int  # kernels one layer pass launches outside graphs (0: the cost model's fused count)
+    eager_kernels_per_pass: (
+        int  # kernels one layer pass launches outside graphs (0: the cost model's fused count)
+    )
     graph_launch_s: float  # host time to replay one captured CUDA graph
     decode_graphs: bool  # decode-only iterations replay a captured graph
     graph_max_batch: int  # largest decode batch with a captured graph (0: none)
@@ -57,6 +59,7 @@ class EngineProfile:
     host_sequence_s: float  # host work per sequence per iteration: outputs, stop checks, bookkeeping
     overlap: bool  # the host prepares the next iteration while the GPU runs this one
     allreduce: str  # ALLREDUCE_ALGORITHMS: the collective its tensor-parallel layers call
+    kernel_tables: str  # the framework whose measured kernel tables price it ('': the hardware file's)
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -77,7 +80,11 @@ class EngineProfile:
 
 _TEXT = ("name", "description")
 _SECONDS = ("host_launch_s", "graph_launch_s", "host_iteration_s", "host_sequence_s")
-_FIGURES = (*_SECONDS, "eager_kernels_per_pass", "graph_max_batch", "decode_graphs", "mixed_launches", "overlap", "allreduce")
+_FIGURES = (
+    *_SECONDS,
+    *("eager_kernels_per_pass", "graph_max_batch", "decode_graphs", "mixed_launches", "overlap"),
+    *("allreduce", "kernel_tables"),
+)
 _CHOICES = {"mixed_launches": MIXED_LAUNCHES, "allreduce": ALLREDUCE_ALGORITHMS}
 DEFAULT_ENGINE = "ideal"
 
@@ -143,6 +150,10 @@ def _value(key: str, value: Any, path: Path) -> Any:
     if key in ("decode_graphs", "overlap"):
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if key == "kernel_tables":
+        if not isinstance(value, str) or (value and not value.replace("_", "").isalnum()):
+            raise ConfigError(f"{where} must be a framework name such as 'vllm' (or ''), got {value!r}")
         return value
     if key in _CHOICES:
         if value not in _CHOICES[key]:

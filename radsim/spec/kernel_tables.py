@@ -163,11 +163,14 @@ class KernelTables:
         table = self.gemm.get(GEMM_TABLE_DTYPE.get(dtype, ""))
         return None if table is None else table.time_s(m, n, k)
 
-    def allreduce_curve(self, tp: int, message_bytes: float, algorithm: str = "custom") -> AllReduceCurve | None:
+    def allreduce_curve(
+        self, tp: int, message_bytes: float, algorithm: str = "custom"
+    ) -> AllReduceCurve | None:
         """The curve of the algorithm an engine uses for this message and group size: with `algorithm`
         'custom' (a serving engine's own all-reduce), the custom kernel up to
         `CUSTOM_ALLREDUCE_MAX_BYTES` and NCCL above; with 'nccl' (plain torch.distributed), NCCL."""
-        custom = [a for a in self.allreduce if "graph" in a.lower()]
+        # the engine's own kernel as CUDA graphs capture it (vLLM, SGLang: *_graph; TensorRT-LLM's one)
+        custom = [a for a in self.allreduce if a != "NCCL" and "eager" not in a.lower()]
         small = algorithm == "custom" and message_bytes <= CUSTOM_ALLREDUCE_MAX_BYTES
         order = [*custom, "NCCL"] if small else ["NCCL", *custom]
         for algorithm in order:
@@ -175,6 +178,22 @@ class KernelTables:
             if curve is not None:
                 return curve
         return None
+
+
+def _version_key(name: str) -> tuple:
+    version = name.split("-", 1)[1] if "-" in name else name
+    return tuple(
+        int(p) if p.isdigit() else -1 for p in version.replace("rc", ".").replace("post", ".").split(".")
+    )
+
+
+def framework_tables(tables: KernelTables, framework: str) -> KernelTables | None:
+    """The same device's tables measured under `framework` (a sibling file `<framework>-<version>.npz`,
+    the newest version), or None where none was imported."""
+    if tables.meta.get("framework") == framework:
+        return tables
+    files = sorted(tables.path.parent.glob(f"{framework}-*.npz"), key=lambda p: _version_key(p.stem))
+    return load_kernel_tables(files[-1].resolve()) if files else None
 
 
 def resolve(value: str, hw_file: Path) -> Path:

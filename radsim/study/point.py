@@ -114,7 +114,9 @@ def _simulate(s: Scenario, trace_file: str | None) -> dict[str, Any]:
     cfg, book = sim.cfg, sim.routes
     hw, arch, exe, sched = cfg.hw, cfg.arch, cfg.exe, cfg.scheduler
     out = _common(hw, arch, exe)
-    out.update({k: v for k, v in m.items() if k not in ("prompt_tokens", "output_tokens", "warnings", "engine")})
+    out.update(
+        {k: v for k, v in m.items() if k not in ("prompt_tokens", "output_tokens", "warnings", "engine")}
+    )
     out["warnings"] = "; ".join(m["warnings"])
     out["prompt_tokens_total"], out["output_tokens_total"] = m["prompt_tokens"], m["output_tokens"]
     out.update(ttft_s=m["ttft_s_mean"], tpot_s=m["tpot_s_mean"], e2e_s=m["e2e_s_mean"])

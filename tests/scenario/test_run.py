@@ -86,3 +86,35 @@ def test_an_overloaded_run_warns_and_a_light_one_does_not():
     assert any("arrivals exceed capacity" in w for w in heavy["warnings"])
     _, light = run_simulation(Scenario(rate_per_s=2.0, **base))
     assert light["warnings"] == []
+
+
+def test_engine_profiles_price_with_their_frameworks_kernel_tables():
+    from radsim.scenario.run import hardware, run_estimate
+    from radsim.scenario.schema import scenario_from
+
+    base = dict(command="estimate", hw="h100_sxm", arch="llama3.1-8b", batch=1)
+    by_engine = {
+        e: hardware(scenario_from({**base, "engine": e})) for e in ("ideal", "vllm", "sglang", "trtllm")
+    }
+    assert by_engine["ideal"].kernel_tables.meta["framework"] == "vllm"  # the hardware file's own
+    for engine in ("vllm", "sglang", "trtllm"):
+        assert by_engine[engine].kernel_tables.meta["framework"] == engine
+    out = run_estimate(scenario_from({**base, "engine": "sglang"}))
+    assert "sglang" in out["kernel_tables"] and out["engine"] == "sglang"
+    # a device without tables keeps the roofline under every engine
+    assert hardware(scenario_from({**base, "hw": "mi300x", "engine": "sglang"})).kernel_tables is None
+
+
+def test_graph_free_tensor_parallel_decode_stops_getting_faster():
+    from radsim.scenario.run import run_estimate
+    from radsim.scenario.schema import scenario_from
+
+    def tpot(engine, tp):
+        s = dict(
+            command="estimate", hw="h100_sxm", arch="llama3.1-70b", tp=tp, engine=engine, output_tokens=16
+        )
+        return run_estimate(scenario_from(s))["tpot_s"]
+
+    assert tpot("ideal", 8) < 0.7 * tpot("ideal", 4)  # the GPU's kernels shrink with TP
+    assert tpot("eager", 8) > 0.95 * tpot("eager", 4)  # the host's launches do not
+    assert tpot("eager", 8) > 2 * tpot("ideal", 8)
