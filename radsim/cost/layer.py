@@ -202,6 +202,25 @@ class AttentionCoefficients:
     bandwidth_Bps: float  # achievable bandwidth of the traffic (`radsim.cost.kernels.bandwidth_Bps`)
     launch_s: float  # fixed time of each launch
     peak_flops: float  # matrix peak attention runs at (prices its FLOPs' energy too)
+    # measured decode attention (`radsim.spec.kernel_tables.DecodeAttentionFit`): the attention
+    # kernel's fixed time, and seconds per KV entry read, in place of the launch overhead and of the
+    # KV reads' bandwidth; None: the roofline's
+    kernel_floor_s: float | None = None
+    s_per_held: float | None = None
+
+    def memory_time_s(self, load: LayerLoad) -> np.ndarray:
+        """Time of the traffic, linear in the load: bytes over bandwidth, the KV reads at the measured
+        time per entry where a table gives one."""
+        work = self.work(load)
+        moved = work["kv_read_bytes"] + work["kv_write_bytes"] + work["act_bytes"]
+        if self.s_per_held is None:
+            return moved / self.bandwidth_Bps
+        return (moved - work["kv_read_bytes"]) / self.bandwidth_Bps + self.s_per_held * np.asarray(load.held)
+
+    def launch_time_s(self, load: LayerLoad) -> np.ndarray:
+        """Fixed time of the launches: RoPE with the KV write, and the attention kernel (measured)."""
+        kernel = self.launch_s if self.kernel_floor_s is None else self.kernel_floor_s
+        return (np.asarray(load.kv_rows) > 0) * self.launch_s + (np.asarray(load.q_rows) > 0) * kernel
 
     def work(self, load: LayerLoad) -> dict[str, np.ndarray]:
         """Compute time, FLOPs and bytes of a load, each linear in it (no constant term)."""
@@ -232,6 +251,13 @@ def attention_coefficients(hw: Hardware, arch: Arch, exe: Execution) -> Attentio
     flops_per_pair = 4.0 * heads * arch.head_dim
     efficiency = hw.attention_efficiency or hw.gemm_efficiency
     resident = weights_resident(hw, arch, exe)
+    fit = None
+    if hw.kernel_tables is not None and not resident:
+        kv_heads = int(np.ceil(arch.num_kv_heads / exe.tp))
+        kv_dtype = {"fp16": "bf16"}.get(exe.dtype, exe.dtype)
+        fit = hw.kernel_tables.decode_attention_fit(
+            arch.num_heads // exe.tp, kv_heads, arch.head_dim, kv_dtype
+        )
     return AttentionCoefficients(
         flops_per_pair=flops_per_pair,
         s_per_pair=flops_per_pair / (peak * efficiency) + heads / hw.exp_ops_per_s,
@@ -243,6 +269,8 @@ def attention_coefficients(hw: Hardware, arch: Arch, exe: Execution) -> Attentio
         bandwidth_Bps=bandwidth_Bps(hw, resident),
         launch_s=hw.kernel_launch_overhead_s,
         peak_flops=peak,
+        kernel_floor_s=None if fit is None else fit.floor_s,
+        s_per_held=None if fit is None else fit.s_per_entry,
     )
 
 
@@ -253,6 +281,10 @@ def attention(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> Kern
     work = coefficients.work(load)
     compute_time = work.pop("compute_time_s")
     launches = coefficients.launches(load)
+    measured = None
+    if coefficients.s_per_held is not None:  # a measured decode kernel: its own time and floor
+        busy = np.maximum(compute_time, coefficients.memory_time_s(load))
+        measured = busy + coefficients.launch_time_s(load)
     return roofline(
         hw,
         compute_time,
@@ -261,6 +293,7 @@ def attention(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> Kern
         launches,
         resident=coefficients.resident,
         launch_s=coefficients.launch_s,
+        measured_s=measured,
         peak_flops=coefficients.peak_flops,
         **work,
     )

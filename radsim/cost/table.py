@@ -67,11 +67,11 @@ def attention_map(hw: Hardware, coefficients: AttentionCoefficients) -> tuple[np
     work = coefficients.work(units)
     moved = work["kv_read_bytes"] + work["kv_write_bytes"] + work["act_bytes"]
     energy = work_energy_J(hw, work["flops"], coefficients.peak_flops, moved)
-    linear = [work["compute_time_s"], moved / coefficients.bandwidth_Bps, work["flops"], moved, energy]
+    linear = [work["compute_time_s"], coefficients.memory_time_s(units), work["flops"], moved, energy]
     # launches add up over the rows that run them
-    launches = coefficients.launches(units)
-    assert not launches[VISITORS:].any(), "attention launches depend only on Q and K/V rows"
-    return np.array(linear), coefficients.launch_s * launches[:VISITORS]
+    launch_time = coefficients.launch_time_s(units)
+    assert not launch_time[VISITORS:].any(), "attention launches depend only on Q and K/V rows"
+    return np.array(linear), launch_time[:VISITORS]
 
 
 def attention_fields(

@@ -341,6 +341,7 @@ def held_out_errors(tables, samples: dict[tuple[str, str], list] | None = None) 
         if pooled:
             rows.append({"op": "gemm", "kind": dtype, "axis": "all", **_summary(np.concatenate(pooled))})
     rows.extend(_attention_errors(tables, record))
+    rows.extend(_decode_fit_errors(tables, record))
     for algorithm, by_gpus in sorted(tables.allreduce.items()):
         errors_all = []
         for _, curve in sorted(by_gpus.items()):
@@ -370,6 +371,30 @@ def _attention_errors(tables, record) -> list[dict[str, Any]]:
     return _phase_errors(tables.generation_attention, "decode_attention", record) + _phase_errors(
         tables.context_attention, "prefill_attention", record
     )
+
+
+def _decode_fit_errors(tables, record) -> list[dict[str, Any]]:
+    """Held-out error of the linear decode-attention model the cost model prices with
+    (`radsim.spec.kernel_tables.DecodeAttentionFit`): fitted on every other context of each table
+    (contexts >= FIT_MIN_CONTEXT), compared with the measurements at the others."""
+    from radsim.spec.kernel_tables import FIT_MIN_CONTEXT, AttentionTable, fit_decode_attention
+
+    by_dtype: dict[str, list[np.ndarray]] = {}
+    for name, grid in sorted(tables.generation_attention.items()):
+        kv_dtype = name.rsplit("_", 1)[1]
+        keep, held = _halves(grid.context.size)
+        fit = fit_decode_attention(AttentionTable(grid.batch, grid.context[keep], grid.latency_s[:, keep]))
+        context = grid.context[held]
+        use = context >= FIT_MIN_CONTEXT
+        b, c = np.meshgrid(grid.batch, context[use], indexing="ij")
+        truth = grid.latency_s[:, held][:, use]
+        predicted = fit.time_s(b, b * c)
+        record("decode_attention_fit", kv_dtype, truth, predicted)
+        by_dtype.setdefault(kv_dtype, []).append((np.abs(predicted / truth - 1.0) * 100.0).ravel())
+    return [
+        {"op": "decode_attention_fit", "kind": k, "axis": "context", **_summary(np.concatenate(v))}
+        for k, v in sorted(by_dtype.items())
+    ]
 
 
 def _phase_errors(grids, op: str, record) -> list[dict[str, Any]]:

@@ -130,6 +130,46 @@ class AttentionTable:
         return np.where(b > 0, t * grow, 0.0)
 
 
+#: Decode-attention table points with at least this many KV entries per sequence enter the fit (the
+#: shortest contexts are launch-bound and would pull the per-entry slope).
+FIT_MIN_CONTEXT = 15
+
+
+@dataclass(frozen=True)
+class DecodeAttentionFit:
+    """Decode attention of one head geometry as a fixed time plus a time per KV entry read:
+    `floor_s + s_per_entry x entries` for a launch whose sequences hold `entries` in all, fitted to a
+    measured table (relative least squares, non-negative) so that it stays linear in the load (the
+    cost model's closed form) and more work never costs less."""
+
+    floor_s: float
+    s_per_entry: float
+    median_ape: float  # of the fit on the table's points it was fitted to (context >= FIT_MIN_CONTEXT)
+    p90_ape: float
+
+    def time_s(self, sequences: Any, entries: Any) -> np.ndarray:
+        b = np.asarray(sequences, dtype=np.float64)
+        return np.where(b > 0, self.floor_s + self.s_per_entry * np.asarray(entries, dtype=np.float64), 0.0)
+
+
+def fit_decode_attention(table: AttentionTable) -> DecodeAttentionFit:
+    """`DecodeAttentionFit` of one measured table (batch x context)."""
+    from scipy.optimize import nnls
+
+    b, c = np.meshgrid(table.batch, table.context, indexing="ij")
+    keep = c.ravel() >= FIT_MIN_CONTEXT
+    entries, t = (b * c).ravel()[keep], table.latency_s.ravel()[keep]
+    a = np.stack([np.ones_like(entries), entries], axis=-1)
+    (floor, slope), _ = nnls(a / t[:, None], np.ones_like(t))
+    errors = np.abs((floor + slope * entries) / t - 1.0) * 100.0
+    return DecodeAttentionFit(
+        float(floor), float(slope), float(np.median(errors)), float(np.percentile(errors, 90))
+    )
+
+
+_FITS: dict[tuple[Path, str], DecodeAttentionFit | None] = {}
+
+
 @dataclass(frozen=True)
 class KernelTables:
     """One device's measured tables under one serving framework, with their provenance."""
@@ -148,6 +188,20 @@ class KernelTables:
         and KV dtype, if measured. A prefill table's `context` axis is the prompt length."""
         grids = self.generation_attention if phase == "generation" else self.context_attention
         return grids.get(f"{heads}_{kv_heads}_{head_dim}_{GEMM_TABLE_DTYPE.get(kv_dtype, kv_dtype)}")
+
+    def decode_attention_fit(
+        self, heads: int, kv_heads: int, head_dim: int, kv_dtype: str
+    ) -> DecodeAttentionFit | None:
+        """The fitted decode attention of this head geometry (per device) and KV dtype, if measured."""
+        key = (self.path, f"{heads}_{kv_heads}_{head_dim}_{kv_dtype}")
+        if key not in _FITS:
+            table = (
+                self.attention_table(heads, kv_heads, head_dim, kv_dtype)
+                if kv_dtype in GEMM_TABLE_DTYPE
+                else None
+            )
+            _FITS[key] = None if table is None else fit_decode_attention(table)
+        return _FITS[key]
 
     @property
     def source(self) -> str:
