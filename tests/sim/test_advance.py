@@ -9,6 +9,7 @@ summation order (relative 1e-12).
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,7 +49,16 @@ CASES = {
     "preemption": replace(BASE, memory_fraction=0.2, rate_per_s=12.0, output_tokens=300, max_batch=64),
     "busy, long outputs": replace(BASE, rate_per_s=20.0, duration_s=8.0, output_tokens=400, max_batch=128),
     "step-synchronous (never advanced)": replace(BASE, trace=DISTILL, execution="step_sync"),
+    # engine profiles: host time per iteration (graph-free launches; graphs with an overlapped loop)
+    "engine eager": replace(BASE, engine="eager"),
+    "engine vllm, routed": replace(BASE, engine="vllm", trace=DISTILL),
+    "engine trtllm, batches above its graphs": replace(
+        BASE, engine="trtllm", rate_per_s=20.0, duration_s=8.0, output_tokens=400, max_batch=256
+    ),
 }
+# every shipped trace, advanced and not
+for _trace in sorted((Path(__file__).resolve().parents[2] / "traces").glob("*.parquet")):
+    CASES.setdefault(f"trace {_trace.stem}", replace(BASE, trace=f"traces/{_trace.name}"))
 
 
 def _run(s: Scenario, advance: bool):

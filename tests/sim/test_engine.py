@@ -191,3 +191,23 @@ def test_replicas_take_the_shortest_queue(toy_gpu, tiny_arch):
     idle = 2 * metrics["makespan_s"] - busy
     integrated = sum(it.energy_J for it in sim.timeline) + idle * toy_gpu.idle_power_W
     assert metrics["energy_J"] == pytest.approx(integrated, rel=1e-9)
+
+
+def test_engine_profiles_add_host_time_and_ideal_adds_none():
+    from dataclasses import replace as _replace
+
+    from radsim.scenario.run import run_simulation
+    from radsim.scenario.schema import Scenario
+
+    base = Scenario(
+        command="simulate", hw="h100_sxm", arch="smollm2-135m", arrival="poisson", rate_per_s=4.0,
+        duration_s=5.0, prompt_tokens=64, output_tokens=32, seed=1,
+    )  # fmt: skip
+    metrics = {e: run_simulation(_replace(base, engine=e))[1] for e in ("ideal", "eager", "graphs", "vllm")}
+    # a small model is host-bound without graphs: eager decode steps take several times longer
+    assert metrics["eager"]["tpot_s_mean"] > 3 * metrics["ideal"]["tpot_s_mean"]
+    assert (
+        metrics["ideal"]["tpot_s_mean"] <= metrics["graphs"]["tpot_s_mean"] < metrics["eager"]["tpot_s_mean"]
+    )
+    assert metrics["vllm"]["tpot_s_mean"] >= metrics["ideal"]["tpot_s_mean"]
+    assert all(m["engine"] == e for e, m in metrics.items())
