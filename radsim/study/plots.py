@@ -243,6 +243,20 @@ def latency_cost_vs_batch(table: pd.DataFrame) -> go.Figure | None:
     return _layout(fig, "Latency and cost against batch size, per dynamic depth", len(facets))
 
 
+def _pair_trace(fig, styles, rows, label, cell, x, y, size, text, hovertemplate, customdata=None) -> None:
+    """One series in a grid of panels: its style from `rows`, in the legend once (first column)."""
+    fig.add_trace(
+        go.Scatter(
+            x=x, y=y, mode="lines+markers", name=label, legendgroup=label,
+            showlegend=cell[1] == 1 and label not in fig_names(fig),
+            line=styles.line(rows), marker=styles.marker(rows, size=size),
+            text=text, customdata=customdata, hovertemplate=hovertemplate,
+        ),
+        row=cell[0],
+        col=cell[1],
+    )  # fmt: skip
+
+
 def fig_names(fig: go.Figure) -> set[str]:
     """Names of the traces already shown in the legend."""
     return {t.name for t in fig.data if t.showlegend is not False}
@@ -276,23 +290,11 @@ def savings_vs_batch(table: pd.DataFrame) -> go.Figure | None:
         for label, s in _series(facet, {"batch", "hw"}):
             s = s.sort_values("batch")
             for col, y in ((1, s["step_ratio"]), (2, s["cost_ratio"])):
-                fig.add_trace(
-                    go.Scatter(
-                        x=s["batch"],
-                        y=y,
-                        mode="lines+markers",
-                        name=label,
-                        legendgroup=label,
-                        showlegend=col == 1 and label not in fig_names(fig),
-                        line=styles.line(s),
-                        marker=styles.marker(s, size=7),
-                        text=_hover(s),
-                        customdata=(1 - 1 / y) * 100,
-                        hovertemplate="%{text}<br>batch %{x}<br>%{y:.3g}x, saving %{customdata:.1f}%<extra></extra>",
-                    ),
-                    row=i,
-                    col=col,
-                )
+                _pair_trace(
+                    fig, styles, s, label, (i, col), s["batch"], y, 7, _hover(s),
+                    "%{text}<br>batch %{x}<br>%{y:.3g}x, saving %{customdata:.1f}%<extra></extra>",
+                    customdata=(1 - 1 / y) * 100,
+                )  # fmt: skip
             for col in (1, 2):
                 fig.add_hline(y=1, line={"color": "grey", "width": 1}, row=i, col=col)
         ratios = pd.concat([facet["step_ratio"], facet["cost_ratio"]])
@@ -845,22 +847,10 @@ def latency_vs_rate(table: pd.DataFrame) -> go.Figure | None:
             ttfts.append(curve["ttft_s"])
             tpots.append(curve["tpot_s"] * 1e3)
             for col, y in ((1, curve["ttft_s"]), (2, curve["tpot_s"] * 1e3)):
-                fig.add_trace(
-                    go.Scatter(
-                        x=curve["rate_per_s"],
-                        y=y,
-                        mode="lines+markers",
-                        name=label,
-                        legendgroup=label,
-                        showlegend=col == 1 and label not in fig_names(fig),
-                        line=styles.line(rows),
-                        marker=styles.marker(rows, size=6),
-                        text=[hover] * len(curve),
-                        hovertemplate="%{text}<br>%{x:.3g} requests/s: %{y:.4g}<extra></extra>",
-                    ),
-                    row=i,
-                    col=col,
-                )
+                _pair_trace(
+                    fig, styles, rows, label, (i, col), curve["rate_per_s"], y, 6, [hover] * len(curve),
+                    "%{text}<br>%{x:.3g} requests/s: %{y:.4g}<extra></extra>",
+                )  # fmt: skip
             if cap is not None:
                 slos.add((float(cap["slo_ttft_s"]), float(cap["slo_tpot_s"])))
                 at = curve[curve["rate_per_s"] == cap["max_rate_per_s"]]
