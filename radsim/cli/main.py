@@ -192,6 +192,13 @@ def _hw_show(args: argparse.Namespace) -> None:
         print(
             f"  GEMM dtypes {', '.join(sorted(tables.gemm))}; all-reduce {', '.join(sorted(tables.allreduce))}"
         )
+        print(
+            f"  decode attention: {len(tables.generation_attention)} head geometries x KV dtypes, priced as a "
+            "fitted kernel time plus time per KV entry; prefill attention by the roofline"
+        )
+        others = sorted(p.stem for p in tables.path.parent.glob("*.npz") if p != tables.path)
+        if others:
+            print(f"  other frameworks' tables (selected by --engine): {', '.join(others)}")
 
 
 def _engine_list(args: argparse.Namespace) -> None:
