@@ -485,6 +485,20 @@ def _sequential_decode(
 SHORT_DECODE = 16
 
 
+def _running_entries(visits: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """(steps, batch, layers) KV entries each layer holds for each sequence after each step: `held`
+    before the first step plus the visits so far."""
+    if visits[0].size <= 512:  # numpy's cumulative sum along a long leading axis is fast when rows are short
+        entries = np.cumsum(visits, axis=0, dtype=np.int32)
+        entries += held.astype(np.int32)
+        return entries
+    entries = visits.astype(np.int32)  # and slower than a step-by-step sum when they are long
+    entries[0] += held.astype(np.int32)
+    for step in range(1, entries.shape[0]):
+        np.add(entries[step], entries[step - 1], out=entries[step])
+    return entries
+
+
 def _affine_runs(
     hw: Hardware, evaluate: Callable[[np.ndarray], KernelCost], steps: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -584,9 +598,8 @@ def _routed_decode(
         v = visitors.astype(np.float64)
         if policy == "none":
             # a visitor attends to the entries its layer holds and to its own: held + visits so far
-            entries = np.cumsum(visits, axis=0, dtype=np.int64)
-            entries += held
-            pairs = np.einsum("tsl,tsl->tl", visits, entries, dtype=np.int64).astype(np.float64)
+            entries = _running_entries(visits, held)
+            pairs = (entries * visits).sum(axis=1, dtype=np.int64).astype(np.float64)
             held[...] = entries[-1]
             q = kv = v
         else:  # every sequence writes an entry each step in every layer: prompt + step held
