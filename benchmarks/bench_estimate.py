@@ -78,7 +78,7 @@ def _point_table(fn, budget_s: float) -> None:
                 row.append("no fit".rjust(14))
                 continue
             exe, work = point
-            ms = _median_s(lambda e=exe, w=work: fn(hw, arch, e, w), budget_s, most=50) * 1e3
+            ms = _median_s(lambda a=arch, e=exe, w=work: fn(hw, a, e, w), budget_s, most=50) * 1e3
             notes = [f"tp{exe.tp}"] if exe.tp > 1 else []
             if work.output_tokens != output:
                 notes.append(f"o{work.output_tokens}")
