@@ -44,14 +44,14 @@ where `gpu_s` crosses ``launches * host_launch_s``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from radsim.cost.iteration import IterationBreakdown, head_cost, iteration_cost
 from radsim.cost.kernels import KernelCost
-from radsim.cost.layer import Execution, LayerLoad, RoutedBatch, attention, layer_cost
+from radsim.cost.layer import Execution, LayerLoad, RoutedBatch, _check_tp, attention, layer_cost
 from radsim.cost.memory import (
     MemoryUse,
     activation_bytes,
@@ -267,6 +267,7 @@ def _setup(hw: Hardware, arch: Arch, exe: Execution, work: Workload) -> tuple[Ex
         memory,
         f"{arch.name} at batch {work.batch}, {work.prompt_tokens}+{work.output_tokens} tokens",
     )
+    _check_tp(arch, exe)  # what the cost model checks first (`row_ops`)
     return exe, k, memory
 
 
@@ -403,7 +404,10 @@ def _routed_prefill(
         reads = np.where(q > 0, context + kv, 0.0)
         within = pieces.chunk_first[c0:c1] - p0  # each chunk's first piece within the block
         load = LayerLoad(
-            *(np.add.reduceat(np.broadcast_to(x, v.shape), within, axis=0) for x in (q, kv, v, v, pairs, reads))
+            *(
+                np.add.reduceat(np.broadcast_to(x, v.shape), within, axis=0)
+                for x in (q, kv, v, v, pairs, reads)
+            )
         )
         attn = launch_fields(attention(hw, arch, exe, load)).sum(axis=-1)
         rows = _routed_row_fields(hw, arch, exe, prices, tokens[c0:c1], load.visitors.astype(np.int64))
@@ -450,6 +454,8 @@ def _allreduce_key(hw: Hardware, arch: Arch, exe: Execution, rows_max: int) -> i
 
 def _lookup(keys: np.ndarray, price: Callable[[int], np.ndarray]) -> np.ndarray:
     """(len(STEP_FIELDS), len(keys)) of `price(key)` for each key, priced once per distinct key."""
+    if keys.size <= 64:  # the prices are kept: a lookup per key is cheaper than finding the distinct ones
+        return np.stack([price(key) for key in keys.tolist()], axis=1)
     distinct, inverse = np.unique(keys, return_inverse=True)
     return np.stack([price(int(key)) for key in distinct], axis=1)[:, inverse]
 
@@ -630,8 +636,8 @@ def _metrics(hw, arch, exe, work, k, memory, prefill, decode, first_token_at, pr
         "hw": hw.stem,
         "kernel_tables": hw.kernel_tables.source if hw.kernel_tables else "",
         "arch": arch.name,
-        **{key: value for key, value in asdict(exe).items()},
-        **asdict(work),
+        **vars(exe),  # the fields of these frozen dataclasses, in order (what asdict gives, faster)
+        **vars(work),
         "layers": arch.num_layers,
         "layers_visited_per_token": int(k) if work.depth_distribution == "exact" else k,
         "ttft_s": float(first_token_at.mean()),

@@ -124,3 +124,28 @@ def test_attention_tables_cover_the_shipped_head_geometries():
             table = tables.attention_table(heads, kv_heads, 128, "bf16", phase=phase)
             assert table is not None and (table.time_s(8, 1024) > 0).all()
     assert tables.attention_table(9, 3, 64, "bf16") is None  # SmolLM2-135M's heads are not measured
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.parent.name)
+def test_gemm_interpolation_is_scipys_bit_for_bit(path):
+    from scipy.interpolate import RegularGridInterpolator
+
+    rng = np.random.default_rng(0)
+    for table in load_kernel_tables(path).gemm.values():
+        axes = (table.m, np.log2(table.n), np.log2(table.k))
+        scipy = RegularGridInterpolator(axes, np.log(table.envelope_s))
+        inside = np.stack([rng.uniform(a[0], a[-1], 5000) for a in axes], axis=1)
+        on_grid = np.stack([rng.choice(a, 2000) for a in axes], axis=1)
+        ends = np.array([[a[0] for a in axes], [a[-1] for a in axes]])
+        for points in (inside, on_grid, ends):
+            np.testing.assert_array_equal(table._interpolator(points), scipy(points))
+
+
+def test_attention_tables_are_read_when_first_asked_for():
+    path = SHIPPED[0]
+    load_kernel_tables.cache_clear()
+    tables = load_kernel_tables(path)
+    assert tables.generation_attention._tables is None  # type: ignore[attr-defined]
+    with np.load(path) as data:
+        expected = {k.split("/")[1] for k in data.files if k.startswith("generation_attention/")}
+    assert set(tables.generation_attention) == expected and len(tables.generation_attention) > 0
