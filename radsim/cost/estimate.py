@@ -189,13 +189,12 @@ def estimate(
     pricing = pricing or Pricing()
     exe, k, memory = _setup(hw, arch, exe, work)
     prices = launch_prices(hw, arch, exe)
-    routed = exe.routed
-    rng = np.random.default_rng(work.seed) if routed else None
+    rng = np.random.default_rng(work.seed) if exe.routed else None  # no draws without routing
     prefill_runs, finished_chunk, held = _prefill(hw, arch, exe, work, prices, rng)
-    if routed:
-        decode_runs = _routed_decode(hw, arch, exe, work, prices, rng, held)
-    else:
+    if rng is None:
         decode_runs = _sequential_decode(hw, arch, exe, work, prices)
+    else:
+        decode_runs = _routed_decode(hw, arch, exe, work, prices, rng, held)
     prefill, decode = phase_totals(prefill_runs), phase_totals(decode_runs)
     first_token_at = prefill.run_end_s[finished_chunk]  # when each request's prompt completes
     return _metrics(hw, arch, exe, work, k, memory, prefill, decode, first_token_at, pricing)
@@ -591,7 +590,7 @@ def _routed_decode(
 ) -> StepRuns:
     """Every decode step with routed tokens, one run each; visits drawn block after block as the
     reference draws them. `held` ((batch, layers), ``none`` policy) is updated."""
-    layers, batch, policy = arch.num_layers, work.batch, exe.kv_policy
+    layers, batch = arch.num_layers, work.batch
     steps_left = work.output_tokens - 1
     block = max(1, DECODE_BLOCK_ELEMENTS // (layers * batch))
     head = prices.head(batch, batch)[:, None]
@@ -602,7 +601,7 @@ def _routed_decode(
         visits = mask.reshape(steps, batch, layers)
         visitors = visits.sum(axis=1)  # (steps, layers)
         v = visitors.astype(np.float64)
-        if policy == "none":
+        if held is not None:  # the ``none`` policy
             # a visitor attends to the entries its layer holds and to its own: held + visits so far
             entries = _running_entries(visits, held)
             pairs = (entries * visits).sum(axis=1, dtype=np.int64).astype(np.float64)

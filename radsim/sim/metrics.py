@@ -84,7 +84,7 @@ def request_arrays(finished: list[Finished]) -> dict[str, np.ndarray]:
     ]
     rows.sort(key=lambda row: row[0])
     ints = ("id", "prompt_tokens", "output_tokens", "preemptions")
-    columns = {
+    columns: dict[str, np.ndarray] = {
         name: np.array([row[k] for row in rows], dtype=np.int64 if name in ints else np.float64)
         for k, name in enumerate(REQUEST_COLUMNS[:7])
     }
