@@ -5,9 +5,11 @@ The prompt tokens of the whole batch are prefilled in chunks of at most `prefill
 split across chunks attends to its earlier chunks through the KV cache. Decode then generates one
 token per sequence per step until every request has `output` tokens (the first comes from prefill).
 With `depth_fraction < 1` each token visits round(f x L) layers chosen at random, a router runs
-after each visit and visitors are gathered and scattered (`routing.exact_visits`).
+after each visit and visitors are gathered and scattered (`radsim.routes.synthetic.depth_visits`).
 
-How the iterations are priced (the same numbers as the step-by-step loop `_reference_estimate`):
+How the iterations are priced (the numbers of the step-by-step loop `_reference_estimate`, which
+the tests hold this to at a relative 1e-12: the per-launch figures are the cost model's own, only
+summed in another order, as layers x one layer's figures and runs in closed form):
 
 - Prefill chunks are priced all at once: each chunk's load per layer (its tokens, and the (query,
   key) pairs and KV entries its sequences' pieces attend to) comes from the pieces the chunk and
@@ -19,26 +21,32 @@ How the iterations are priced (the same numbers as the step-by-step loop `_refer
   roofline switches between compute and memory or its energy reaches the power cap. The decode phase
   is then a few *runs* of affine steps: the switch steps are solved from the linear terms, checked
   against the cost model's own values around them (every step of an unchecked gap is priced if a
-  check fails), and each run is summed in closed form from its first and last steps.
+  check fails), and each run is summed in closed form from its first and last steps. Its cost does
+  not grow with the output length.
 - With routing, every token's visits are drawn from `rng` exactly as the reference loop draws them
   (one draw per prefill chunk, one per block of `DECODE_BLOCK_ELEMENTS`), so a seed gives the same
-  numbers; each block's loads are aggregated per (step, layer) and priced in one call.
+  numbers; each block's loads are aggregated per (step, layer) (visitors, and the pairs and entries
+  attended) and priced in one call: attention elementwise, the other operators by lookup of their
+  visitor count. Drawing the visits is most of the time.
 
 Iterations to totals: the hook of a host model
 -----------------------------------------------
 Every phase reaches `phase_totals` as `StepRuns`: the phase's iterations in order, grouped in runs
-of `count` iterations that share their kernel launches (`launches`, per device, summed over
+of `count` iterations that share their kernel launches (`first[LAUNCHES]`, per device, summed over
 operators), their sequences (`sequences`) and the phase (`prefill`), and within which every GPU
 figure of `STEP_FIELDS` (time_s, energy_J, flops, bytes, bound_time_s: the time of compute-bound
 operators) is affine in the iteration's index; `first` and `last` hold the figures of a run's first
-and last iterations. A run of one iteration is a per-step value: prefill chunks and routed decode
-steps arrive as per-step arrays, unrouted decode as a few affine runs. `phase_totals` reduces them
-to the phase's totals and to the time at the end of each run (the first token of a request comes
-with the chunk that completes its prompt), and `run_time_s` is the one place an iteration's GPU time
-becomes its duration. An engine profile (host overhead) applies there: a wall time per iteration
-such as ``max(gpu_s, launches * host_launch_s) + host_iteration_s + host_sequence_s * sequences``
-is, over an affine run, a sum of a maximum of an affine and a constant term, split in closed form
-where `gpu_s` crosses ``launches * host_launch_s``.
+and last iterations, so a run's sums are count x (first + last) / 2. A run of one iteration is a
+per-step value: prefill chunks and routed decode steps arrive as per-step arrays, unrouted decode
+as a few affine runs. `phase_totals` reduces them to the phase's totals and to the time at the end
+of each run (the first token of a request comes with the chunk that completes its prompt), and
+`run_time_s` is the one place an iteration's GPU time becomes its duration. An engine profile (host
+overhead) applies there: a wall time per iteration such as
+``max(gpu_s, launches * host_launch_s) + host_iteration_s + host_sequence_s * sequences`` is, over
+an affine run, the sum of the maximum of an affine and a constant term plus constants, split in
+closed form at the iteration where `gpu_s` crosses ``launches * host_launch_s`` (whether the GPU's
+idle power over the host's share counts as energy is the profile's to say: `phase_totals` sums
+GPU energy only).
 """
 
 from __future__ import annotations
@@ -408,7 +416,7 @@ def _routed_prefill(
                 for x in (q, kv, v, v, pairs, reads)
             )
         )
-        attn = launch_fields(attention(hw, arch, exe, load)).sum(axis=-1)
+        attn = _attention_fields(prices, *(getattr(load, f) for f in LOAD_FIELDS)).sum(axis=-1)
         rows = _routed_row_fields(hw, arch, exe, prices, tokens[c0:c1], load.visitors.astype(np.int64))
         out[:, c0:c1] = attn + rows
     return out, held
@@ -439,6 +447,25 @@ def _routed_row_fields(
         priced = prices.row_fields(LayerLoad(q, kv, r, r, 0 * r, 0 * r))
         out[:, group] = priced[:, np.searchsorted(present, visitors[group])].sum(axis=-1)
     return out
+
+
+#: The `LayerLoad` fields of a load matrix's rows (`radsim.cost.loads.LOAD_ROWS`).
+LOAD_FIELDS = ("q_rows", "kv_rows", "visitors", "pairs", "held")
+
+
+def _attention_fields(prices: LaunchPrices, q, kv, visitors, pairs, held) -> np.ndarray:
+    """(len(STEP_FIELDS), *shape) of attention launches with these loads (arrays that broadcast), in
+    the closed form of the tabulated model (`radsim.cost.table.attention_fields`: the cost model's
+    own coefficients, to the last bits, in fewer passes over the arrays than `attention`)."""
+    rows = np.broadcast_arrays(q, kv, visitors, pairs, held)
+    shape = rows[0].shape
+    load = np.stack([r.ravel() for r in rows])
+    out = np.empty((len(STEP_FIELDS), load.shape[1]))
+    out[:LAUNCHES] = prices.attention(load)
+    # RoPE with the KV write wherever entries are written, the kernel wherever a query visits
+    out[LAUNCHES] = load[0] > 0
+    out[LAUNCHES] += load[1] > 0
+    return out.reshape(len(STEP_FIELDS), *shape)
 
 
 def _allreduce_key(hw: Hardware, arch: Arch, exe: Execution, rows_max: int) -> int | None:
@@ -611,8 +638,7 @@ def _routed_decode(
             entries = work.prompt_tokens + done + np.arange(1.0, steps + 1.0)[:, None]
             q, kv = row_counts(exe, v, np.full_like(v, batch))
             pairs = q * entries
-        load = LayerLoad(q, kv, v, v, pairs, pairs)
-        attn = launch_fields(attention(hw, arch, exe, load))
+        attn = _attention_fields(prices, q, kv, v, pairs, pairs)
         table = prices.rows_by_visitors(batch, int(visitors.max()))
         width = table.shape[1]
         counts = np.bincount((np.arange(steps)[:, None] * width + visitors).ravel(), minlength=steps * width)
