@@ -31,12 +31,13 @@ PROGRESS_MIN_REQUESTS = 5000
 
 def _with_progress(scenario, args: argparse.Namespace, run, desc: str = "simulating: "):
     """`run(scenario)` with a bar of the requests completed, for long simulations."""
-    from radsim.progress import bar
     from radsim.scenario.run import requests
 
     total = len(requests(scenario))
     if args.quiet or total < PROGRESS_MIN_REQUESTS:
         return run(scenario)
+    from radsim.progress import bar  # tqdm: only for a bar
+
     progress = bar(total, "requests", sys.stderr, desc=desc)
 
     def update(done: int) -> None:

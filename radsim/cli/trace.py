@@ -7,11 +7,12 @@ from typing import Any
 
 from radsim.errors import ConfigError
 from radsim.files import json_text
-from radsim.routes.stats import format_stats, trace_stats
-from radsim.routes.trace import read_trace
 
 
 def _stats_command(args: argparse.Namespace) -> None:
+    from radsim.routes.stats import format_stats, trace_stats  # pandas and pyarrow: only here
+    from radsim.routes.trace import read_trace
+
     if args.seed < 0:
         raise ConfigError(f"--seed must be an integer >= 0, got {args.seed}")
     stats = trace_stats(read_trace(args.file), seed=args.seed)

@@ -33,6 +33,7 @@ every MLP.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 
 import numpy as np
 
@@ -283,9 +284,9 @@ def attention(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> Kern
     launches = coefficients.launches(load)
     measured = None
     if coefficients.s_per_held is not None:  # a measured decode kernel: its own time and floor
-        busy = np.maximum(compute_time, coefficients.memory_time_s(load))
-        measured = busy + coefficients.launch_time_s(load)
-    return roofline(
+        memory_time = coefficients.memory_time_s(load)
+        measured = np.maximum(compute_time, memory_time) + coefficients.launch_time_s(load)
+    cost = roofline(
         hw,
         compute_time,
         work["kv_read_bytes"] + work["kv_write_bytes"] + work["act_bytes"],
@@ -297,6 +298,10 @@ def attention(hw: Hardware, arch: Arch, exe: Execution, load: LayerLoad) -> Kern
         peak_flops=coefficients.peak_flops,
         **work,
     )
+    if measured is None:
+        return cost
+    # boundedness as the measured kernel is priced: compute against its fitted memory time
+    return dataclass_replace(cost, memory_time_s=np.where(launches > 0, memory_time, 0.0))
 
 
 def layer_cost(hw: Hardware, arch: Arch, exe: Execution, batch: RoutedBatch) -> Cost:

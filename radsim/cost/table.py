@@ -188,34 +188,35 @@ class CostTable:
 
 # ---- prices of the launches of static batches (`radsim.cost.estimate`) --------------------------
 
-#: `FIELDS` and the compute-bound time: the time of operators whose compute time exceeds their
-#: memory time.
-BOUND_FIELDS = (*FIELDS, "bound_time_s")
+#: `FIELDS`, the compute-bound time (the time of operators whose compute time exceeds their memory
+#: time) and the kernel launches.
+LAUNCH_FIELDS = (*FIELDS, "bound_time_s", "launches")
 
 
-def bound_fields(cost: Cost | KernelCost) -> np.ndarray:
-    """`BOUND_FIELDS` of launches, element by element: shape (5, *cost's shape)."""
+def launch_fields(cost: Cost | KernelCost) -> np.ndarray:
+    """`LAUNCH_FIELDS` of launches, element by element: shape (6, *cost's shape)."""
     bound = np.where(cost.compute_time_s > cost.memory_time_s, cost.time_s, 0.0)
-    return np.stack([cost.time_s, cost.energy_J, cost.flops, cost.bytes, bound])
+    return np.stack([cost.time_s, cost.energy_J, cost.flops, cost.bytes, bound, cost.launches])
 
 
-def decode_row_counts(exe: Execution, visitors, batch):
-    """The query and K/V rows of decode launches (one new token for each of `batch` sequences) with
-    `visitors` visitors, under the KV policy (`LayerLoad.from_batch`)."""
+def row_counts(exe: Execution, visitors, new_tokens):
+    """The query and K/V rows of launches where `visitors` of `new_tokens` new tokens visit the
+    layer, under the KV policy (`LayerLoad.from_batch`): a decode launch has one new token per
+    sequence, a prefill chunk its chunk's tokens."""
     if exe.kv_policy == "none":
         return visitors, visitors
-    return (visitors, batch) if exe.kv_policy == "copy" else (batch, batch)
+    return (visitors, new_tokens) if exe.kv_policy == "copy" else (new_tokens, new_tokens)
 
 
 class LaunchPrices:
     """What launches of one (hardware, architecture, execution) cost, each priced once, as
-    `BOUND_FIELDS`: every operator but attention by row count (`row_ops`), the embedding and head,
+    `LAUNCH_FIELDS`: every operator but attention by row count (`row_ops`), the embedding and head,
     and attention in closed form (`attention_map`). A study prices the same launches over and over."""
 
     def __init__(self, hw: Hardware, arch: Arch, exe: Execution) -> None:
         self.hw, self.arch, self.exe = hw, arch, exe
         self._rows: dict[int, np.ndarray] = {}
-        self._decode: dict[tuple[int, int], np.ndarray] = {}
+        self._by_visitors: dict[tuple[int, int], np.ndarray] = {}
         self._heads: dict[tuple[int, int], np.ndarray] = {}
 
     @cached_property
@@ -224,36 +225,40 @@ class LaunchPrices:
         return attention_map(self.hw, attention_coefficients(self.hw, self.arch, self.exe))
 
     def attention(self, load: np.ndarray) -> np.ndarray:
-        """(5, groups) for a load matrix (`radsim.cost.loads.LOAD_ROWS`, groups)."""
+        """(5, groups) of `LAUNCH_FIELDS` but the launches, for a load matrix
+        (`radsim.cost.loads.LOAD_ROWS`, groups)."""
         return attention_fields(self.hw, *self._attention_map, load, bound=True)
 
     def full_rows(self, rows: int) -> np.ndarray:
-        """(5,) of every operator but attention in a launch of `rows` tokens that all visit."""
+        """(6,) of every operator but attention in a launch of `rows` tokens that all visit."""
         if rows not in self._rows:
             x = np.array([float(rows)])
-            self._rows[rows] = self._row_ops(LayerLoad(x, x, x, x, 0 * x, 0 * x))[:, 0]
+            self._rows[rows] = self.row_fields(LayerLoad(x, x, x, x, 0 * x, 0 * x))[:, 0]
         return self._rows[rows]
 
-    def decode_rows(self, batch: int, rows_max: int) -> np.ndarray:
-        """(5, rows_max + 1) of every operator but attention in a decode launch with 0..rows_max
-        visitors among `batch` sequences (`decode_row_counts`)."""
-        key = (batch, rows_max)
-        if key not in self._decode:
+    def rows_by_visitors(self, new_tokens: int, rows_max: int) -> np.ndarray:
+        """(6, rows_max + 1) of every operator but attention in a launch with 0..rows_max visitors
+        among `new_tokens` new tokens (`row_counts`), priced in one call (so that an all-reduce
+        takes the algorithm of the largest message, as one call over launches with at most
+        `rows_max` visitors does)."""
+        key = (new_tokens, rows_max)
+        if key not in self._by_visitors:
             r = np.arange(rows_max + 1, dtype=np.float64)
-            q, kv = decode_row_counts(self.exe, r, np.full_like(r, batch))
-            self._decode[key] = self._row_ops(LayerLoad(q, kv, r, r, 0 * r, 0 * r))
-        return self._decode[key]
+            q, kv = row_counts(self.exe, r, np.full_like(r, new_tokens))
+            self._by_visitors[key] = self.row_fields(LayerLoad(q, kv, r, r, 0 * r, 0 * r))
+        return self._by_visitors[key]
 
     def head(self, new_tokens: int, logit_rows: int) -> np.ndarray:
-        """(5,) of the embedding of `new_tokens` and the final norm, LM head and sampling of `logit_rows`."""
+        """(6,) of the embedding of `new_tokens` and the final norm, LM head and sampling of `logit_rows`."""
         key = (new_tokens, logit_rows)
         if key not in self._heads:
             cost = head_cost(self.hw, self.arch, self.exe, float(new_tokens), float(logit_rows))
-            self._heads[key] = bound_fields(cost).sum(axis=1)
+            self._heads[key] = launch_fields(cost).sum(axis=1)
         return self._heads[key]
 
-    def _row_ops(self, load: LayerLoad) -> np.ndarray:
-        return np.sum([bound_fields(op) for op in row_ops(self.hw, self.arch, self.exe, load)], axis=0)
+    def row_fields(self, load: LayerLoad) -> np.ndarray:
+        """(6, *shape) of every operator but attention on a load (one `row_ops` call)."""
+        return np.sum([launch_fields(op) for op in row_ops(self.hw, self.arch, self.exe, load)], axis=0)
 
 
 def launch_prices(hw: Hardware, arch: Arch, exe: Execution) -> LaunchPrices:
@@ -262,6 +267,6 @@ def launch_prices(hw: Hardware, arch: Arch, exe: Execution) -> LaunchPrices:
     return _launch_prices(hw, hw.kernel_tables.path if hw.kernel_tables is not None else None, arch, exe)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def _launch_prices(hw: Hardware, tables: Path | None, arch: Arch, exe: Execution) -> LaunchPrices:
     return LaunchPrices(hw, arch, exe)

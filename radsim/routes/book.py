@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from radsim.routes.trace import KV_COMPUTE, Trace, read_trace
+if TYPE_CHECKING:  # pandas and pyarrow load with a trace only
+    from radsim.routes.trace import Trace
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,8 @@ def map_layers(token: np.ndarray, layer: np.ndarray, trace_layers: int, target_l
 
 def from_trace(trace: Trace, num_layers: int, source: str = "trace") -> RouteBook:
     """A book of the trace's routes, mapped onto `num_layers` layers."""
+    from radsim.routes.trace import KV_COMPUTE
+
     v = trace.visits
     key = v["seq"].to_numpy(np.int64) * (int(v["pos"].max()) + 1) + v["pos"].to_numpy(np.int64)
     token = np.unique(key, return_inverse=True)[1]
@@ -187,4 +191,6 @@ def from_trace(trace: Trace, num_layers: int, source: str = "trace") -> RouteBoo
 
 def load_routes(path: str, num_layers: int) -> RouteBook:
     """Read a trace file into a route book for an architecture of `num_layers` layers."""
+    from radsim.routes.trace import read_trace
+
     return from_trace(read_trace(path), num_layers, source=str(path))

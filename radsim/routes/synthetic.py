@@ -57,8 +57,18 @@ def exact_visits(rng: np.random.Generator, tokens: int, num_layers: int, k: int)
     if k >= num_layers:
         return np.ones((tokens, num_layers), dtype=bool)
     keys = rng.random((tokens, num_layers), dtype=np.float32)
+    # the k smallest keys: those up to the k-th smallest, unless keys tie with it
+    mask = keys <= np.partition(keys, k - 1, axis=1)[:, k - 1 : k]
+    ties = np.flatnonzero(np.count_nonzero(mask, axis=1) != k)
+    if ties.size:  # rare (float32 keys): the k that a partition of the indices picks
+        mask[ties] = _chosen(keys[ties], k)
+    return mask
+
+
+def _chosen(keys: np.ndarray, k: int) -> np.ndarray:
+    """The mask of the `k` keys of each row that `np.argpartition` puts first (ties broken as it does)."""
     chosen = np.argpartition(keys, k - 1, axis=1)[:, :k]
-    mask = np.zeros((tokens, num_layers), dtype=bool)
+    mask = np.zeros(keys.shape, dtype=bool)
     np.put_along_axis(mask, chosen, True, axis=1)
     return mask
 

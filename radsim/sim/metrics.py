@@ -12,12 +12,15 @@ and idle power between iterations over every device of every replica.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from radsim.cost.money import Pricing
 from radsim.sim.scheduler import ITL_BINS, Finished
+
+if TYPE_CHECKING:  # pandas loads when a table is asked for
+    import pandas as pd
 
 PERCENTILES = (50, 90, 99)
 
@@ -49,8 +52,24 @@ def _histogram_percentiles(counts: np.ndarray, total: float, n: int) -> dict[str
     return out
 
 
-def request_table(finished: list[Finished]) -> pd.DataFrame:
-    """One row per completed request."""
+#: The columns of `request_arrays` and `request_table`, in order.
+REQUEST_COLUMNS = (
+    "id",
+    "arrival_at",
+    "prompt_tokens",
+    "output_tokens",
+    "first_token_at",
+    "done_at",
+    "preemptions",
+    "ttft_s",
+    "e2e_s",
+    "tpot_s",
+)
+
+
+def request_arrays(finished: list[Finished]) -> dict[str, np.ndarray]:
+    """One entry per completed request, by id: `REQUEST_COLUMNS` as arrays (NaN time per output
+    token for a request of one output token)."""
     rows = [
         (
             f.request.id,
@@ -63,31 +82,35 @@ def request_table(finished: list[Finished]) -> pd.DataFrame:
         )
         for f in finished
     ]
-    columns = [
-        "id",
-        "arrival_at",
-        "prompt_tokens",
-        "output_tokens",
-        "first_token_at",
-        "done_at",
-        "preemptions",
-    ]
-    table = pd.DataFrame(rows, columns=columns).sort_values("id").reset_index(drop=True)
-    table["ttft_s"] = table["first_token_at"] - table["arrival_at"]
-    table["e2e_s"] = table["done_at"] - table["arrival_at"]
-    decode = (table["output_tokens"] - 1).clip(lower=1)
-    table["tpot_s"] = np.where(
-        table["output_tokens"] > 1, (table["done_at"] - table["first_token_at"]) / decode, np.nan
-    )
-    return table
+    rows.sort(key=lambda row: row[0])
+    ints = ("id", "prompt_tokens", "output_tokens", "preemptions")
+    columns: dict[str, np.ndarray] = {
+        name: np.array([row[k] for row in rows], dtype=np.int64 if name in ints else np.float64)
+        for k, name in enumerate(REQUEST_COLUMNS[:7])
+    }
+    columns["ttft_s"] = columns["first_token_at"] - columns["arrival_at"]
+    columns["e2e_s"] = columns["done_at"] - columns["arrival_at"]
+    out = columns["output_tokens"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        decode = (columns["done_at"] - columns["first_token_at"]) / np.maximum(out - 1, 1)
+    columns["tpot_s"] = np.where(out > 1, decode, np.nan)
+    return columns
+
+
+def request_table(finished: list[Finished]) -> pd.DataFrame:
+    """`request_arrays` as a table, one row per completed request."""
+    import pandas as pd
+
+    return pd.DataFrame(request_arrays(finished), columns=list(REQUEST_COLUMNS))
 
 
 def summarize(sim, slo: SLO, pricing: Pricing) -> dict:
     """All metrics of a finished `radsim.sim.engine.Simulation`, in SI units."""
     states = [s for r in sim.replicas for s in r.scheduler.done]
-    table = request_table(states)
+    table = request_arrays(states)
+    completed = table["id"].size
     start = min((r.arrival_at for r in sim.requests), default=0.0)
-    makespan = float(table["done_at"].max() - start) if len(table) else 0.0
+    makespan = float(table["done_at"].max() - start) if completed else 0.0
     devices = sim.cfg.exe.tp * sim.cfg.replicas
     # Idle power of each replica until the end of the run, after its last iteration.
     end = start + makespan
@@ -96,7 +119,8 @@ def summarize(sim, slo: SLO, pricing: Pricing) -> dict:
         for r in sim.replicas
     )
     out_tokens = int(table["output_tokens"].sum())
-    good = (table["ttft_s"] <= slo.ttft_s) & (table["tpot_s"].fillna(0.0) <= slo.tpot_s)
+    tpot = table["tpot_s"]
+    good = (table["ttft_s"] <= slo.ttft_s) & (np.where(np.isnan(tpot), 0.0, tpot) <= slo.tpot_s)
     cost = pricing.cost_usd(sim.cfg.hw, devices, makespan, energy)
     itl_counts = sum(r.scheduler.itl_histogram for r in sim.replicas)
     itl_total = sum(r.scheduler.itl_sum for r in sim.replicas)
@@ -104,20 +128,20 @@ def summarize(sim, slo: SLO, pricing: Pricing) -> dict:
     result = {
         "engine": sim.cfg.engine.stem,
         "requests": len(sim.requests),
-        "completed": len(table),
+        "completed": completed,
         "output_tokens": out_tokens,
         "prompt_tokens": int(table["prompt_tokens"].sum()),
         "makespan_s": makespan,
-        **_summary("ttft_s", table["ttft_s"].to_numpy()),
-        **_summary("tpot_s", table["tpot_s"].dropna().to_numpy()),
+        **_summary("ttft_s", table["ttft_s"]),
+        **_summary("tpot_s", tpot[~np.isnan(tpot)]),
         **_histogram_percentiles(itl_counts, itl_total, itl_n),
-        **_summary("e2e_s", table["e2e_s"].to_numpy()),
+        **_summary("e2e_s", table["e2e_s"]),
         "output_tokens_per_s": out_tokens / makespan if makespan else 0.0,
-        "requests_per_s": len(table) / makespan if makespan else 0.0,
+        "requests_per_s": completed / makespan if makespan else 0.0,
         "goodput_requests_per_s": float(good.sum()) / makespan if makespan else 0.0,
         "slo_ttft_s": slo.ttft_s,
         "slo_tpot_s": slo.tpot_s,
-        "slo_attainment": float(good.mean()) if len(table) else 0.0,
+        "slo_attainment": float(good.mean()) if completed else 0.0,
         "preemptions": int(table["preemptions"].sum()),
         "iterations": len(sim.timeline),
         "busy_fraction": sum(r.busy_s for r in sim.replicas) / (makespan * sim.cfg.replicas)
@@ -144,6 +168,8 @@ def _decode_step(timeline) -> float | None:
 
 def timeline_table(sim) -> pd.DataFrame:
     """One row per iteration: start, duration, energy, power, batch, tokens, KV use, queue."""
+    import pandas as pd
+
     from radsim.sim.engine import _INTEGER_FIELDS, TIMELINE_FIELDS
 
     table = pd.DataFrame(sim.timeline.array(), columns=list(TIMELINE_FIELDS))

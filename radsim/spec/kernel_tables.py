@@ -19,7 +19,9 @@ proportion beyond the largest.
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -35,6 +37,32 @@ GEMM_TABLE_DTYPE = {"bf16": "bf16", "fp16": "bf16", "fp8": "fp8"}
 #: Messages up to this size use the framework's custom all-reduce (vLLM's CustomAllreduce default
 #: max_size of 8 MiB, vllm/distributed/device_communicators/custom_all_reduce.py), larger ones NCCL.
 CUSTOM_ALLREDUCE_MAX_BYTES = 8 * 1024 * 1024
+
+
+class _GridInterpolator:
+    """Multilinear interpolation on a rectilinear grid, inside it: the numbers of scipy's
+    `RegularGridInterpolator` (method "linear"), corner by corner in its order, without importing
+    scipy.interpolate (a third of a second) on the way to a first estimate."""
+
+    def __init__(self, axes: tuple[np.ndarray, ...], values: np.ndarray) -> None:
+        self.axes = tuple(np.asarray(a, dtype=np.float64) for a in axes)
+        self.values = np.asarray(values, dtype=np.float64)
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        """Values at `points` (n, dims), every coordinate within its axis."""
+        lower, fraction = [], []
+        for axis, x in zip(self.axes, points.T, strict=True):
+            i = np.clip(np.searchsorted(axis, x, side="right") - 1, 0, axis.size - 2)
+            lower.append(i)
+            fraction.append((x - axis[i]) / (axis[i + 1] - axis[i]))
+        value = np.array([0.0])
+        for corner in itertools.product((0, 1), repeat=len(self.axes)):
+            weight = np.array([1.0])
+            for upper, t in zip(corner, fraction, strict=True):
+                weight = weight * (t if upper else 1 - t)
+            index = tuple(i + upper for upper, i in zip(corner, lower, strict=True))
+            value = value + self.values[index] * weight
+        return value
 
 
 @dataclass(frozen=True)
@@ -58,10 +86,8 @@ class GemmTable:
 
     @cached_property
     def _interpolator(self) -> Any:
-        from scipy.interpolate import RegularGridInterpolator
-
         axes = (self.m, np.log2(self.n), np.log2(self.k))
-        return RegularGridInterpolator(axes, np.log(self.envelope_s))
+        return _GridInterpolator(axes, np.log(self.envelope_s))
 
     def time_s(self, m: Any, n: Any, k: Any) -> np.ndarray:
         """Latency of GEMMs of `m` rows against (k x n) weights (arrays broadcast); 0 where m is 0."""
@@ -154,17 +180,28 @@ class DecodeAttentionFit:
 
 def fit_decode_attention(table: AttentionTable) -> DecodeAttentionFit:
     """`DecodeAttentionFit` of one measured table (batch x context)."""
-    from scipy.optimize import nnls
-
     b, c = np.meshgrid(table.batch, table.context, indexing="ij")
     keep = c.ravel() >= FIT_MIN_CONTEXT
     entries, t = (b * c).ravel()[keep], table.latency_s.ravel()[keep]
-    a = np.stack([np.ones_like(entries), entries], axis=-1)
-    (floor, slope), _ = nnls(a / t[:, None], np.ones_like(t))
+    floor, slope = _nonnegative_fit(1.0 / t, entries / t)
     errors = np.abs((floor + slope * entries) / t - 1.0) * 100.0
     return DecodeAttentionFit(
         float(floor), float(slope), float(np.median(errors)), float(np.percentile(errors, 90))
     )
+
+
+def _nonnegative_fit(u: np.ndarray, v: np.ndarray) -> tuple[float, float]:
+    """(x, y) >= 0 minimising sum((x u + y v - 1)^2): the unconstrained least squares where it is
+    non-negative, else the better of the two one-coefficient fits (the active-set solution of a
+    two-variable non-negative least squares, without scipy on the estimate's path)."""
+    uu, uv, vv, u1, v1 = u @ u, u @ v, v @ v, u.sum(), v.sum()
+    det = uu * vv - uv * uv
+    if det > 0:
+        x, y = (u1 * vv - v1 * uv) / det, (v1 * uu - u1 * uv) / det
+        if x >= 0 and y >= 0:
+            return float(x), float(y)
+    candidates = [(max(u1 / uu, 0.0), 0.0), (0.0, max(v1 / vv, 0.0))]
+    return min(candidates, key=lambda xy: float(((xy[0] * u + xy[1] * v - 1.0) ** 2).sum()))
 
 
 _FITS: dict[tuple[Path, str], DecodeAttentionFit | None] = {}
@@ -178,8 +215,8 @@ class KernelTables:
     meta: dict[str, Any] = field(repr=False)
     gemm: dict[str, GemmTable] = field(repr=False)
     allreduce: dict[str, dict[int, AllReduceCurve]] = field(repr=False)
-    generation_attention: dict[str, AttentionTable] = field(default_factory=dict, repr=False)
-    context_attention: dict[str, AttentionTable] = field(default_factory=dict, repr=False)
+    generation_attention: Mapping[str, AttentionTable] = field(default_factory=dict, repr=False)
+    context_attention: Mapping[str, AttentionTable] = field(default_factory=dict, repr=False)
 
     def attention_table(
         self, heads: int, kv_heads: int, head_dim: int, kv_dtype: str, phase: str = "generation"
@@ -260,14 +297,50 @@ def resolve(value: str, hw_file: Path) -> Path:
     )
 
 
-@lru_cache(maxsize=16)
-def load_kernel_tables(path: Path) -> KernelTables:
-    """Read one `.npz` of kernel tables (cached: a sweep reads each file once)."""
+def _read(path: Path, wanted: Callable[[str], bool]) -> dict[str, np.ndarray]:
+    """The arrays of one `.npz` whose keys are `wanted`."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
+            return {key: data[key] for key in data.files if wanted(key)}
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read kernel tables: {exc}") from exc
+
+
+class _AttentionTables(Mapping[str, AttentionTable]):
+    """One phase's attention tables of a file, read from it when first asked for: the cost model does
+    not price attention from them, and they are most of a file's arrays (reading them all would
+    double the start-up of a first estimate)."""
+
+    def __init__(self, path: Path, phase: str) -> None:
+        self._path, self._prefix = path, f"{phase}_attention/"
+        self._tables: dict[str, AttentionTable] | None = None
+
+    @property
+    def tables(self) -> dict[str, AttentionTable]:
+        if self._tables is None:
+            grids: dict[str, dict[str, np.ndarray]] = {}
+            for key, value in _read(self._path, lambda k: k.startswith(self._prefix)).items():
+                parts = key.split("/")
+                if len(parts) == 3:
+                    grids.setdefault(parts[1], {})[parts[2]] = value
+            self._tables = {name: AttentionTable(**grid) for name, grid in grids.items()}
+        return self._tables
+
+    def __getitem__(self, key: str) -> AttentionTable:
+        return self.tables[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tables)
+
+    def __len__(self) -> int:
+        return len(self.tables)
+
+
+@lru_cache(maxsize=16)
+def load_kernel_tables(path: Path) -> KernelTables:
+    """Read one `.npz` of kernel tables (cached: a sweep reads each file once); its attention tables
+    are read when first asked for."""
+    arrays = _read(path, lambda key: key.split("/")[0] not in ("generation_attention", "context_attention"))
     if "meta_json" not in arrays:
         raise ConfigError(
             f"{path}: not a radsim kernel-table file (no meta_json); write one with radsim tables import"
@@ -275,13 +348,10 @@ def load_kernel_tables(path: Path) -> KernelTables:
     meta = json.loads(str(arrays.pop("meta_json")))
     gemm: dict[str, dict[str, np.ndarray]] = {}
     allreduce: dict[str, dict[int, dict[str, np.ndarray]]] = {}
-    attention: dict[str, dict[str, dict[str, np.ndarray]]] = {"generation": {}, "context": {}}
     for key, value in arrays.items():
         parts = key.split("/")
         if parts[0] == "gemm" and len(parts) == 3:
             gemm.setdefault(parts[1], {})[parts[2]] = value
-        elif parts[0] in ("generation_attention", "context_attention") and len(parts) == 3:
-            attention[parts[0].split("_")[0]].setdefault(parts[1], {})[parts[2]] = value
         elif parts[0] == "allreduce" and len(parts) == 4:
             allreduce.setdefault(parts[1], {}).setdefault(int(parts[2]), {})[parts[3]] = value
     return KernelTables(
@@ -289,6 +359,6 @@ def load_kernel_tables(path: Path) -> KernelTables:
         meta,
         {dtype: GemmTable(**grid) for dtype, grid in gemm.items()},
         {a: {g: AllReduceCurve(**c) for g, c in by_gpus.items()} for a, by_gpus in allreduce.items()},
-        {name: AttentionTable(**grid) for name, grid in attention["generation"].items()},
-        {name: AttentionTable(**grid) for name, grid in attention["context"].items()},
+        _AttentionTables(path, "generation"),
+        _AttentionTables(path, "context"),
     )

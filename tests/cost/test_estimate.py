@@ -1,12 +1,23 @@
-"""Static batch estimate: phases, dynamic depth, memory, determinism."""
+"""Static batch estimate: phases, dynamic depth, memory, determinism; the step-by-step reference."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from radsim.cost.estimate import Workload, estimate
+from radsim.cost import estimate as estimate_module
+from radsim.cost.estimate import (
+    StepRuns,
+    Workload,
+    _reference_estimate,
+    estimate,
+    estimate_many,
+    phase_totals,
+)
 from radsim.cost.layer import Execution
 from radsim.cost.memory import kv_entry_bytes, weights_bytes
+from radsim.cost.money import Pricing
+from radsim.cost.table import launch_prices
 from radsim.errors import ConfigError
 from radsim.spec.arch import load_arch
 from radsim.spec.hardware import load_hardware
@@ -144,3 +155,195 @@ def test_expert_launch_survives_routing_and_per_expert_costs_more():
     each = estimate(hw, arch, Execution("bf16", expert_launch="per_expert"), work)
     assert each["expert_launch"] == "per_expert"  # the routed execution keeps the setting
     assert each["tpot_s"] > grouped["tpot_s"]
+
+
+# ---- the vectorised estimate gives the step-by-step loop's numbers --------------------------------
+
+#: rtol of every float metric: the two sum the same per-launch figures in other orders (the estimate
+#: sums affine runs in closed form and layers as multiples), which moves the last bits only
+#: (observed below 3e-15; the estimate's docstring says why each sum differs).
+RTOL = 1e-12
+DEPTHS = ((1.0, "exact"), (0.5, "exact"), (0.6, "bernoulli"))
+
+
+def assert_same_metrics(new: dict, ref: dict, rtol: float = RTOL) -> None:
+    assert new.keys() == ref.keys()
+    for key, expected in ref.items():
+        if isinstance(expected, float):
+            assert new[key] == pytest.approx(expected, rel=rtol, abs=0.0), key
+        else:
+            assert new[key] == expected, key
+
+
+def _outcome(fn, *args):
+    try:
+        return fn(*args)
+    except ConfigError as exc:
+        return f"ConfigError: {exc}"
+
+
+def _grid_points(count: int = 168, seed: int = 0):
+    """Points of the grid: every shipped architecture, each other dimension's values drawn in turn."""
+    from radsim.spec.arch import list_archs
+
+    rng = np.random.default_rng(seed)
+    archs = list_archs()
+    dims = {
+        "batch": (1, 7, 64, 256),
+        "output": (1, 2, 33, 500),
+        "depth": DEPTHS,
+        "policy": ("none", "copy", "compute"),
+        "dtype": ("bf16", "fp8"),
+        "tp": (1, 2),
+        "chunk": (0, 512, 8192),
+        "hw": ("h100_sxm", "mi300x", "epyc_9655"),  # measured kernel tables; none; a CPU
+    }
+    points = []
+    for i in range(count):
+        # every value of every dimension appears, in varied combinations
+        pick = {
+            name: values[(i + int(rng.integers(len(values)))) % len(values)] for name, values in dims.items()
+        }
+        points.append((archs[i % len(archs)], pick))
+    return points
+
+
+@pytest.mark.parametrize(("arch_name", "p"), _grid_points(), ids=lambda x: x if isinstance(x, str) else None)
+def test_estimate_equals_the_reference_loop(arch_name, p):
+    hw, arch = load_hardware(p["hw"]), load_arch(arch_name)
+    depth, distribution = p["depth"]
+    batch = p["batch"] if p["output"] < 500 or p["depth"][0] == 1.0 else min(p["batch"], 64)  # keep it short
+    exe = Execution(p["dtype"], tp=p["tp"], kv_policy=p["policy"])
+    work = Workload(batch, 300, p["output"], depth, p["chunk"], seed=5, depth_distribution=distribution)
+    ref = _outcome(_reference_estimate, hw, arch, exe, work)
+    new = _outcome(estimate, hw, arch, exe, work)
+    if isinstance(ref, str):
+        assert new == ref  # the same error, raised at the same check
+    else:
+        assert_same_metrics(new, ref)
+
+
+@pytest.mark.parametrize("policy", ["none", "copy", "compute"])
+@pytest.mark.parametrize(("depth", "distribution"), DEPTHS)
+def test_every_kv_policy_and_depth_on_both_kinds_of_device(policy, depth, distribution):
+    for hw_name in ("h100_sxm", "mi300x"):
+        hw, arch = load_hardware(hw_name), load_arch("llama3.1-8b")
+        exe = Execution("bf16", tp=2, kv_policy=policy)
+        work = Workload(5, 700, 40, depth, 512, seed=2, depth_distribution=distribution)
+        assert_same_metrics(estimate(hw, arch, exe, work), _reference_estimate(hw, arch, exe, work))
+
+
+@pytest.mark.parametrize("engine", ["eager", "graphs", "vllm", "trtllm"])
+@pytest.mark.parametrize(
+    ("arch_name", "batch", "depth", "output"),
+    [("smollm2-135m", 1, 1.0, 300), ("llama3.1-8b", 4, 1.0, 200), ("llama3.1-8b", 200, 1.0, 60),
+     ("smollm2-135m", 8, 0.5, 40), ("llama3.1-8b", 2, 0.75, 30)],
+)  # fmt: skip
+def test_engine_profiles_equal_the_reference_loop(engine, arch_name, batch, depth, output):
+    # host time per iteration: the closed form splits affine runs where the GPU time crosses the
+    # host's floor (a small model is host-bound early and GPU-bound as its KV cache grows)
+    from radsim.spec.engine import load_engine
+
+    hw, arch, profile = load_hardware("h100_sxm"), load_arch(arch_name), load_engine(engine)
+    exe = Execution("bf16")
+    work = Workload(batch, 300, output, depth, 512, seed=4)
+    ref = _reference_estimate(hw, arch, exe, work, None, profile)
+    new = estimate(hw, arch, exe, work, None, profile)
+    assert_same_metrics(new, ref, rtol=1e-9)
+    assert new["engine"] == engine
+    ideal = estimate(hw, arch, exe, work)
+    assert new["e2e_s"] >= ideal["e2e_s"] and new["energy_J"] >= ideal["energy_J"]
+
+
+def test_host_floor_crossed_within_a_run_is_summed_exactly():
+    from radsim.cost.estimate import _sum_floored
+
+    for first, last, n, floor in [(1.0, 5.0, 5, 2.5), (5.0, 1.0, 5, 2.5), (1.0, 5.0, 5, 9.0), (2.0, 2.0, 3, 1.0),
+                                  (1.0, 3.0, 3, 2.0), (3.0, 1.0, 7, 2.0), (1.0, 1.0, 1, 2.0)]:  # fmt: skip
+        xs = np.linspace(first, last, n)
+        got = _sum_floored(np.array([n]), np.array([first]), np.array([last]), np.array([floor]))[0]
+        assert got == pytest.approx(np.maximum(xs, floor).sum(), rel=1e-12)
+
+
+# a CPU in fp32: attention's energy reaches the power cap part-way through decode
+CAPPED = [("smollm2-135m", 1, 100), ("opt-125m", 16, 1), ("finedeep-scratch", 1, 1000)]
+
+
+@pytest.mark.parametrize(("arch_name", "batch", "prompt"), CAPPED)
+def test_decode_runs_split_where_the_power_cap_starts(arch_name, batch, prompt, monkeypatch):
+    hw, arch, exe = load_hardware("epyc_2core"), load_arch(arch_name), Execution("fp32")
+    work = Workload(batch, prompt, 1000)
+    runs = []
+    affine_runs = estimate_module._affine_runs
+    monkeypatch.setattr(estimate_module, "_affine_runs", lambda *a: runs.append(affine_runs(*a)) or runs[-1])
+    assert_same_metrics(estimate(hw, arch, exe, work), _reference_estimate(hw, arch, exe, work))
+    assert len(runs[0][0]) == 2  # two runs: below the cap, then capped
+
+
+@pytest.mark.parametrize("wrong", [lambda guesses: [], lambda guesses: [g + 40 for g in guesses]])
+def test_a_missed_switch_is_found_by_pricing_its_gap(wrong, monkeypatch):
+    guesses = estimate_module._switch_guesses
+    monkeypatch.setattr(estimate_module, "_switch_guesses", lambda *a: wrong(guesses(*a)))
+    hw, arch, exe = load_hardware("epyc_2core"), load_arch("smollm2-135m"), Execution("fp32")
+    work = Workload(1, 100, 1000)
+    assert_same_metrics(estimate(hw, arch, exe, work), _reference_estimate(hw, arch, exe, work))
+
+
+def test_long_unrouted_decode_is_a_few_runs(h100):
+    arch = load_arch("llama3.1-8b")
+    work = Workload(64, 512, 4096)
+    exe, _, _ = estimate_module._setup(h100, arch, Execution("bf16"), work)
+    runs = estimate_module._sequential_decode(h100, arch, exe, work, launch_prices(h100, arch, exe))
+    assert runs.steps == 4095 and runs.count.size <= 3
+    assert_same_metrics(estimate(h100, arch, exe, work), _reference_estimate(h100, arch, exe, work))
+
+
+def test_kernel_launches_count_every_launch(h100, llama):
+    # unrouted llama2-7b: per layer two norms, QKV, attention (RoPE/KV write and the kernel), O,
+    # and the MLP's three launches = 9; per iteration the embedding, final norm, LM head, sampling
+    r = run(h100, llama, batch=4, prompt=100, output=11)
+    assert r["kernel_launches"] == (1 + 10) * (9 * 32 + 4)
+    routed = run(h100, llama, batch=4, prompt=100, output=11, depth=0.5)
+    assert routed["kernel_launches"] > r["kernel_launches"]  # router and gather/scatter launches
+
+
+# ---- the phase reduction (the host model's hook) -----------------------------------------------
+
+
+def test_phase_totals_sum_affine_runs_in_closed_form():
+    first = np.array([[1.0, 5.0], [2.0, 2.0], [0.0, 1.0], [3.0, 3.0], [0.5, 0.0], [7.0, 9.0]])
+    last = first + np.array([[3.0, 0.0], [1.0, 0.0], [6.0, 0.0], [0.0, 0.0], [1.5, 0.0], [0.0, 0.0]])
+    runs = StepRuns(np.array([4, 1]), first, last, np.array([8, 8]), prefill=False)
+    totals = phase_totals(runs)
+    # run 0: 1, 2, 3, 4 seconds; run 1: one step of 5
+    assert totals.time_s == 15.0 and totals.steps == 5
+    assert totals.run_end_s.tolist() == [10.0, 15.0]
+    assert totals.flops == 0 + 2 + 4 + 6 + 1
+    assert totals.launches == 4 * 7 + 9
+    per_step = StepRuns.per_step(first, 8, prefill=True)
+    assert phase_totals(per_step).time_s == 6.0 and phase_totals(per_step).steps == 2
+    empty = phase_totals(StepRuns.join([], prefill=False))
+    assert empty.steps == 0 and empty.time_s == 0.0
+
+
+# ---- many points -------------------------------------------------------------------------------
+
+
+def test_estimate_many_gives_each_points_estimate(h100, llama):
+    exe = Execution("fp16")
+    works = [Workload(b, 128, o, d) for b in (1, 16) for o in (1, 64) for d in (1.0, 0.5)]
+    many = estimate_many([(h100, llama, exe, w) for w in works])
+    assert many == [estimate(h100, llama, exe, w) for w in works]
+    # names are loaded once; a point's own pricing wins over the call's
+    by_name = estimate_many([("h100_sxm", "llama2-7b", exe, works[0], Pricing(0.5))], Pricing(0.1))
+    assert by_name[0] == estimate(h100, llama, exe, works[0], Pricing(0.5))
+
+
+def test_estimate_many_can_return_errors_in_place(h100, llama):
+    big = (h100, load_arch("llama2-70b"), Execution("fp16"), Workload(1, 128, 2))
+    fine = (h100, llama, Execution("fp16"), Workload(1, 128, 2))
+    out = estimate_many([fine, big, fine], errors="return")
+    assert isinstance(out[1], ConfigError) and "does not fit" in str(out[1])
+    assert out[0] == out[2] == estimate(*fine)
+    with pytest.raises(ConfigError, match="does not fit"):
+        estimate_many([fine, big])

@@ -32,3 +32,25 @@ def test_layers_for_fraction(fraction, k):
 def test_bad_fraction(fraction):
     with pytest.raises(ConfigError, match="depth_fraction"):
         layers_for_fraction(32, fraction)
+
+
+class _CoarseKeys:
+    """A generator whose keys tie often (a few levels only): `exact_visits` must then pick what
+    `np.argpartition` picks, as it did before it looked for the k-th key first."""
+
+    def __init__(self, seed: int, levels: int) -> None:
+        self.rng, self.levels = np.random.default_rng(seed), levels
+
+    def random(self, shape, dtype=np.float64):
+        return (np.floor(self.rng.random(shape) * self.levels) / self.levels).astype(dtype)
+
+
+@pytest.mark.parametrize("levels", [2, 3, 17, 1000, 2**24])
+@pytest.mark.parametrize(("layers", "k"), [(8, 3), (32, 16), (80, 40), (12, 11)])
+def test_exact_visits_pick_the_argpartition_choice_even_when_keys_tie(levels, layers, k):
+    mask = exact_visits(_CoarseKeys(1, levels), 3000, layers, k)  # type: ignore[arg-type]
+    keys = _CoarseKeys(1, levels).random((3000, layers), dtype=np.float32)
+    chosen = np.argpartition(keys, k - 1, axis=1)[:, :k]
+    expected = np.zeros_like(mask)
+    np.put_along_axis(expected, chosen, True, axis=1)
+    np.testing.assert_array_equal(mask, expected)

@@ -124,3 +124,48 @@ def test_attention_tables_cover_the_shipped_head_geometries():
             table = tables.attention_table(heads, kv_heads, 128, "bf16", phase=phase)
             assert table is not None and (table.time_s(8, 1024) > 0).all()
     assert tables.attention_table(9, 3, 64, "bf16") is None  # SmolLM2-135M's heads are not measured
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.parent.name)
+def test_gemm_interpolation_is_scipys_bit_for_bit(path):
+    from scipy.interpolate import RegularGridInterpolator
+
+    rng = np.random.default_rng(0)
+    for table in load_kernel_tables(path).gemm.values():
+        axes = (table.m, np.log2(table.n), np.log2(table.k))
+        scipy = RegularGridInterpolator(axes, np.log(table.envelope_s))
+        inside = np.stack([rng.uniform(a[0], a[-1], 5000) for a in axes], axis=1)
+        on_grid = np.stack([rng.choice(a, 2000) for a in axes], axis=1)
+        ends = np.array([[a[0] for a in axes], [a[-1] for a in axes]])
+        for points in (inside, on_grid, ends):
+            np.testing.assert_array_equal(table._interpolator(points), scipy(points))
+
+
+def test_attention_tables_are_read_when_first_asked_for():
+    path = SHIPPED[0]
+    load_kernel_tables.cache_clear()
+    tables = load_kernel_tables(path)
+    assert tables.generation_attention._tables is None  # type: ignore[attr-defined]
+    with np.load(path) as data:
+        expected = {k.split("/")[1] for k in data.files if k.startswith("generation_attention/")}
+    assert set(tables.generation_attention) == expected and len(tables.generation_attention) > 0
+
+
+def test_decode_attention_fit_is_scipys_non_negative_least_squares():
+    from scipy.optimize import nnls
+
+    from radsim.spec.kernel_tables import _nonnegative_fit
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        u, v = rng.uniform(0.1, 2.0, 40), rng.uniform(-1.0, 2.0, 40) * rng.choice([1.0, -1.0])
+        expected, _ = nnls(np.stack([u, v], axis=-1), np.ones(40))
+        np.testing.assert_allclose(_nonnegative_fit(u, v), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_decode_attention_fit_is_monotone_and_zero_without_sequences():
+    from radsim.spec.hardware import load_hardware
+
+    fit = load_hardware("h100_sxm").kernel_tables.decode_attention_fit(32, 8, 128, "bf16")
+    assert fit.floor_s > 0 and fit.s_per_entry > 0 and fit.median_ape < 10
+    assert fit.time_s(0, 0) == 0 and fit.time_s(4, 2000) < fit.time_s(4, 2001) <= fit.time_s(5, 2001)
