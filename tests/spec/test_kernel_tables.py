@@ -112,7 +112,8 @@ def test_more_rows_never_cost_less_on_h100(rows, extra):
     peak = hw.peak_flops("bf16")
     a = gemm(hw, peak, np.array([float(rows)]), 14336, 4096, 2.0, 2.0, dtype="bf16").time_s[0]
     b = gemm(hw, peak, np.array([float(rows + extra)]), 14336, 4096, 2.0, 2.0, dtype="bf16").time_s[0]
-    assert b >= a
+    # multilinear weights over equal corners of the envelope round in the last bits (1e-16 relative)
+    assert b >= a * (1 - 1e-12)
 
 
 def test_attention_tables_cover_the_shipped_head_geometries():
