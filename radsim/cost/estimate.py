@@ -400,7 +400,9 @@ def _prefill(
     total = batch * prompt
     chunk = _chunk_tokens(work)
     chunks = -(-total // chunk)
-    starts = np.union1d(np.arange(0, total, chunk), np.arange(0, total, prompt))
+    starts = np.concatenate([np.arange(0, total, chunk), np.arange(0, total, prompt)])
+    starts.sort()  # (np.union1d would import numpy.ma, a tenth of a start-up)
+    starts = starts[np.diff(starts, prepend=-1) > 0]
     pieces = _Pieces(
         start=starts,
         new=np.diff(starts, append=total),
