@@ -158,7 +158,7 @@ class AttentionTable:
 
 #: Decode-attention table points with at least this many KV entries per sequence enter the fit (the
 #: shortest contexts are launch-bound and would pull the per-entry slope).
-FIT_MIN_CONTEXT = 15
+FIT_MIN_CONTEXT = 255
 
 
 @dataclass(frozen=True)
