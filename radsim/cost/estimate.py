@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from radsim.cost.host import LaunchCounts, dispatch_s, host_wait_energy_J, launch_counts, serial_s
+from radsim.cost.host import LaunchCounts, host_floor_s, host_wait_energy_J, launch_counts
 from radsim.cost.iteration import IterationBreakdown, head_cost, iteration_cost
 from radsim.cost.kernels import KernelCost
 from radsim.cost.layer import Execution, LayerLoad, RoutedBatch, _check_tp, attention, layer_cost
@@ -185,20 +185,10 @@ class Host:
 
     def floor_and_serial(self, launches, sequences, decode_only: bool) -> tuple[np.ndarray, np.ndarray]:
         """Per iteration: the time below which the host holds the GPU back, and the host time that
-        adds after it (`iteration_time_s` is max(gpu, floor) + serial)."""
+        adds after it (`radsim.cost.host.host_floor_s`)."""
         passes = self.passes(launches)
-        dispatch = dispatch_s(
-            self.engine,
-            self.counts.launches(passes, self.engine),
-            passes,
-            sequences,
-            decode_only,
-            self.routed,
-        )
-        serial = serial_s(self.engine, sequences)
-        if self.engine.overlap:
-            return dispatch + serial, np.zeros_like(serial)
-        return dispatch, serial
+        engine_launches = self.counts.launches(passes, self.engine)
+        return host_floor_s(self.engine, engine_launches, passes, sequences, decode_only, self.routed)
 
     def wall_s(self, gpu_s, launches, sequences, decode_only: bool) -> np.ndarray:
         """Wall time of iterations whose kernels take `gpu_s`."""
@@ -206,6 +196,11 @@ class Host:
             return np.asarray(gpu_s, dtype=np.float64)
         floor, serial = self.floor_and_serial(launches, sequences, decode_only)
         return np.maximum(gpu_s, floor) + serial
+
+
+def _host(hw: Hardware, arch: Arch, exe: Execution, engine: EngineProfile | None) -> Host:
+    """The host model of a point: its engine profile (the default's where none is given)."""
+    return Host(engine or load_engine(DEFAULT_ENGINE), hw, launch_counts(hw, arch, exe), exe.routed)
 
 
 def _sum_floored(count: np.ndarray, first: np.ndarray, last: np.ndarray, floor: np.ndarray) -> np.ndarray:
@@ -276,9 +271,8 @@ def estimate(
     """Run the static batch and return its metrics as a flat dict (SI units, suffixes in keys); with
     an engine profile, each iteration pays its host time (`radsim.cost.host`)."""
     pricing = pricing or Pricing()
-    engine = engine or load_engine(DEFAULT_ENGINE)
     exe, k, memory = _setup(hw, arch, exe, work)
-    host = Host(engine, hw, launch_counts(hw, arch, exe), exe.routed)
+    host = _host(hw, arch, exe, engine)
     prices = launch_prices(hw, arch, exe)
     rng = np.random.default_rng(work.seed) if exe.routed else None  # no draws without routing
     prefill_runs, finished_chunk, held = _prefill(hw, arch, exe, work, prices, rng)
@@ -289,7 +283,7 @@ def estimate(
     prefill, decode = phase_totals(prefill_runs, host), phase_totals(decode_runs, host)
     first_token_at = prefill.run_end_s[finished_chunk]  # when each request's prompt completes
     out = _metrics(hw, arch, exe, work, k, memory, prefill, decode, first_token_at, pricing)
-    return {**out, "engine": engine.stem}
+    return {**out, "engine": host.engine.stem}
 
 
 Point = tuple[Any, ...]  # (hw, arch, exe, work), (hw, arch, exe, work, pricing) or (..., pricing, engine)
@@ -819,9 +813,8 @@ def _reference_estimate(
     """`estimate` as a loop over iterations, one cost-model call per prefill chunk and per block of
     decode steps (`_prefill_steps`, `_decode`): the reference the tests hold `estimate` to."""
     pricing = pricing or Pricing()
-    engine = engine or load_engine(DEFAULT_ENGINE)
     exe, k, memory = _setup(hw, arch, exe, work)
-    host = Host(engine, hw, launch_counts(hw, arch, exe), exe.routed)
+    host = _host(hw, arch, exe, engine)
     rng = np.random.default_rng(work.seed)
     held = np.zeros((arch.num_layers, work.batch))
     prefill, decode = _Totals(), _Totals()
@@ -831,7 +824,7 @@ def _reference_estimate(
         first_token_at[finished] = prefill.time_s
     _decode(hw, arch, exe, work, rng, held, decode, host)
     out = _metrics(hw, arch, exe, work, k, memory, prefill, decode, first_token_at, pricing)
-    return {**out, "engine": engine.stem}
+    return {**out, "engine": host.engine.stem}
 
 
 def _prefill_steps(hw, arch, exe, work, rng, held):

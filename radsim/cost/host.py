@@ -94,6 +94,19 @@ def serial_s(engine: EngineProfile, sequences) -> np.ndarray:
     return engine.host_iteration_s + engine.host_sequence_s * np.asarray(sequences, dtype=np.float64)
 
 
+def host_floor_s(
+    engine: EngineProfile, launches, passes, sequences, decode_only, routed: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per iteration: the time below which the host holds the GPU back, and the host time that adds
+    after the GPU's (overlapped: dispatch and loop form the floor; serial: dispatch is the floor and
+    the loop adds), so that an iteration takes max(gpu, floor) + after."""
+    dispatch = dispatch_s(engine, launches, passes, sequences, decode_only, routed)
+    serial = serial_s(engine, sequences)
+    if engine.overlap:
+        return dispatch + serial, np.zeros_like(serial)
+    return dispatch, serial
+
+
 def iteration_time_s(
     engine: EngineProfile, gpu_s, launches, passes, sequences, decode_only, routed: bool
 ) -> np.ndarray:
@@ -101,11 +114,8 @@ def iteration_time_s(
     gpu = np.asarray(gpu_s, dtype=np.float64)
     if engine.adds_nothing:
         return gpu
-    dispatch = dispatch_s(engine, launches, passes, sequences, decode_only, routed)
-    serial = serial_s(engine, sequences)
-    if engine.overlap:
-        return np.maximum(gpu, dispatch + serial)
-    return np.maximum(gpu, dispatch) + serial
+    floor, after = host_floor_s(engine, launches, passes, sequences, decode_only, routed)
+    return np.maximum(gpu, floor) + after
 
 
 def host_wait_energy_J(hw: Hardware, wait_s) -> np.ndarray:
