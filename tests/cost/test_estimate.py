@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -347,3 +349,27 @@ def test_estimate_many_can_return_errors_in_place(h100, llama):
     assert out[0] == out[2] == estimate(*fine)
     with pytest.raises(ConfigError, match="does not fit"):
         estimate_many([fine, big])
+
+
+def _shipped_hardware():
+    from radsim.spec.hardware import list_hardware
+
+    root = Path(__file__).resolve().parents[2]
+    return [*list_hardware(), *(str(p) for p in sorted(root.glob("measurements/*/calibrated.toml")))]
+
+
+@pytest.mark.parametrize("hw_name", _shipped_hardware(), ids=lambda n: Path(n).stem if "/" in n else n)
+@pytest.mark.parametrize(("depth", "engine"), [(1.0, "ideal"), (0.5, "ideal"), (1.0, "eager")])
+def test_every_shipped_and_calibrated_device_equals_the_reference(hw_name, depth, engine):
+    from radsim.spec.engine import load_engine
+
+    hw = load_hardware(hw_name)
+    dtype = "bf16" if hw.bf16_dense_flops else "fp32"
+    arch, exe, profile = load_arch("smollm2-135m"), Execution(dtype), load_engine(engine)
+    work = Workload(4, 200, 40, depth, 512, seed=3)
+    ref = _outcome(_reference_estimate, hw, arch, exe, work, None, profile)
+    new = _outcome(estimate, hw, arch, exe, work, None, profile)
+    if isinstance(ref, str):
+        assert new == ref
+    else:
+        assert_same_metrics(new, ref, rtol=1e-9)
