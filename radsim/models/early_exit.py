@@ -37,7 +37,9 @@ class EarlyExitOutput:
     logits: torch.Tensor
     depth: torch.Tensor  # (B, T)
     visits: list[torch.Tensor]  # per layer, (B, T) bool
-    confidence: list[torch.Tensor]  # per layer, (B, T) top probability after the layer
+    # per layer, (B, T) the shared head's top probability after the layer (for its visitors; an
+    # exited token keeps the value it exited with; not computed after the last layer: 0 there)
+    confidence: list[torch.Tensor]
     stats: list[VisitStats | None]
 
 
@@ -63,12 +65,16 @@ class EarlyExit(torch.nn.Module):
         visits: list[torch.Tensor] = []
         confidence: list[torch.Tensor] = []
         stats: list[VisitStats | None] = []
+        conf = torch.zeros(idx.shape, dtype=torch.float32)
+        last = len(m.layers) - 1
         for i, layer in enumerate(m.blocks()):
             visit = active.clone()
             h, st = layer.visit(h, pos, visit, m.rope, cfg.kv_policy, stats=record)
             depth += visit.long()
-            conf = torch.softmax(self.head(h).float(), dim=-1).amax(dim=-1)
-            if i >= cfg.min_layer and i < len(m.layers) - 1:
+            conf = conf.clone()
+            if i < last:  # the head reads only this layer's visitors (exited tokens keep theirs)
+                conf[visit] = torch.softmax(self.head(h[visit]).float(), dim=-1).amax(dim=-1)
+            if i >= cfg.min_layer and i < last:
                 active &= conf < cfg.threshold
             visits.append(visit)
             confidence.append(conf)

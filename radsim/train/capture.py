@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from radsim.models.dlo import DLO
+from radsim.models.early_exit import EarlyExit
 from radsim.models.finedeep import Finedeep, router_entropy
 from radsim.models.llama import KV_COMPUTE, KV_WRITE, Llama, lm_loss
 from radsim.models.mod import MoD
@@ -34,7 +35,7 @@ from radsim.progress import bar
 from radsim.routes.trace import COLUMNS, Trace
 
 WINDOWS_NOTE = "windows of consecutive test-split tokens; documents joined by EOS"
-CaptureModel = Radial | MoD | Finedeep | DLO | Llama  # the models a trace can be captured from
+CaptureModel = Radial | MoD | Finedeep | DLO | EarlyExit | Llama  # the models a trace can be captured from
 
 
 def git_commit() -> str:
@@ -94,8 +95,8 @@ def _frame(
 @torch.no_grad()
 def run_batch(
     model: CaptureModel, x: torch.Tensor, first_seq: int, batch_id: int
-) -> tuple[pd.DataFrame, float]:
-    """Visit rows of one batch and its summed next-token loss."""
+) -> tuple[pd.DataFrame, torch.Tensor]:
+    """Visit rows of one batch and its logits."""
     b, t = x.shape
     seq = np.repeat(np.arange(first_seq, first_seq + b), t)
     pos, tok = np.tile(np.arange(t), b), x.flatten().numpy()
@@ -139,6 +140,22 @@ def run_batch(
             )
             steps[flat] += 1
         logits = out.logits
+    elif isinstance(model, EarlyExit):
+        out = model(x, record=True)
+        for layer, (st, conf) in enumerate(zip(out.stats, out.confidence, strict=True)):
+            assert st is not None  # record=True records them
+            flat = st.tokens
+            n = len(flat)
+            # every token visits layers 0.. in order until it exits: its step is the layer; prob_exit
+            # is the shared head's top-1 confidence after the visit (the token exits once it
+            # reaches the threshold)
+            conf_flat = conf.flatten()[flat].numpy()
+            frames.append(
+                _frame(
+                    flat.numpy(), layer, 0, np.full(n, layer), np.ones(n), conf_flat, np.zeros(n), st, *ids
+                )
+            )
+        logits = out.logits
     elif isinstance(model, Finedeep | DLO):
         frames, logits = _all_layers(model, x, ids)
     else:
@@ -162,7 +179,7 @@ def run_batch(
                 )
             )
         logits = model.lm_head(model.norm(h))
-    return pd.concat(frames, ignore_index=True), lm_loss(logits, x, reduction="sum").item()
+    return pd.concat(frames, ignore_index=True), logits
 
 
 def _all_layers(model: Finedeep | DLO, x: torch.Tensor, ids) -> tuple[list[pd.DataFrame], torch.Tensor]:
@@ -184,15 +201,28 @@ def _all_layers(model: Finedeep | DLO, x: torch.Tensor, ids) -> tuple[list[pd.Da
     return frames, out.logits
 
 
-def capture(model: CaptureModel, windows: np.ndarray, batch: int, meta: dict) -> Trace:
-    """Run every window and assemble the trace (depth filled in, rows sorted, dtypes narrowed)."""
-    frames, loss, count = [], 0.0, 0
+def capture(
+    model: CaptureModel, windows: np.ndarray, batch: int, meta: dict, teacher: Llama | None = None
+) -> Trace:
+    """Run every window and assemble the trace (depth filled in, rows sorted, dtypes narrowed).
+
+    With a `teacher` (the full model a radial one was distilled from), the quality also gives the
+    share of predicted tokens whose top-1 next token agrees with the teacher's, and the mean
+    KL(teacher || model) of the next-token distributions, over the same tokens.
+    """
+    frames, loss, count, agree, kl = [], 0.0, 0, 0, 0.0
     progress = bar(len(windows), "windows", sys.stderr, desc="capture: ")
     for batch_id, i in enumerate(range(0, len(windows), batch)):
         x = torch.from_numpy(windows[i : i + batch])
-        frame, batch_loss = run_batch(model, x, i, batch_id)
+        frame, logits = run_batch(model, x, i, batch_id)
         frames.append(frame)
-        loss, count = loss + batch_loss, count + x[:, 1:].numel()
+        loss, count = loss + lm_loss(logits, x, reduction="sum").item(), count + x[:, 1:].numel()
+        if teacher is not None:
+            with torch.no_grad():
+                ref = torch.log_softmax(teacher(x).float()[:, :-1], dim=-1)
+            own = torch.log_softmax(logits.float()[:, :-1], dim=-1)
+            agree += int((ref.argmax(-1) == own.argmax(-1)).sum())
+            kl += float((ref.exp() * (ref - own)).sum())
         progress.update(len(x))
     progress.close()
     visits = pd.concat(frames, ignore_index=True).sort_values(["seq", "pos", "step"], kind="stable")
@@ -206,6 +236,8 @@ def capture(model: CaptureModel, windows: np.ndarray, batch: int, meta: dict) ->
             "mean_depth": float(visits.groupby(["seq", "pos"]).size().mean()),
         },
     }
+    if teacher is not None:
+        meta["quality"] |= {"teacher_top1_agreement": agree / count, "teacher_kl_nats": kl / count}
     return Trace(visits, meta)
 
 
@@ -222,8 +254,12 @@ def round_floats(visits: pd.DataFrame, mantissa_bits: int = 7) -> pd.DataFrame:
 
 def model_meta(name: str, kind: str, model: CaptureModel, extra: dict) -> dict:
     """The `model` block of a trace's metadata."""
-    base = model.cfg if isinstance(model, Llama) else model.cfg.base
-    config = asdict(model.cfg) if not isinstance(model, Llama) else asdict(base)
+    if isinstance(model, EarlyExit):
+        base = model.model.cfg
+        config = asdict(base) | {"early_exit": asdict(model.cfg)}
+    else:
+        base = model.cfg if isinstance(model, Llama) else model.cfg.base
+        config = asdict(model.cfg) if not isinstance(model, Llama) else asdict(base)
     if isinstance(model, Finedeep):
         c = model.cfg
         shape = {"expert_hidden": c.hidden, "router_shape": [base.hidden_size, c.experts]}

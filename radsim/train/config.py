@@ -3,7 +3,7 @@
 ```toml
 name = "radial-scratch"      # the run folder is runs/<name>/
 kind = "radial_scratch"      # radial_scratch | mod_scratch | dense_scratch | finedeep_scratch
-                             # | radial_distill | dlo_smollm2
+                             # | radial_distill | radial_adapt | dlo_smollm2
 seed = 0
 [data]   seq_len, batch, vocab (0: SmolLM2's 49152 tokens; else the most frequent tokens + <unk>)
 [model]  hidden_size, num_layers, num_heads, num_kv_heads, ffn_size   (scratch kinds)
@@ -12,6 +12,10 @@ seed = 0
 [radial] max_steps, max_passes, kv_policy
 [mod]    capacity, every
 [distill] thresholds (list), train_tokens, eval_tokens, router_epochs, kv_policy
+[adapt]  depth_targets (list, fractions of the layers), steps, lr, router_lr, warmup_steps, lora_rank,
+         lora_alpha, imitation_tokens, router_epochs, penalty, penalty_lr, sample_temperature,
+         eval_tokens,
+         checkpoint_every, kv_policy
 [finedeep] sub_layers, experts, expert_size
 [dlo]    insert_after (list), skip_target, sim_threshold, sim_weight, rate_weight, base_lr, router_lr,
          router_bias, eval_tokens, eval_seq_len
@@ -37,6 +41,7 @@ KINDS = (
     "dense_scratch",
     "finedeep_scratch",
     "radial_distill",
+    "radial_adapt",
     "dlo_smollm2",
 )
 
@@ -106,6 +111,27 @@ class DistillSection:
 
 
 @dataclass(frozen=True)
+class AdaptSection:
+    """Router and layers of SmolLM2-135M trained together under routing (radsim.train.adapt)."""
+
+    depth_targets: tuple[float, ...] = (0.75, 0.9, 0.6)  # mean depth / layers, one model each
+    steps: int = 200  # optimiser steps per model, each of data.batch windows of data.seq_len
+    lr: float = 5e-4  # peak learning rate of the low-rank adapters
+    router_lr: float = 1e-3
+    warmup_steps: int = 10
+    lora_rank: int = 8  # rank of the adapters on every projection of every layer
+    lora_alpha: float = 16.0  # the adapters' update is scaled by alpha / rank
+    imitation_tokens: int = 16384  # training tokens of the router's start (oracle imitation)
+    router_epochs: int = 20
+    penalty: float = 0.05  # starting compute penalty, nats of KL per layer visit
+    penalty_lr: float = 0.02  # dual step: penalty += penalty_lr * (depth - target) / layers
+    sample_temperature: float = 0.5  # routes are sampled at this temperature in training (argmax in use)
+    eval_tokens: int = 40960  # representative validation tokens (every source in proportion)
+    checkpoint_every: int = 20
+    kv_policy: str = "copy"
+
+
+@dataclass(frozen=True)
 class FinedeepSection:
     """Finedeep's split of each FFN (radsim.models.finedeep)."""
 
@@ -144,6 +170,7 @@ class RunConfig:
     radial: RadialSection = field(default_factory=RadialSection)
     mod: MoDSection = field(default_factory=MoDSection)
     distill: DistillSection = field(default_factory=DistillSection)
+    adapt: AdaptSection = field(default_factory=AdaptSection)
     finedeep: FinedeepSection = field(default_factory=FinedeepSection)
     dlo: DLOSection = field(default_factory=DLOSection)
 
@@ -155,6 +182,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "radial": RadialSection,
     "mod": MoDSection,
     "distill": DistillSection,
+    "adapt": AdaptSection,
     "finedeep": FinedeepSection,
     "dlo": DLOSection,
 }
@@ -233,6 +261,15 @@ _RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("mod", "capacity"): _within(0.0, 1.0, open_low=True),
     ("mod", "every"): _at_least(1),
     ("distill", "train_tokens"): _at_least(1),
+    ("adapt", "steps"): _at_least(1),
+    ("adapt", "lr"): ((lambda v: v > 0), "> 0"),
+    ("adapt", "router_lr"): ((lambda v: v > 0), "> 0"),
+    ("adapt", "sample_temperature"): ((lambda v: v > 0), "> 0"),
+    ("adapt", "lora_rank"): _at_least(1),
+    ("adapt", "imitation_tokens"): _at_least(1),
+    ("adapt", "router_epochs"): _at_least(1),
+    ("adapt", "eval_tokens"): _at_least(1),
+    ("adapt", "checkpoint_every"): _at_least(1),
     ("distill", "eval_tokens"): _at_least(1),
     ("distill", "router_epochs"): _at_least(1),
     ("finedeep", "sub_layers"): _at_least(1),
@@ -264,7 +301,7 @@ def check_run_config(cfg: RunConfig, where: str = "<run config>") -> None:
         raise ConfigError(
             f"{where}: [model].num_kv_heads {m.num_kv_heads} must divide num_heads {m.num_heads}"
         )
-    for section in ("radial", "distill"):
+    for section in ("radial", "distill", "adapt"):
         policy = getattr(cfg, section).kv_policy
         if policy not in KV_POLICIES:
             raise ConfigError(
@@ -272,6 +309,11 @@ def check_run_config(cfg: RunConfig, where: str = "<run config>") -> None:
             )
     if not cfg.distill.thresholds:
         raise ConfigError(f"{where}: [distill].thresholds is empty; allowed: a list of numbers > 0")
+    targets = cfg.adapt.depth_targets
+    if not targets or not all(0 < t <= 1 for t in targets):
+        raise ConfigError(
+            f"{where}: [adapt].depth_targets is {list(targets)}; allowed: a non-empty list of fractions in (0, 1]"
+        )
     f = cfg.finedeep
     if not f.expert_size and m.ffn_size < f.sub_layers * f.experts:
         raise ConfigError(

@@ -110,6 +110,66 @@ def build_splits(tokenize: Callable[[str], list[int]], eos: int, cache_dir: Path
     return paths
 
 
+def build_source_splits(
+    tokenize: Callable[[str], list[int]], eos: int, cache_dir: Path
+) -> dict[tuple[str, str], Path]:
+    """Token ids of every (split, source), documents joined by EOS, cached; the same documents and
+    splits as `build_splits`, kept apart by source so that an evaluation can sample each in proportion."""
+    paths = {(split, src): cache_dir / f"{split}-{src}.npy" for split in SPLITS for src in SOURCES}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    ids: dict[tuple[str, str], list[int]] = {key: [] for key in paths}
+    for doc in documents():
+        ids[(doc.split, doc.source)].extend(tokenize(doc.text) + [eos])
+    for key, path in paths.items():
+        atomic_write(path, functools.partial(_save, array=np.asarray(ids[key], dtype=np.uint16)))
+    return paths
+
+
+def proportional_counts(sizes: dict[str, int], total: int) -> dict[str, int]:
+    """`total` split over the keys in proportion to `sizes` (largest remainder), at least one each."""
+    if total < len(sizes):
+        raise ConfigError(
+            f"cannot sample {total} windows from {len(sizes)} sources; allowed: >= {len(sizes)}"
+        )
+    weight = sum(sizes.values())
+    exact = {k: total * v / weight for k, v in sizes.items()}
+    counts = {k: max(1, int(e)) for k, e in exact.items()}
+    by_remainder = sorted(sizes, key=lambda k: (counts[k] - exact[k], k))
+    i = 0
+    while sum(counts.values()) < total:
+        counts[by_remainder[i % len(by_remainder)]] += 1
+        i += 1
+    while sum(counts.values()) > total:  # the minimum of one may overshoot
+        k = max((k for k in counts if counts[k] > 1), key=lambda k: counts[k] - exact[k])
+        counts[k] -= 1
+    return counts
+
+
+def representative_windows(
+    arrays: dict[str, np.ndarray], seq_len: int, limit_tokens: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Non-overlapping (n, seq_len) windows drawn at random from every source in proportion to its
+    tokens, and each window's source (n,) as an index into `sorted(arrays)`; the same for a seed."""
+    names = sorted(arrays)
+    slots = {k: len(arrays[k]) // seq_len for k in names}
+    short = [k for k in names if slots[k] < 1]
+    if short:
+        raise ConfigError(
+            f"source(s) {short} hold fewer than {seq_len} tokens; allowed: sources with a window"
+        )
+    counts = proportional_counts(slots, max(len(names), limit_tokens // seq_len))
+    rng = np.random.default_rng(seed)
+    out, source = [], []
+    for i, k in enumerate(names):
+        take = min(counts[k], slots[k])
+        for slot in np.sort(rng.choice(slots[k], size=take, replace=False)):
+            out.append(np.asarray(arrays[k][slot * seq_len : (slot + 1) * seq_len], dtype=np.int64))
+            source.append(i)
+    return np.stack(out), np.asarray(source, dtype=np.int64)
+
+
 def _save(path: Path, array: np.ndarray) -> None:
     with path.open("wb") as handle:  # a handle: np.save would add .npy to the temporary's name
         np.save(handle, array)

@@ -48,6 +48,16 @@ def text_splits() -> dict[str, Path]:
     return corpus.build_splits(lambda s: tok(s).input_ids, tok.eos_token_id, smollm2.cache_dir() / "corpus")
 
 
+def source_splits() -> dict[tuple[str, str], Path]:
+    """Cached token ids (SmolLM2 tokenizer) of every (split, source) of the text."""
+    from radsim.models import smollm2
+
+    tok = smollm2.load_tokenizer()
+    return corpus.build_source_splits(
+        lambda s: tok(s).input_ids, tok.eos_token_id, smollm2.cache_dir() / "corpus"
+    )
+
+
 def vocab_map(train: np.ndarray, size: int, full: int = 49152) -> np.ndarray:
     """Map SmolLM2 ids to the `size`-1 most frequent training tokens, the rest to <unk> (size-1)."""
     counts = np.bincount(np.asarray(train), minlength=full)

@@ -631,6 +631,24 @@ CASES: dict[str, list[Case]] = {
         c("capture --model smollm2 --out {d}/t.parquet", "radsim[models]", no_models=True),
         c("capture --out {d}/t.parquet", "--model", "--run", "required"),
         c("capture --model smollm2 --out {d}/t.parquet --kv-policy all", "--kv-policy", "invalid choice"),
+        c("capture --model smollm2 --out {d}/t.parquet --adapter {d}/none.pt", "--adapter", "none.pt"),
+        c(
+            "capture --model smollm2 --out {d}/t.parquet --adapter {d}/a.pt --router {d}/r.pt",
+            "--adapter",
+            "--model smollm2 only",
+        ),
+        c("capture --model smollm2 --out {d}/t.parquet --early-exit 1.5", "--early-exit", "(0, 1]"),
+        c("capture --model smollm2 --out {d}/t.parquet --early-exit 0", "--early-exit", "(0, 1]"),
+        c(
+            "capture --model smollm2 --out {d}/t.parquet --early-exit 0.9 --router {d}/r.pt",
+            "--early-exit",
+            "--router",
+        ),
+        c(
+            "capture --model smollm2 --out {d}/t.parquet --early-exit 0.9 --min-layer -1",
+            "--min-layer",
+            ">= 0",
+        ),
     ],
     "profile": [
         c("profile --model smollm2 --out {d}/afile", "--out", "is a file"),

@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from radsim.models.early_exit import EarlyExit, EarlyExitConfig  # noqa: E402
 from radsim.models.llama import Llama, LlamaConfig  # noqa: E402
 from radsim.models.mod import MoD, MoDConfig  # noqa: E402
 from radsim.models.radial import Radial, RadialConfig  # noqa: E402
@@ -53,6 +54,29 @@ def test_capture_round_trips_and_matches_the_model(tmp_path, kind):
         assert (depth >= TINY.num_layers // 2).all()  # dense blocks are always visited
     assert back.meta["quality"]["mean_depth"] == pytest.approx(depth.mean())
     assert trace_stats(back, batch_sizes=(1, 4), samples=10)["tokens"] == WINDOWS.size
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.2, 1.0])
+def test_early_exit_capture_matches_the_model_and_visits_layers_in_order(tmp_path, threshold):
+    torch.manual_seed(0)
+    model = EarlyExit(Llama(TINY).eval(), EarlyExitConfig(threshold=threshold, min_layer=1))
+    meta = run_meta(
+        model_meta("tiny-ee", "early_exit", model, {}), "copy", "test", int(WINDOWS.size), 0, "tiny"
+    )
+    assert meta["model"]["num_layers"] == TINY.num_layers
+    assert meta["model"]["config"]["early_exit"]["threshold"] == threshold
+    back = read_trace(write_trace(capture(model, WINDOWS, batch=4, meta=meta), tmp_path / "ee.parquet"))
+    with torch.no_grad():
+        out = model(torch.from_numpy(WINDOWS))
+    depth = back.visits.groupby(["seq", "pos"]).size()
+    np.testing.assert_array_equal(depth.to_numpy(), out.depth.flatten().numpy())
+    assert (back.visits["layer"].to_numpy() == back.visits["step"].to_numpy()).all()  # a prefix of layers
+    assert (depth >= 2).all()  # min_layer 1: nobody leaves before layer 1 has run
+    if threshold == 1.0:
+        assert (depth == TINY.num_layers).all()
+    exits = back.visits[back.visits["step"] == back.visits["depth"] - 1]
+    early = exits[exits["depth"] < TINY.num_layers]
+    assert (early["prob_exit"] >= threshold * (1 - 2**-7)).all()  # left because confident enough
 
 
 def test_round_floats_keeps_three_digits():

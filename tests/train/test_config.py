@@ -35,6 +35,18 @@ def test_shipped_configs_load_and_round_trip(path):
         ),
         ('name = "x"\nkind = "dense_scratch"\ncolour = 1\n', "unknown key(s) ['colour']"),
         ('kind = "dense_scratch"\n', "'name' must be a string"),
+        (
+            'name = "x"\nkind = "radial_adapt"\n[adapt]\ndepth_targets = [0.75, 1.5]\n',
+            "[adapt].depth_targets is [0.75, 1.5]; allowed: a non-empty list of fractions in (0, 1]",
+        ),
+        (
+            'name = "x"\nkind = "radial_adapt"\n[adapt]\nlora_rank = 0\n',
+            "[adapt].lora_rank is 0; allowed: >= 1",
+        ),
+        (
+            'name = "x"\nkind = "radial_adapt"\n[adapt]\nkv_policy = "magic"\n',
+            "[adapt].kv_policy is 'magic'; allowed: none",
+        ),
     ],
 )
 def test_bad_configs_name_file_and_key(tmp_path, text, message):

@@ -1,0 +1,543 @@
+"""Adapted distillation: SmolLM2-135M's layers and a radial router trained together under routing.
+
+The frozen-layer distillation (`radsim.train.distill`) only teaches a router to imitate an oracle;
+the layers never learn that some of them are skipped. Here, for each target mean depth:
+
+1. **Start.** The router starts as the imitation router of `distill` at the threshold tau whose
+   oracle routes have the target depth on the training windows (bisection on tau).
+2. **Adapt.** Every projection of every layer gets a low-rank adapter (LoRA, rank r, scale
+   alpha / r; the pretrained weights, embeddings and norms stay frozen). The student routes each
+   token by sampling its router (at `sample_temperature`; argmax in use); its loss is the KL divergence from the full model's next-token
+   distribution (the teacher, SmolLM2-135M run whole), so it learns to be the full model, not the
+   text. Gradients reach the router through the straight-through scaling of each visit by
+   p / stop_grad(p) and through REINFORCE with a per-token reward -(KL + penalty x depth) and a
+   batch-mean baseline. The penalty (nats per layer visit) is a dual variable: after every step it
+   moves by penalty_lr x (depth - target) / layers, which holds the mean depth at its target.
+   Skipped layers' KV entries are copied from the token's hidden state (`kv_policy = "copy"`).
+3. **Checkpoint.** Every `checkpoint_every` steps the adapters, router, optimiser, penalty and
+   log are written atomically; a rerun resumes from there. A step's windows and samples depend
+   only on (seed, step), so a resumed run makes the same numbers as an uninterrupted one.
+4. **Evaluate** on a representative validation sample (windows drawn from every source in
+   proportion, `corpus.representative_windows`), routing by argmax as a decoder would, against
+   the full model, the same router before adaptation, the contribution oracle at the same depth
+   and ShortGPT static removal at the rounded depth; every perplexity comes with a bootstrap 95%
+   interval over windows, and per source.
+
+Training and evaluation run under bfloat16 autocast on CPU (the teacher as a bfloat16 copy).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from radsim.files import atomic_write
+from radsim.models.llama import Llama, lm_loss
+from radsim.models.radial import Radial, Router
+from radsim.progress import bar
+from radsim.train import corpus
+from radsim.train.config import RunConfig
+from radsim.train.distill import (
+    fit_router,
+    oracle_routes,
+    radial_over,
+    router_examples,
+    static_routes,
+    teacher_contributions,
+)
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _bf16() -> torch.autocast:
+    """bfloat16 autocast on CPU, as training and evaluation run."""
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear layer plus a trainable low-rank update: W x + (alpha / r) B A x."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.lora_a = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))  # starts as the base layer
+        self.scale = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
+
+    def merged(self) -> nn.Linear:
+        """A plain linear layer with the update folded into its weight."""
+        out = nn.Linear(
+            self.base.in_features, self.base.out_features, bias=False, dtype=self.base.weight.dtype
+        )
+        with torch.no_grad():
+            out.weight.copy_(self.base.weight + self.scale * (self.lora_b @ self.lora_a))
+        return out
+
+
+def _projections(model: Llama):
+    for block in model.blocks():
+        for part in (block.self_attn, block.mlp):
+            for name in PROJECTIONS:
+                if hasattr(part, name):
+                    yield part, name
+
+
+def add_adapters(model: Llama, rank: int, alpha: float) -> list[nn.Parameter]:
+    """Freeze the model and wrap every projection of every layer in a LoRALinear; its new parameters."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params: list[nn.Parameter] = []
+    for part, name in list(_projections(model)):
+        wrapped = LoRALinear(getattr(part, name), rank, alpha)
+        setattr(part, name, wrapped)
+        params += [wrapped.lora_a, wrapped.lora_b]
+    return params
+
+
+def merge_adapters(model: Llama) -> Llama:
+    """Fold every adapter into its layer's weight (in place): a plain Llama again."""
+    for part, name in list(_projections(model)):
+        module = getattr(part, name)
+        if isinstance(module, LoRALinear):
+            setattr(part, name, module.merged())
+    return model
+
+
+def adapter_state(model: Llama) -> dict[str, torch.Tensor]:
+    """The adapters' parameters only (what a checkpoint of the adaptation must keep)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if ".lora_" in k}
+
+
+def adapted_smollm2(path: Path) -> Radial:
+    """The adapted radial SmolLM2 of a saved `adapter-*.pt` (adapters merged, router loaded)."""
+    from radsim.models import smollm2
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    teacher = smollm2.load_model()
+    rank, alpha = int(saved["lora_rank"]), float(saved["lora_alpha"])
+    add_adapters(teacher, rank, alpha)
+    teacher.load_state_dict({k: v.float() for k, v in saved["adapters"].items()}, strict=False)
+    merge_adapters(teacher)
+    router = Router(radial_over(teacher, str(saved["kv_policy"])).cfg)
+    router.load_state_dict({k: v.float() for k, v in saved["router"].items()})
+    return radial_over(teacher, str(saved["kv_policy"]), router)
+
+
+def tau_for_depth(contrib: torch.Tensor, depth: float, iterations: int = 40) -> float:
+    """The contribution threshold whose oracle routes visit `depth` layers per token on average."""
+    c = contrib.float()
+    lo, hi = 0.0, float(c.max()) + 1e-6
+
+    def mean_depth(tau: float) -> float:
+        return 1.0 + float((c[..., 1:] >= tau).sum(-1).float().mean())
+
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean_depth(mid) > depth else (lo, mid)
+    return (lo + hi) / 2
+
+
+def window_batch(train: np.ndarray, seq: int, batch: int, seed: int, step: int) -> torch.Tensor:
+    """The training windows of one step: a function of (seed, step) only, so a resumed run repeats them."""
+    rng = np.random.default_rng([seed, step])
+    starts = rng.integers(0, len(train) - seq, size=batch)
+    return torch.from_numpy(np.stack([train[s : s + seq] for s in starts]).astype(np.int64))
+
+
+def kl_per_token(teacher_logp: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) of each position's next-token distribution, (B, T)."""
+    logp = F.log_softmax(student_logits.float(), dim=-1)
+    return (teacher_logp.exp() * (teacher_logp - logp)).sum(-1)
+
+
+def _lr(step: int, steps: int, warmup: int) -> float:
+    """Fraction of the peak learning rate: linear warm-up, cosine decay to 10%."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def adapt_one(
+    cfg: RunConfig,
+    target: float,
+    teacher: Llama,
+    teacher_bf16: Llama,
+    start_router: Router,
+    train: np.ndarray,
+    folder: Path,
+) -> tuple[Radial, list[dict[str, Any]]]:
+    """Train (or resume, or load) the adapted radial model of one target depth fraction."""
+    a, layers = cfg.adapt, teacher.cfg.num_layers
+    student = radial_over(copy.deepcopy(teacher), a.kv_policy, copy.deepcopy(start_router)).train()
+    adapters = add_adapters(student.model, a.lora_rank, a.lora_alpha)
+    router_params = list(student.router.parameters())
+    for p in router_params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(
+        [{"params": adapters, "peak": a.lr}, {"params": router_params, "peak": a.router_lr}],
+        lr=a.lr,
+        betas=(0.9, 0.95),
+        weight_decay=0.0,
+    )
+    ckpt_path = folder / "checkpoint.pt"
+    step, penalty, log = 0, a.penalty, []
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        student.model.load_state_dict(ckpt["adapters"], strict=False)
+        student.router.load_state_dict(ckpt["router"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, penalty, log = ckpt["step"], ckpt["penalty"], ckpt["log"]
+        print(f"depth {target:g}: resuming at step {step}", file=sys.stderr, flush=True)
+    goal = target * layers
+    start = time.time() - (log[-1]["elapsed_s"] if log else 0.0)
+    progress = bar(a.steps, "steps", sys.stderr, desc=f"adapting to depth {target:g}: ", initial=step)
+    while step < a.steps:
+        x = window_batch(train, cfg.data.seq_len, cfg.data.batch, cfg.seed, step)
+        for group in opt.param_groups:
+            group["lr"] = group["peak"] * _lr(step, a.steps, a.warmup_steps)
+        with torch.no_grad(), _bf16():
+            teacher_logp = F.log_softmax(teacher_bf16(x).float(), dim=-1)
+        torch.manual_seed(cfg.seed * 1_000_003 + step)
+        with _bf16():
+            out = student(x, mode="sample", straight_through=True, temperature=a.sample_temperature)
+        kl = kl_per_token(teacher_logp, out.logits)
+        depth = out.depth.float()
+        reward = -(kl.detach() + penalty * depth)
+        router_loss = -((reward - reward.mean()) * out.log_prob).mean()
+        loss = kl.mean() + router_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(adapters + router_params, 1.0)
+        opt.step()
+        mean_depth = depth.mean().item()
+        penalty = max(0.0, penalty + a.penalty_lr * (mean_depth - goal) / layers)
+        step += 1
+        log.append(
+            {
+                "step": step,
+                "elapsed_s": time.time() - start,
+                "kl": kl.mean().item(),
+                "depth": mean_depth,
+                "penalty": penalty,
+            }
+        )
+        progress.set_postfix_str(f"kl {log[-1]['kl']:.3f}, depth {mean_depth:.2f}, penalty {penalty:.3f}")
+        progress.update(1)
+        if step % a.checkpoint_every == 0 or step == a.steps:
+            state = {
+                "step": step,
+                "penalty": penalty,
+                "log": log,
+                "adapters": adapter_state(student.model),
+                "router": student.router.state_dict(),
+                "optimizer": opt.state_dict(),
+            }
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(ckpt_path, functools.partial(torch.save, state))
+    progress.close()
+    return student.eval(), log
+
+
+def save_adapted(path: Path, student: Radial, cfg: RunConfig, target: float, log: list[dict]) -> None:
+    """The adapters (fp16) and router of a finished model: all `adapted_smollm2` needs."""
+    state = {
+        "adapters": {k: v.half() for k, v in adapter_state(student.model).items()},
+        "router": student.router.state_dict(),
+        "lora_rank": cfg.adapt.lora_rank,
+        "lora_alpha": cfg.adapt.lora_alpha,
+        "kv_policy": cfg.adapt.kv_policy,
+        "depth_target": target,
+        "run": asdict(cfg),
+        "train_seconds": log[-1]["elapsed_s"] if log else 0.0,
+    }
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@torch.no_grad()
+def window_scores(forward: Forward, windows: np.ndarray, batch: int, layers: int) -> dict[str, np.ndarray]:
+    """Per window: summed next-token loss, predicted tokens, and summed depth of those tokens."""
+    loss, depth = [], []
+    for i in range(0, len(windows), batch):
+        x = torch.from_numpy(windows[i : i + batch])
+        with _bf16():
+            logits, d = forward(x)
+        loss.append(lm_loss(logits.float(), x, reduction="none").sum(-1).double().numpy())
+        visits = torch.full(x.shape, layers) if d is None else d
+        depth.append(visits[:, :-1].double().sum(-1).numpy())
+    n = np.full(len(windows), windows.shape[1] - 1, dtype=np.float64)
+    return {"loss": np.concatenate(loss), "tokens": n, "depth": np.concatenate(depth)}
+
+
+def perplexity_interval(loss: np.ndarray, tokens: np.ndarray, seed: int) -> tuple[float, float]:
+    """95% bootstrap interval (BCa, resampling windows) of exp(sum loss / sum tokens)."""
+
+    def ppl(loss, t, axis=-1):
+        return np.exp(loss.sum(axis) / t.sum(axis))
+
+    return _interval((loss, tokens), ppl, seed)
+
+
+def ratio_interval(loss: np.ndarray, ref: np.ndarray, tokens: np.ndarray, seed: int) -> tuple[float, float]:
+    """95% paired bootstrap interval (BCa, the same windows resampled for both) of a perplexity ratio."""
+
+    def ratio(loss, r, t, axis=-1):
+        return np.exp((loss.sum(axis) - r.sum(axis)) / t.sum(axis))
+
+    return _interval((loss, ref, tokens), ratio, seed)
+
+
+def _interval(data: tuple, statistic, seed: int) -> tuple[float, float]:
+    """scipy's BCa bootstrap; where it is undefined (every resample gives the same value), the
+    percentile interval."""
+    import warnings
+
+    from scipy.stats import bootstrap
+
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # BCa warns where it is undefined; then percentile
+            res = bootstrap(
+                data,
+                statistic,
+                paired=True,
+                vectorized=True,
+                n_resamples=2000,
+                method=method,
+                random_state=np.random.default_rng(seed),
+            )
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if math.isfinite(lo) and math.isfinite(hi):
+            break
+    return lo, hi
+
+
+def score_row(
+    method: str,
+    target: float | None,
+    scores: dict,
+    ref: dict | None,
+    sources: np.ndarray,
+    names: list[str],
+    seed: int,
+) -> dict[str, Any]:
+    """One row of the curve: perplexity with its interval, ratio to the full model, per source."""
+    loss, tokens = scores["loss"], scores["tokens"]
+    ppl = float(np.exp(loss.sum() / tokens.sum()))
+    lo, hi = perplexity_interval(loss, tokens, seed)
+    row: dict[str, Any] = {
+        "method": method,
+        "target_depth": target,
+        "mean_depth": float(scores["depth"].sum() / tokens.sum()),
+        "perplexity": ppl,
+        "perplexity_lo": lo,
+        "perplexity_hi": hi,
+    }
+    if ref is not None:
+        row["ratio_to_full"] = float(np.exp((loss.sum() - ref["loss"].sum()) / tokens.sum()))
+        row["ratio_lo"], row["ratio_hi"] = (
+            (1.0, 1.0) if loss is ref["loss"] else ratio_interval(loss, ref["loss"], tokens, seed)
+        )
+    for i, name in enumerate(names):
+        part = sources == i
+        row[f"perplexity[{name}]"] = float(np.exp(loss[part].sum() / tokens[part].sum()))
+        row[f"mean_depth[{name}]"] = float(scores["depth"][part].sum() / tokens[part].sum())
+    row["tokens"] = int(tokens.sum())
+    row["windows"] = len(tokens)
+    return row
+
+
+def _slices(routes: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
+    """Forced routes of windows i..i+n, for `_radial_forward`."""
+    return lambda i, n: routes[i : i + n]
+
+
+def _radial_forward(model: Radial, routes_for: Callable[[int, int], torch.Tensor] | None = None) -> Forward:
+    state = {"i": 0}
+
+    def forward(x: torch.Tensor):
+        routes = None
+        if routes_for is not None:
+            routes = routes_for(state["i"], len(x))
+            state["i"] += len(x)
+        out = model(x, routes=routes)
+        return out.logits, out.depth
+
+    return forward
+
+
+def adapt(cfg: RunConfig, out_dir: Path) -> dict:
+    """Every target depth: start, adapt, save and evaluate; then the curve (CSV, JSON, plot)."""
+    from radsim.models import smollm2
+    from radsim.train.loop import source_splits, text_splits
+
+    a, seq, batch = cfg.adapt, cfg.data.seq_len, cfg.data.batch
+    torch.manual_seed(cfg.seed)
+    train = np.asarray(corpus.load_split(text_splits(), "train"))
+    by_source = source_splits()
+    names = sorted(corpus.SOURCES)
+    val, sources = corpus.representative_windows(
+        {n: np.load(by_source[("val", n)], mmap_mode="r") for n in names}, seq, a.eval_tokens, cfg.seed
+    )
+    teacher = smollm2.load_model()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    teacher_bf16 = copy.deepcopy(teacher).to(torch.bfloat16).eval()
+    layers = teacher.cfg.num_layers
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows_path = out_dir / "rows.json"
+    rows: list[dict[str, Any]] = json.loads(rows_path.read_text()) if rows_path.exists() else []
+    done = {(r["method"], r["target_depth"]) for r in rows}
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        atomic_write(rows_path, lambda p: p.write_text(json.dumps(rows, indent=2)))
+        print(
+            f"{row['method']} {row['target_depth']}: depth {row['mean_depth']:.2f}, "
+            f"ppl {row['perplexity']:.2f} [{row['perplexity_lo']:.2f}, {row['perplexity_hi']:.2f}]",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    full = window_scores(lambda x: (teacher_bf16(x), None), val, batch, layers)
+    if ("sequential", None) not in done:
+        add(score_row("sequential", None, full, full, sources, names, cfg.seed))
+    rng = np.random.default_rng(cfg.seed)
+    starts = rng.integers(0, len(train) - seq, size=max(1, a.imitation_tokens // seq))
+    imitation = np.stack([train[s : s + seq] for s in starts]).astype(np.int64)
+    contrib, bi = teacher_contributions(teacher, imitation, batch)
+    val_contrib, _ = teacher_contributions(teacher, val, batch)
+    for target in a.depth_targets:
+        folder = out_dir / f"depth{round(100 * target)}"
+        tau = tau_for_depth(contrib, target * layers)
+        router_file = folder / "start-router.pt"
+        base = radial_over(teacher, a.kv_policy)
+        if router_file.exists():
+            router = Router(base.cfg)
+            router.load_state_dict(torch.load(router_file, map_location="cpu", weights_only=True))
+        else:
+            examples = router_examples(base, imitation, oracle_routes(contrib, tau), batch)
+            router = fit_router(base.cfg, examples, a.router_epochs, cfg.seed)
+            del examples
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(router_file, functools.partial(torch.save, router.state_dict()))
+        final = folder / "adapter.pt"
+        if final.exists() and (folder / "checkpoint.pt").exists():
+            student = adapted_smollm2(final)
+        else:
+            student, log = adapt_one(cfg, target, teacher, teacher_bf16, router, train, folder)
+            save_adapted(final, student, cfg, target, log)
+            student = adapted_smollm2(final)
+        if ("radial_adapted", target) not in done:
+            scores = window_scores(_radial_forward(student), val, batch, layers)
+            add(score_row("radial_adapted", target, scores, full, sources, names, cfg.seed))
+        depth = next(
+            r["mean_depth"] for r in rows if r["method"] == "radial_adapted" and r["target_depth"] == target
+        )
+        if ("radial_frozen", target) not in done:
+            scores = window_scores(
+                _radial_forward(radial_over(teacher, a.kv_policy, router)), val, batch, layers
+            )
+            add(score_row("radial_frozen", target, scores, full, sources, names, cfg.seed))
+        if ("oracle", target) not in done:
+            routes = oracle_routes(val_contrib, tau_for_depth(val_contrib, depth))
+            fwd = _radial_forward(radial_over(teacher, a.kv_policy), _slices(routes))
+            add(
+                score_row(
+                    "oracle", target, window_scores(fwd, val, batch, layers), full, sources, names, cfg.seed
+                )
+            )
+        if ("static_shortgpt", target) not in done:
+            kept = max(1, round(depth))
+            drop = set((torch.argsort(bi[1:])[: layers - kept] + 1).tolist())
+            keep = [i for i in range(layers) if i not in drop]
+            routes = static_routes((len(val), seq), keep, layers)
+            fwd = _radial_forward(radial_over(teacher, a.kv_policy), _slices(routes))
+            add(
+                score_row(
+                    "static_shortgpt",
+                    target,
+                    window_scores(fwd, val, batch, layers),
+                    full,
+                    sources,
+                    names,
+                    cfg.seed,
+                )
+            )
+    summary = {
+        "rows": rows,
+        "block_influence": bi.tolist(),
+        "sources": names,
+        "source_windows": {n: int((sources == i).sum()) for i, n in enumerate(names)},
+    }
+    atomic_write(out_dir / "curve.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+    write_curve(rows, out_dir)
+    return summary
+
+
+def write_curve(rows: list[dict], out_dir: Path) -> None:
+    """The perplexity-depth curve as CSV and as a plot (HTML, and PNG when kaleido can)."""
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    table = pd.DataFrame(rows).sort_values(["method", "mean_depth"])
+    atomic_write(out_dir / "curve.csv", lambda p: table.to_csv(p, index=False))
+    labels = {
+        "radial_adapted": "radial, router and layers adapted (KL to the full model)",
+        "radial_frozen": "radial router over frozen layers (before adaptation)",
+        "oracle": "contribution oracle over frozen layers",
+        "static_shortgpt": "static removal (ShortGPT BI)",
+        "sequential": "full SmolLM2-135M",
+    }
+    fig = go.Figure()
+    for method, label in labels.items():
+        part = table[table["method"] == method]
+        fig.add_trace(
+            go.Scatter(
+                x=part["mean_depth"],
+                y=part["perplexity"],
+                mode="lines+markers",
+                name=label,
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": part["perplexity_hi"] - part["perplexity"],
+                    "arrayminus": part["perplexity"] - part["perplexity_lo"],
+                },
+            )
+        )
+    fig.update_layout(
+        title="Held-out perplexity against mean depth (SmolLM2-135M, 30 layers; representative validation)",
+        xaxis_title="mean layers visited per token",
+        yaxis_title="perplexity (95% bootstrap interval over windows)",
+        yaxis_type="log",
+        template="plotly_white",
+    )
+    fig.write_html(out_dir / "curve.html", include_plotlyjs="cdn")
+    try:
+        fig.write_image(out_dir / "curve.png", width=900, height=520)
+    except Exception as exc:  # no kaleido/Chromium: the HTML and CSV are written anyway
+        print(f"PNG not written: {exc}", file=sys.stderr)
