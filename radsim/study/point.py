@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import binom
 
-from radsim.cost.iteration import iteration_cost
 from radsim.cost.layer import Execution
+from radsim.cost.table import launch_prices
 from radsim.errors import ConfigError
 from radsim.files import json_text
 from radsim.routes.synthetic import depth_visits
@@ -173,18 +173,17 @@ def roofline_layers(hw: Hardware, arch: Arch, exe: Execution, s: Scenario, visit
     batch, prompt, output, layers = s.sequences_per_batch, s.prompt_tokens, s.output_tokens, arch.num_layers
     chunk = s.prefill_chunk or batch * prompt
     seqs = max(1, min(batch, chunk // prompt))
+    prices = launch_prices(hw, arch, exe)  # the estimate's own: a sweep prices each row count once
     prefill_visits = visits(seqs * prompt).reshape(seqs, prompt, layers).sum(axis=1).T.astype(np.float64)
-    prefill = iteration_cost(
-        hw, arch, exe, np.full(seqs, float(prompt)), np.zeros((layers, seqs)), prefill_visits, seqs
-    )
+    prefill = prices.iteration_layers(np.full(seqs, float(prompt)), np.zeros((layers, seqs)), prefill_visits)
     held = prompt + output // 2
     decode_visits = visits(batch).T.astype(np.float64)
     share = np.ones(layers)  # KV entries a layer holds per earlier token
     if exe.kv_policy == "none":  # only the tokens that visited the layer left an entry
         share = np.minimum(1.0, visits(256).mean(axis=0))
     context = np.broadcast_to(held * share[:, None], (layers, batch))
-    decode = iteration_cost(hw, arch, exe, np.ones(batch), context, decode_visits, batch)
-    return {"prefill": _per_layer(prefill.layers), "decode": _per_layer(decode.layers)}
+    decode = prices.iteration_layers(np.ones(batch), context, decode_visits)
+    return {"prefill": _per_layer(prefill), "decode": _per_layer(decode)}
 
 
 def _per_layer(cost) -> dict[str, list[float]]:
