@@ -16,7 +16,6 @@ import traceback
 from typing import Any
 
 import numpy as np
-from scipy.stats import binom
 
 from radsim.cost.layer import Execution
 from radsim.cost.table import launch_prices
@@ -70,6 +69,8 @@ def _estimate(s: Scenario, trace_file: str | None) -> dict[str, Any]:
     if s.depth_distribution == "exact":
         histogram = {"layers_visited": [k], "token_share": [1.0]}
     else:
+        from scipy.stats import binom  # only here: scipy.stats is a fifth of a study's start-up
+
         layers = np.arange(1, arch.num_layers + 1)
         share = binom.pmf(layers, arch.num_layers, run.depth_fraction(s, arch))
         share[0] += binom.pmf(0, arch.num_layers, run.depth_fraction(s, arch))  # at least one layer
