@@ -224,7 +224,14 @@ def power_timeline(timeline, sim, hw: Hardware, tp: int, replicas: int) -> dict[
 
 
 def _round(values) -> list[float]:
-    return [float(f"{v:.{_DIGITS}g}") for v in np.asarray(values, dtype=np.float64)]
+    rounded: dict[float, float] = {}  # each distinct value formatted once (an unrouted layer repeats)
+    out = []
+    for v in np.asarray(values, dtype=np.float64).tolist():
+        r = rounded.get(v) if v else v  # zeros as they are: 0.0 and -0.0 would share a key
+        if r is None:
+            r = rounded[v] = float(f"{v:.{_DIGITS}g}")
+        out.append(r)
+    return out
 
 
 def _json(value: dict) -> str:
