@@ -79,8 +79,11 @@ def _estimate(s: Scenario, trace_file: str | None) -> dict[str, Any]:
     rng = np.random.default_rng(s.seed)
     fraction = run.depth_fraction(s, arch)
 
-    def visits(n: int) -> np.ndarray:
-        return depth_visits(rng, n, arch.num_layers, fraction, s.depth_distribution)
+    def visits(sequences: int, tokens: int) -> np.ndarray:
+        if not exe.routed:  # every token visits every layer: what depth_visits would draw, without drawing
+            return np.full((arch.num_layers, sequences), float(tokens))
+        mask = depth_visits(rng, sequences * tokens, arch.num_layers, fraction, s.depth_distribution)
+        return per_sequence(mask, sequences, tokens)
 
     out["roofline_json"] = _json(roofline_layers(hw, arch, exe, s, visits))
     return out
@@ -139,9 +142,10 @@ def _simulate(s: Scenario, trace_file: str | None) -> dict[str, Any]:
     rng = np.random.default_rng(s.seed)
     passes = book.slots.shape[1] // arch.num_layers
 
-    def visits(n: int) -> np.ndarray:
+    def visits(sequences: int, tokens: int) -> np.ndarray:
+        n = sequences * tokens
         rows = book.slots[rng.integers(book.slots.shape[0], size=n)]
-        return rows.reshape(n, passes, arch.num_layers).sum(axis=1)
+        return per_sequence(rows.reshape(n, passes, arch.num_layers).sum(axis=1), sequences, tokens)
 
     out["roofline_json"] = _json(roofline_layers(hw, arch, exe, s, visits))
     return out
@@ -167,24 +171,31 @@ def _capacity(s: Scenario, trace_file: str | None) -> dict[str, Any]:
 def roofline_layers(hw: Hardware, arch: Arch, exe: Execution, s: Scenario, visits) -> dict:
     """Per-layer FLOPs, DRAM bytes and time of the first prefill chunk and of a mid-output decode step.
 
-    `visits(n)` gives an (n, num_layers) count of the layers n tokens visit. The prefill chunk packs
-    whole prompts (the chunk budget, at least one prompt); the decode step has one token per sequence
-    of the batch, each holding the prompt and half the output in its KV cache.
+    `visits(sequences, tokens)` gives the (num_layers, sequences) visits of each layer by `tokens`
+    tokens of each of `sequences` sequences (`per_sequence`). The prefill chunk packs whole prompts
+    (the chunk budget, at least one prompt); the decode step has one token per sequence of the
+    batch, each holding the prompt and half the output in its KV cache.
     """
     batch, prompt, output, layers = s.sequences_per_batch, s.prompt_tokens, s.output_tokens, arch.num_layers
     chunk = s.prefill_chunk or batch * prompt
     seqs = max(1, min(batch, chunk // prompt))
     prices = launch_prices(hw, arch, exe)  # the estimate's own: a sweep prices each row count once
-    prefill_visits = visits(seqs * prompt).reshape(seqs, prompt, layers).sum(axis=1).T.astype(np.float64)
+    prefill_visits = visits(seqs, prompt)
     prefill = prices.iteration_layers(np.full(seqs, float(prompt)), np.zeros((layers, seqs)), prefill_visits)
     held = prompt + output // 2
-    decode_visits = visits(batch).T.astype(np.float64)
+    decode_visits = visits(batch, 1)
     share = np.ones(layers)  # KV entries a layer holds per earlier token
     if exe.kv_policy == "none":  # only the tokens that visited the layer left an entry
-        share = np.minimum(1.0, visits(256).mean(axis=0))
+        share = np.minimum(1.0, visits(256, 1).mean(axis=1))
     context = np.broadcast_to(held * share[:, None], (layers, batch))
     decode = prices.iteration_layers(np.ones(batch), context, decode_visits)
     return {"prefill": _per_layer(prefill), "decode": _per_layer(decode)}
+
+
+def per_sequence(token_visits: np.ndarray, sequences: int, tokens: int) -> np.ndarray:
+    """(num_layers, sequences) visits summed over each sequence's tokens, from the (sequences x tokens,
+    num_layers) visits of the tokens in sequence order."""
+    return token_visits.reshape(sequences, tokens, -1).sum(axis=1).T.astype(np.float64)
 
 
 def _per_layer(cost) -> dict[str, list[float]]:
