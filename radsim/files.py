@@ -128,4 +128,7 @@ def finite(value: Any) -> Any:
 
 def json_text(value: Any, **kwargs: Any) -> str:
     """JSON of `value` with non-finite numbers as null: never NaN or Infinity, which JSON lacks."""
-    return json.dumps(finite(value), allow_nan=False, **kwargs)
+    try:  # every number finite and every value JSON's own: `finite` would change nothing
+        return json.dumps(value, allow_nan=False, **kwargs)
+    except (TypeError, ValueError):
+        return json.dumps(finite(value), allow_nan=False, **kwargs)

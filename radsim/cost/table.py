@@ -18,12 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from radsim.cost.iteration import head_cost
-from radsim.cost.kernels import Cost, KernelCost, sum_kernels
+from radsim.cost.kernels import ADDITIVE, Cost, KernelCost, stack_ops, sum_kernels
 from radsim.cost.layer import (
+    OPS,
     AttentionCoefficients,
     Execution,
     LayerLoad,
+    RoutedBatch,
+    attention,
     attention_coefficients,
+    layer_cost,
     load_cost,
     row_ops,
 )
@@ -216,6 +220,7 @@ class LaunchPrices:
     def __init__(self, hw: Hardware, arch: Arch, exe: Execution) -> None:
         self.hw, self.arch, self.exe = hw, arch, exe
         self._rows: dict[int, np.ndarray] = {}
+        self._row_ops: dict[int, list[KernelCost]] = {}
         self._by_visitors: dict[tuple[int, int], np.ndarray] = {}
         self._heads: dict[tuple[int, int], np.ndarray] = {}
 
@@ -232,9 +237,40 @@ class LaunchPrices:
     def full_rows(self, rows: int) -> np.ndarray:
         """(6,) of every operator but attention in a launch of `rows` tokens that all visit."""
         if rows not in self._rows:
-            x = np.array([float(rows)])
-            self._rows[rows] = self.row_fields(LayerLoad(x, x, x, x, 0 * x, 0 * x))[:, 0]
+            self._rows[rows] = np.sum([launch_fields(op) for op in self.full_row_ops(rows)], axis=0)[:, 0]
         return self._rows[rows]
+
+    def full_row_ops(self, rows: int) -> list[KernelCost]:
+        """`row_ops` of a launch of `rows` tokens that all visit (arrays of shape (1,)), per operator."""
+        if rows not in self._row_ops:
+            x = np.array([float(rows)])
+            self._row_ops[rows] = row_ops(self.hw, self.arch, self.exe, LayerLoad(x, x, x, x, 0 * x, 0 * x))
+        return self._row_ops[rows]
+
+    def iteration_layers(self, new_tokens: np.ndarray, context: np.ndarray, visits: np.ndarray) -> Cost:
+        """`radsim.cost.iteration.iteration_cost(...).layers`, the same numbers: (len(OPS), num_layers)
+        per operator and layer, for `new_tokens` (S,), `context` and `visits` (num_layers, S).
+
+        Where every new token visits every layer and every layer holds the same context (no routing),
+        every layer has one load: it is priced once, its operators but attention by row count
+        (`full_row_ops`, kept), and repeated over the layers. Otherwise the cost model prices every
+        layer (`radsim.cost.layer.layer_cost`)."""
+        new_tokens = np.asarray(new_tokens, dtype=np.float64)
+        context = np.asarray(context, dtype=np.float64)
+        visits = np.asarray(visits, dtype=np.float64)
+        rows = float(new_tokens.sum())
+        if not ((visits == new_tokens).all() and (context == context[:1]).all() and rows.is_integer()):
+            return layer_cost(
+                self.hw, self.arch, self.exe, RoutedBatch.of(new_tokens[None, :], context, visits)
+            )
+        one = RoutedBatch.of(new_tokens[None, :], context[:1], visits[:1])  # (1, S): one layer
+        load = LayerLoad.from_batch(one, self.exe.kv_policy)  # every row count is `rows`
+        ops = [*self.full_row_ops(int(rows))]
+        ops.insert(OPS.index("attention"), attention(self.hw, self.arch, self.exe, load))
+        one_layer = stack_ops(OPS, ops)  # (len(OPS), 1)
+        # repeated into contiguous arrays: sums over operators then run as over the cost model's own
+        layers = visits.shape[0]
+        return Cost(ops=OPS, **{f: np.repeat(getattr(one_layer, f), layers, axis=1) for f in ADDITIVE})
 
     def rows_by_visitors(self, new_tokens: int, rows_max: int) -> np.ndarray:
         """(6, rows_max + 1) of every operator but attention in a launch with 0..rows_max visitors

@@ -16,10 +16,9 @@ import traceback
 from typing import Any
 
 import numpy as np
-from scipy.stats import binom
 
-from radsim.cost.iteration import iteration_cost
 from radsim.cost.layer import Execution
+from radsim.cost.table import launch_prices
 from radsim.errors import ConfigError
 from radsim.files import json_text
 from radsim.routes.synthetic import depth_visits
@@ -70,6 +69,8 @@ def _estimate(s: Scenario, trace_file: str | None) -> dict[str, Any]:
     if s.depth_distribution == "exact":
         histogram = {"layers_visited": [k], "token_share": [1.0]}
     else:
+        from scipy.stats import binom  # only here: scipy.stats is a fifth of a study's start-up
+
         layers = np.arange(1, arch.num_layers + 1)
         share = binom.pmf(layers, arch.num_layers, run.depth_fraction(s, arch))
         share[0] += binom.pmf(0, arch.num_layers, run.depth_fraction(s, arch))  # at least one layer
@@ -78,8 +79,11 @@ def _estimate(s: Scenario, trace_file: str | None) -> dict[str, Any]:
     rng = np.random.default_rng(s.seed)
     fraction = run.depth_fraction(s, arch)
 
-    def visits(n: int) -> np.ndarray:
-        return depth_visits(rng, n, arch.num_layers, fraction, s.depth_distribution)
+    def visits(sequences: int, tokens: int) -> np.ndarray:
+        if not exe.routed:  # every token visits every layer: what depth_visits would draw, without drawing
+            return np.full((arch.num_layers, sequences), float(tokens))
+        mask = depth_visits(rng, sequences * tokens, arch.num_layers, fraction, s.depth_distribution)
+        return per_sequence(mask, sequences, tokens)
 
     out["roofline_json"] = _json(roofline_layers(hw, arch, exe, s, visits))
     return out
@@ -138,9 +142,10 @@ def _simulate(s: Scenario, trace_file: str | None) -> dict[str, Any]:
     rng = np.random.default_rng(s.seed)
     passes = book.slots.shape[1] // arch.num_layers
 
-    def visits(n: int) -> np.ndarray:
+    def visits(sequences: int, tokens: int) -> np.ndarray:
+        n = sequences * tokens
         rows = book.slots[rng.integers(book.slots.shape[0], size=n)]
-        return rows.reshape(n, passes, arch.num_layers).sum(axis=1)
+        return per_sequence(rows.reshape(n, passes, arch.num_layers).sum(axis=1), sequences, tokens)
 
     out["roofline_json"] = _json(roofline_layers(hw, arch, exe, s, visits))
     return out
@@ -166,25 +171,31 @@ def _capacity(s: Scenario, trace_file: str | None) -> dict[str, Any]:
 def roofline_layers(hw: Hardware, arch: Arch, exe: Execution, s: Scenario, visits) -> dict:
     """Per-layer FLOPs, DRAM bytes and time of the first prefill chunk and of a mid-output decode step.
 
-    `visits(n)` gives an (n, num_layers) count of the layers n tokens visit. The prefill chunk packs
-    whole prompts (the chunk budget, at least one prompt); the decode step has one token per sequence
-    of the batch, each holding the prompt and half the output in its KV cache.
+    `visits(sequences, tokens)` gives the (num_layers, sequences) visits of each layer by `tokens`
+    tokens of each of `sequences` sequences (`per_sequence`). The prefill chunk packs whole prompts
+    (the chunk budget, at least one prompt); the decode step has one token per sequence of the
+    batch, each holding the prompt and half the output in its KV cache.
     """
     batch, prompt, output, layers = s.sequences_per_batch, s.prompt_tokens, s.output_tokens, arch.num_layers
     chunk = s.prefill_chunk or batch * prompt
     seqs = max(1, min(batch, chunk // prompt))
-    prefill_visits = visits(seqs * prompt).reshape(seqs, prompt, layers).sum(axis=1).T.astype(np.float64)
-    prefill = iteration_cost(
-        hw, arch, exe, np.full(seqs, float(prompt)), np.zeros((layers, seqs)), prefill_visits, seqs
-    )
+    prices = launch_prices(hw, arch, exe)  # the estimate's own: a sweep prices each row count once
+    prefill_visits = visits(seqs, prompt)
+    prefill = prices.iteration_layers(np.full(seqs, float(prompt)), np.zeros((layers, seqs)), prefill_visits)
     held = prompt + output // 2
-    decode_visits = visits(batch).T.astype(np.float64)
+    decode_visits = visits(batch, 1)
     share = np.ones(layers)  # KV entries a layer holds per earlier token
     if exe.kv_policy == "none":  # only the tokens that visited the layer left an entry
-        share = np.minimum(1.0, visits(256).mean(axis=0))
+        share = np.minimum(1.0, visits(256, 1).mean(axis=1))
     context = np.broadcast_to(held * share[:, None], (layers, batch))
-    decode = iteration_cost(hw, arch, exe, np.ones(batch), context, decode_visits, batch)
-    return {"prefill": _per_layer(prefill.layers), "decode": _per_layer(decode.layers)}
+    decode = prices.iteration_layers(np.ones(batch), context, decode_visits)
+    return {"prefill": _per_layer(prefill), "decode": _per_layer(decode)}
+
+
+def per_sequence(token_visits: np.ndarray, sequences: int, tokens: int) -> np.ndarray:
+    """(num_layers, sequences) visits summed over each sequence's tokens, from the (sequences x tokens,
+    num_layers) visits of the tokens in sequence order."""
+    return token_visits.reshape(sequences, tokens, -1).sum(axis=1).T.astype(np.float64)
 
 
 def _per_layer(cost) -> dict[str, list[float]]:
@@ -224,7 +235,14 @@ def power_timeline(timeline, sim, hw: Hardware, tp: int, replicas: int) -> dict[
 
 
 def _round(values) -> list[float]:
-    return [float(f"{v:.{_DIGITS}g}") for v in np.asarray(values, dtype=np.float64)]
+    rounded: dict[float, float] = {}  # each distinct value formatted once (an unrouted layer repeats)
+    out = []
+    for v in np.asarray(values, dtype=np.float64).tolist():
+        r = rounded.get(v) if v else v  # zeros as they are: 0.0 and -0.0 would share a key
+        if r is None:
+            r = rounded[v] = float(f"{v:.{_DIGITS}g}")
+        out.append(r)
+    return out
 
 
 def _json(value: dict) -> str:

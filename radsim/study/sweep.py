@@ -263,9 +263,8 @@ def results_table(rows: Iterable[dict[str, Any]], order: dict[str, int]) -> pd.D
     """Rows in study order; columns: id, study, inputs, routes label, metrics, then the error."""
     ordered = sorted(rows, key=lambda r: order[r["point_id"]])
     first = ["point_id", "study", *INPUTS, "routes"]
-    metrics: list[str] = []
-    for row in ordered:
-        metrics += [k for k in row if k not in first and k != "error" and k not in metrics]
+    skip = {*first, "error"}
+    metrics = list(dict.fromkeys(k for row in ordered for k in row if k not in skip))  # first seen first
     table = pd.DataFrame.from_records(ordered, columns=[*first, *metrics, "error"])
     table["error"] = table["error"].fillna("")
     return table

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from radsim.cost.iteration import IterationBreakdown, head_cost, iteration_cost
+from radsim.cost.kernels import ADDITIVE
 from radsim.cost.layer import (
     DTYPE_BYTES,
     KV_POLICIES,
@@ -22,7 +23,7 @@ from radsim.cost.layer import (
     load_cost,
     weights_resident,
 )
-from radsim.cost.table import CostTable
+from radsim.cost.table import CostTable, LaunchPrices
 from radsim.routes.book import RouteBook
 from radsim.routes.synthetic import parametric, sequential
 from radsim.sim.engine import SimConfig, Simulation
@@ -176,6 +177,52 @@ def test_table_equals_cost_model_on_every_hardware_file(case):
         direct = head_cost(hw, arch, table.exe, float(new), float(logits))
         expected = [direct.time_s.sum(), direct.energy_J.sum(), direct.flops.sum(), direct.bytes.sum()]
         assert table.head_totals(new, logits) == pytest.approx(expected, rel=1e-9, abs=1e-300)
+
+
+def _every_hardware_file() -> list[str]:
+    return [*list_hardware(), *(str(p) for p in sorted(ROOT.glob("measurements/*/calibrated.toml")))]
+
+
+def _iterations(layers: int, rng: np.random.Generator):
+    """(new_tokens, context, visits) of iterations: prefill chunks and decode steps with every token
+    visiting every layer (one load per layer), and routed ones (each layer its own load)."""
+    for seqs, prompt in ((1, 7), (3, 512), (1, 8192)):  # prefill chunks of whole prompts
+        new = np.full(seqs, float(prompt))
+        yield new, np.zeros((layers, seqs)), np.tile(new, (layers, 1))
+    for batch, held in ((1, 512), (64, 2600), (256, 1000)):  # decode steps
+        yield np.ones(batch), np.full((layers, batch), float(held)), np.ones((layers, batch))
+    visits = rng.integers(0, 2, (layers, 8)).astype(np.float64)  # routed: layers differ
+    yield np.ones(8), np.full((layers, 8), 300.0), visits
+    new = np.full(2, 40.0)  # routed prefill, and one whose visits are equal across layers but partial
+    yield new, np.zeros((layers, 2)), rng.integers(0, 41, (layers, 2)).astype(np.float64)
+    yield new, np.zeros((layers, 2)), np.full((layers, 2), 13.0)
+
+
+@pytest.mark.parametrize(
+    "hw_name", _every_hardware_file(), ids=lambda n: Path(n).parent.name if "/" in n else n
+)
+def test_iteration_layers_equal_the_cost_model_on_every_hardware_file(hw_name):
+    """`LaunchPrices.iteration_layers` (the study's roofline data) gives `iteration_cost`'s layers to
+    the last bit, every operator and layer, under every KV policy, with and without a router."""
+    hw = load_hardware(hw_name)
+    dtype = "bf16" if hw.bf16_dense_flops else "fp32"
+    rng = np.random.default_rng(zlib.crc32(Path(hw_name).stem.encode()))
+    cases = [("smollm2-135m", 1), ("llama3.1-8b", 2), ("llama3.1-8b-finedeep", 1)]
+    for arch_name, tp in cases:
+        arch = load_arch(arch_name)
+        for policy in KV_POLICIES:
+            for routed in (False, True):
+                exe = Execution(dtype, tp=tp, kv_policy=policy, routed=routed)
+                prices = LaunchPrices(hw, arch, exe)
+                for new, context, visits in _iterations(arch.num_layers, rng):
+                    expected = iteration_cost(hw, arch, exe, new, context, visits, 1).layers
+                    got = prices.iteration_layers(new, context, visits)
+                    for field in ADDITIVE:
+                        np.testing.assert_array_equal(
+                            getattr(got, field),
+                            getattr(expected, field),
+                            err_msg=f"{arch_name} {exe} {field}",
+                        )
 
 
 def test_grid_covers_calibrated_attention_and_resident_weights():
