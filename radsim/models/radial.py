@@ -106,13 +106,16 @@ class Radial(nn.Module):
         record: bool = False,
         straight_through: bool = False,
         temperature: float = 1.0,
+        detach_router_input: bool = False,
     ) -> RadialOutput:
         """Route idx (B, T) through the layers.
 
         mode: "argmax" (deterministic) or "sample" (training exploration). routes (B, T, S), if
         given, forces the layer chosen after each visit (EXIT = -1 ends the route); the first visit
         is always `first_layer`. With straight_through, each visit's block output is scaled by
-        p / stop_grad(p) of the choice that led there, so gradients reach the router.
+        p / stop_grad(p) of the choice that led there, so gradients reach the router. With
+        detach_router_input, the router reads the hidden states without passing gradients back
+        into the layers (a policy-gradient loss on the routes then trains the router alone).
         """
         cfg, m = self.cfg, self.model
         b, t = idx.shape
@@ -129,7 +132,8 @@ class Radial(nn.Module):
                 scale = state.prob / state.prob.detach() if straight_through else None
                 h, stats = m.block(layer).visit(h, pos, here, m.rope, policy, scale, stats=record)
                 state.steps[here] += 1
-                decision = self._decide(h[here], state, here, layer, p, mode, routes, temperature)
+                hv = h[here].detach() if detach_router_input else h[here]
+                decision = self._decide(hv, state, here, layer, p, mode, routes, temperature)
                 if record and stats is not None:
                     step = state.steps[here] - 1
                     hidden = h[here].detach()

@@ -11,7 +11,8 @@ the layers never learn that some of them are skipped. Here, for each target mean
    distribution (the teacher, SmolLM2-135M run whole), so it learns to be the full model, not the
    text. Gradients reach the router through the straight-through scaling of each visit by
    p / stop_grad(p) and through REINFORCE with a per-token reward -(KL + penalty x depth) and a
-   batch-mean baseline. The penalty (nats per layer visit) is a dual variable: after every step it
+   batch-mean baseline (the router reads detached hidden states, so that the policy gradient,
+   noisy for the layers, trains the router alone). The penalty (nats per layer visit) is a dual variable: after every step it
    moves by penalty_lr x (depth - target) / layers, which holds the mean depth at its target.
    Skipped layers' KV entries are copied from the token's hidden state (`kv_policy = "copy"`).
 3. **Checkpoint.** Every `checkpoint_every` steps the adapters, router, optimiser, penalty and
@@ -218,7 +219,13 @@ def adapt_one(
             teacher_logp = F.log_softmax(teacher_bf16(x).float(), dim=-1)
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         with _bf16():
-            out = student(x, mode="sample", straight_through=True, temperature=a.sample_temperature)
+            out = student(
+                x,
+                mode="sample",
+                straight_through=True,
+                temperature=a.sample_temperature,
+                detach_router_input=True,  # the policy gradient trains the router, not the layers
+            )
         kl = kl_per_token(teacher_logp, out.logits)
         depth = out.depth.float()
         reward = -(kl.detach() + penalty * depth)

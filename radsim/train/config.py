@@ -119,12 +119,12 @@ class AdaptSection:
     lr: float = 5e-4  # peak learning rate of the low-rank adapters
     router_lr: float = 1e-3
     warmup_steps: int = 10
-    lora_rank: int = 8  # rank of the adapters on every projection of every layer
-    lora_alpha: float = 16.0  # the adapters' update is scaled by alpha / rank
+    lora_rank: int = 16  # rank of the adapters on every projection of every layer
+    lora_alpha: float = 32.0  # the adapters' update is scaled by alpha / rank
     imitation_tokens: int = 16384  # training tokens of the router's start (oracle imitation)
     router_epochs: int = 20
     penalty: float = 0.05  # starting compute penalty, nats of KL per layer visit
-    penalty_lr: float = 0.02  # dual step: penalty += penalty_lr * (depth - target) / layers
+    penalty_lr: float = 0.2  # dual step: penalty += penalty_lr * (depth - target) / layers
     sample_temperature: float = 0.5  # routes are sampled at this temperature in training (argmax in use)
     eval_tokens: int = 40960  # representative validation tokens (every source in proportion)
     checkpoint_every: int = 20

@@ -137,3 +137,18 @@ def test_adapted_radial_model_routes_and_backpropagates_into_adapters_and_router
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
     assert model.router.proj.weight.grad is not None and model.router.proj.weight.grad.abs().sum() > 0
+
+
+def test_a_detached_router_input_keeps_the_route_loss_out_of_the_layers():
+    torch.manual_seed(0)
+    model = Radial(RadialConfig(base=TINY, max_steps=4, max_passes=1, kv_policy="copy"))
+    params = add_adapters(model.model, rank=2, alpha=2.0)
+    _perturbed(model.model)
+    for detach in (False, True):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(3)
+        out = model(X, mode="sample", temperature=0.5, detach_router_input=detach)
+        (out.log_prob * out.depth.float()).mean().backward()  # a policy-gradient loss only
+        reached = any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+        assert reached is not detach
+        assert model.router.proj.weight.grad.abs().sum() > 0
