@@ -6,14 +6,18 @@ the layers never learn that some of them are skipped. Here, for each target mean
 1. **Start.** The router starts as the imitation router of `distill` at the threshold tau whose
    oracle routes have the target depth on the training windows (bisection on tau).
 2. **Adapt.** Every projection of every layer gets a low-rank adapter (LoRA, rank r, scale
-   alpha / r; the pretrained weights, embeddings and norms stay frozen). The student routes each
-   token by sampling its router (at `sample_temperature`; argmax in use); its loss is the KL divergence from the full model's next-token
-   distribution (the teacher, SmolLM2-135M run whole), so it learns to be the full model, not the
-   text. Gradients reach the router through the straight-through scaling of each visit by
-   p / stop_grad(p) and through REINFORCE with a per-token reward -(KL + penalty x depth) and a
-   batch-mean baseline (the router reads detached hidden states, so that the policy gradient,
-   noisy for the layers, trains the router alone). The penalty (nats per layer visit) is a dual variable: after every step it
-   moves by penalty_lr x (depth - target) / layers, which holds the mean depth at its target.
+   alpha / r; the pretrained weights, embeddings and norms stay frozen). The loss is the KL
+   divergence from the full model's next-token distribution (the teacher, SmolLM2-135M run
+   whole), so the student learns to be the full model, not the text. The router trains with the
+   adapters through the straight-through scaling of each visit's output by p / stop_grad(p) of
+   the choice that led there. `routing` says how tokens are routed in training:
+   - `argmax` (the default): as in use, so the adapters learn the very routes they will serve;
+     the router starts at the target depth and moves only by the KL's gradient.
+   - `sample`: routes are sampled at `sample_temperature`, and REINFORCE with a per-token
+     reward -(KL + penalty x depth) and a batch-mean baseline trains the router too (it reads
+     detached hidden states, so that this noisy gradient stays out of the layers). The penalty
+     (nats per layer visit) is the multiplier of an equality constraint on depth: after every
+     step it moves by penalty_lr x (depth - target) / layers.
    Skipped layers' KV entries are copied from the token's hidden state (`kv_policy = "copy"`).
 3. **Checkpoint.** Every `checkpoint_every` steps the adapters, router, optimiser, penalty and
    log are written atomically; a rerun resumes from there. A step's windows and samples depend
@@ -218,25 +222,28 @@ def adapt_one(
         with torch.no_grad(), _bf16():
             teacher_logp = F.log_softmax(teacher_bf16(x).float(), dim=-1)
         torch.manual_seed(cfg.seed * 1_000_003 + step)
+        sample = a.routing == "sample"
         with _bf16():
             out = student(
                 x,
-                mode="sample",
+                mode=a.routing,
                 straight_through=True,
-                temperature=a.sample_temperature,
-                detach_router_input=True,  # the policy gradient trains the router, not the layers
+                temperature=a.sample_temperature if sample else 1.0,
+                detach_router_input=sample,  # the policy gradient trains the router, not the layers
             )
         kl = kl_per_token(teacher_logp, out.logits)
         depth = out.depth.float()
-        reward = -(kl.detach() + penalty * depth)
-        router_loss = -((reward - reward.mean()) * out.log_prob).mean()
-        loss = kl.mean() + router_loss
+        loss = kl.mean()
+        if sample:
+            reward = -(kl.detach() + penalty * depth)
+            loss = loss - ((reward - reward.mean()) * out.log_prob).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(adapters + router_params, 1.0)
         opt.step()
         mean_depth = depth.mean().item()
-        penalty = max(0.0, penalty + a.penalty_lr * (mean_depth - goal) / layers)
+        if sample:  # the multiplier of an equality constraint on depth: either sign
+            penalty = penalty + a.penalty_lr * (mean_depth - goal) / layers
         step += 1
         log.append(
             {

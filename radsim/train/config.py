@@ -13,7 +13,7 @@ seed = 0
 [mod]    capacity, every
 [distill] thresholds (list), train_tokens, eval_tokens, router_epochs, kv_policy
 [adapt]  depth_targets (list, fractions of the layers), steps, lr, router_lr, warmup_steps, lora_rank,
-         lora_alpha, imitation_tokens, router_epochs, penalty, penalty_lr, sample_temperature,
+         lora_alpha, imitation_tokens, router_epochs, routing, penalty, penalty_lr, sample_temperature,
          eval_tokens,
          checkpoint_every, kv_policy
 [finedeep] sub_layers, experts, expert_size
@@ -125,7 +125,8 @@ class AdaptSection:
     router_epochs: int = 20
     penalty: float = 0.05  # starting compute penalty, nats of KL per layer visit
     penalty_lr: float = 0.2  # dual step: penalty += penalty_lr * (depth - target) / layers
-    sample_temperature: float = 0.5  # routes are sampled at this temperature in training (argmax in use)
+    routing: str = "argmax"  # training routes: argmax (as in use) or sample (REINFORCE, penalty)
+    sample_temperature: float = 0.5  # routing = "sample": routes are sampled at this temperature
     eval_tokens: int = 40960  # representative validation tokens (every source in proportion)
     checkpoint_every: int = 20
     kv_policy: str = "copy"
@@ -309,6 +310,8 @@ def check_run_config(cfg: RunConfig, where: str = "<run config>") -> None:
             )
     if not cfg.distill.thresholds:
         raise ConfigError(f"{where}: [distill].thresholds is empty; allowed: a list of numbers > 0")
+    if cfg.adapt.routing not in ("argmax", "sample"):
+        raise ConfigError(f"{where}: [adapt].routing is {cfg.adapt.routing!r}; allowed: argmax, sample")
     targets = cfg.adapt.depth_targets
     if not targets or not all(0 < t <= 1 for t in targets):
         raise ConfigError(
