@@ -117,7 +117,7 @@ class AdaptSection:
     depth_targets: tuple[float, ...] = (0.75, 0.9, 0.6)  # mean depth / layers, one model each
     steps: int = 200  # optimiser steps per model, each of data.batch windows of data.seq_len
     lr: float = 5e-4  # peak learning rate of the low-rank adapters
-    router_lr: float = 1e-3
+    router_lr: float = 1e-3  # 0: the router stays as it started (the oracle imitation)
     warmup_steps: int = 10
     lora_rank: int = 16  # rank of the adapters on every projection of every layer
     lora_alpha: float = 32.0  # the adapters' update is scaled by alpha / rank
@@ -264,7 +264,6 @@ _RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("distill", "train_tokens"): _at_least(1),
     ("adapt", "steps"): _at_least(1),
     ("adapt", "lr"): ((lambda v: v > 0), "> 0"),
-    ("adapt", "router_lr"): ((lambda v: v > 0), "> 0"),
     ("adapt", "sample_temperature"): ((lambda v: v > 0), "> 0"),
     ("adapt", "lora_rank"): _at_least(1),
     ("adapt", "imitation_tokens"): _at_least(1),

@@ -152,3 +152,64 @@ def test_a_detached_router_input_keeps_the_route_loss_out_of_the_layers():
         reached = any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
         assert reached is not detach
         assert model.router.proj.weight.grad.abs().sum() > 0
+
+
+def _tiny_run(tmp_path, steps=4, router_lr=0.0, routing="argmax"):
+    from radsim.train.config import AdaptSection, DataSection, RunConfig
+
+    cfg = RunConfig(
+        name="tiny-adapt",
+        kind="radial_adapt",
+        data=DataSection(seq_len=16, batch=2, vocab=0),
+        adapt=AdaptSection(
+            steps=steps,
+            checkpoint_every=2,
+            lora_rank=2,
+            lora_alpha=2.0,
+            warmup_steps=1,
+            router_lr=router_lr,
+            routing=routing,
+        ),
+    )
+    torch.manual_seed(0)
+    teacher = Llama(TINY).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    from radsim.models.radial import Router
+
+    router = Router(RadialConfig(base=TINY, max_steps=TINY.num_layers, max_passes=1, kv_policy="copy"))
+    torch.nn.init.normal_(router.proj.weight, std=1.0)
+    train = np.random.default_rng(0).integers(0, 50, size=5000).astype(np.uint16)
+    return cfg, teacher, router, train
+
+
+@pytest.mark.parametrize(("router_lr", "routing"), [(0.0, "argmax"), (1e-2, "sample")])
+def test_an_interrupted_adaptation_resumes_to_the_same_numbers(tmp_path, monkeypatch, router_lr, routing):
+    import copy
+
+    import radsim.train.adapt as adapt
+
+    cfg, teacher, router, train = _tiny_run(tmp_path, router_lr=router_lr, routing=routing)
+    start = copy.deepcopy(router.state_dict())
+    whole, log = adapt.adapt_one(cfg, 0.75, teacher, teacher, router, train, tmp_path / "whole")
+    assert len(log) == 4 and all(np.isfinite(r["kl"]) for r in log)
+    frozen = all(torch.equal(v, start[k]) for k, v in whole.router.state_dict().items())
+    assert frozen is (router_lr == 0)
+    assert any(v.abs().sum() > 0 for k, v in adapter_state(whole.model).items() if "lora_b" in k)
+
+    real_write, writes = adapt.atomic_write, []
+
+    def write_then_stop(path, write):
+        real_write(path, write)
+        writes.append(path)
+        raise KeyboardInterrupt  # the session ends right after the first checkpoint (step 2)
+
+    monkeypatch.setattr(adapt, "atomic_write", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        adapt.adapt_one(cfg, 0.75, teacher, teacher, router, train, tmp_path / "cut")
+    monkeypatch.setattr(adapt, "atomic_write", real_write)
+    assert torch.load(writes[0], weights_only=False)["step"] == 2
+    resumed, log2 = adapt.adapt_one(cfg, 0.75, teacher, teacher, router, train, tmp_path / "cut")
+    assert [r["kl"] for r in log2] == [r["kl"] for r in log]
+    for key, value in adapter_state(whole.model).items():
+        assert torch.equal(value, adapter_state(resumed.model)[key]), key
