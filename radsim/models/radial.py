@@ -87,6 +87,19 @@ class RadialOutput:
     log_prob: torch.Tensor  # (B, T) sum of log-probabilities of the router's choices
     entropy: torch.Tensor  # (B, T) sum of the router's entropies over the token's decisions
     visits: list[Visit]
+    # per option (layers 0..L-1, exit): how many decisions chose it, and the summed probability
+    # the router gave it (differentiable): what a load-balancing loss reads
+    choice_count: torch.Tensor | None = None
+    prob_sum: torch.Tensor | None = None
+
+    def balance_loss(self) -> torch.Tensor:
+        """Switch-Transformer load balance over the layer options (exit left out): L x sum_l f_l P_l,
+        f_l the share of layer picks that chose layer l and P_l the mean probability of l over the
+        decisions that picked a layer; 1 when layers are used evenly, up to L when one takes all."""
+        assert self.choice_count is not None and self.prob_sum is not None
+        count, prob = self.choice_count[:-1], self.prob_sum[:-1]
+        picks = count.sum().float().clamp_min(1.0)
+        return len(count) * (count.float() / picks * prob / picks).sum()
 
 
 class Radial(nn.Module):
@@ -122,6 +135,8 @@ class Radial(nn.Module):
         pos = m.positions(idx)
         h = m.embed_tokens(idx)
         state = _RouteState.start(b, t, cfg.first_layer, idx.device)
+        state.choice_count = torch.zeros(cfg.base.num_layers + 1, dtype=torch.long, device=idx.device)
+        state.prob_sum = torch.zeros(cfg.base.num_layers + 1, device=idx.device)
         visits: list[Visit] = []
         for p in range(cfg.max_passes):
             for layer in range(cfg.base.num_layers):
@@ -140,7 +155,13 @@ class Radial(nn.Module):
                     visits.append(Visit(layer, p, step, *decision, hidden=hidden, stats=stats))
         logits = m.lm_head(m.norm(h))
         return RadialOutput(
-            logits=logits, depth=state.steps, log_prob=state.log_prob, entropy=state.entropy, visits=visits
+            logits=logits,
+            depth=state.steps,
+            log_prob=state.log_prob,
+            entropy=state.entropy,
+            visits=visits,
+            choice_count=state.choice_count,
+            prob_sum=state.prob_sum,
         )
 
     def _decide(
@@ -179,6 +200,11 @@ class Radial(nn.Module):
         chosen = torch.where(budget_out | ~torch.isfinite(chosen), torch.zeros_like(chosen), chosen)
         state.log_prob = _put(state.log_prob, here, state.log_prob[here] + chosen)
         state.prob = _put(state.prob, here, chosen.exp())
+        decided = ~budget_out  # a token out of budget exits without a decision
+        picked_layer = decided & (choice != n_layers)  # decisions that chose a layer: the balanced ones
+        if state.choice_count is not None and state.prob_sum is not None:
+            state.choice_count = state.choice_count + torch.bincount(choice[decided], minlength=n_layers + 1)
+            state.prob_sum = state.prob_sum + probs[picked_layer].sum(dim=0)
         exits = choice == n_layers
         active = state.active.clone()
         active[here] = ~exits
@@ -209,6 +235,8 @@ class _RouteState:
     log_prob: torch.Tensor
     prob: torch.Tensor  # probability of each token's latest choice
     entropy: torch.Tensor
+    choice_count: torch.Tensor | None = None
+    prob_sum: torch.Tensor | None = None
 
     @classmethod
     def start(cls, b: int, t: int, first: int, device: torch.device) -> _RouteState:

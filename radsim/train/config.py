@@ -8,7 +8,8 @@ seed = 0
 [data]   seq_len, batch, vocab (0: SmolLM2's 49152 tokens; else the most frequent tokens + <unk>)
 [model]  hidden_size, num_layers, num_heads, num_kv_heads, ffn_size   (scratch kinds)
 [train]  steps, lr, warmup_steps, compute_penalty (nats per layer visit), router_warmup_steps,
-         penalty_ramp_steps, entropy_bonus, eval_tokens
+         penalty_ramp_steps, entropy_bonus, balance_weight, depth_target, penalty_lr, eval_tokens,
+         checkpoint_every
 [radial] max_steps, max_passes, kv_policy
 [mod]    capacity, every
 [distill] thresholds (list), train_tokens, eval_tokens, router_epochs, kv_policy
@@ -79,7 +80,16 @@ class TrainSection:
     router_warmup_steps: int = 0
     penalty_ramp_steps: int = 0  # the compute penalty grows linearly to its value over these steps
     entropy_bonus: float = 0.0  # keeps the router exploring
+    # weight of the router's load-balancing loss (RadialOutput.balance_loss): spreads the layer
+    # picks over the layers, so that the router cannot collapse onto one route
+    balance_weight: float = 0.0
+    # > 0: mean layer visits per token a radial router is held at; the compute penalty (starting at
+    # compute_penalty) is then the multiplier of that constraint, moved by penalty_lr x (depth -
+    # depth_target) / num_layers after every step past the router warm-up (either sign)
+    depth_target: float = 0.0
+    penalty_lr: float = 0.2
     eval_tokens: int = 32768
+    checkpoint_every: int = 0  # steps between resumable checkpoints (0: none; a run then starts over)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ untrained expansion on the same validation windows first. Outputs go to runs/<na
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -95,10 +96,13 @@ def build_model(cfg: RunConfig, vocab: int) -> ScratchModel:
     return Llama(base)
 
 
-def step_loss(model: ScratchModel, x: torch.Tensor, step: int, cfg: RunConfig) -> tuple[torch.Tensor, dict]:
-    """Training loss of one batch and what to log."""
+def step_loss(
+    model: ScratchModel, x: torch.Tensor, step: int, cfg: RunConfig, penalty: float | None = None
+) -> tuple[torch.Tensor, dict]:
+    """Training loss of one batch and what to log (`penalty`: a radial router's compute penalty
+    now, where a depth target moves it; else `[train].compute_penalty`, ramped)."""
     if isinstance(model, Radial):
-        return _radial_loss(model, x, step, cfg)
+        return _radial_loss(model, x, step, cfg, penalty)
     if isinstance(model, MoD):
         out = model(x)
         lm = lm_loss(out.logits, x)
@@ -111,7 +115,9 @@ def step_loss(model: ScratchModel, x: torch.Tensor, step: int, cfg: RunConfig) -
     return lm, {"lm": lm.item(), "depth": float(model.cfg.num_layers)}
 
 
-def _radial_loss(model: Radial, x: torch.Tensor, step: int, cfg: RunConfig) -> tuple[torch.Tensor, dict]:
+def _radial_loss(
+    model: Radial, x: torch.Tensor, step: int, cfg: RunConfig, penalty: float | None = None
+) -> tuple[torch.Tensor, dict]:
     """LM loss, plus REINFORCE on the router once the router warm-up is over."""
     t = cfg.train
     if step < t.router_warmup_steps:
@@ -120,16 +126,27 @@ def _radial_loss(model: Radial, x: torch.Tensor, step: int, cfg: RunConfig) -> t
         route[:n] = torch.arange(1, n + 1)  # layers 0, 1, ... in order
         out = model(x, routes=route.expand(*x.shape, steps))
         lm = lm_loss(out.logits, x)
-        return lm, {"lm": lm.item(), "depth": out.depth.float().mean().item()}
+        info = {"lm": lm.item(), "depth": out.depth.float().mean().item()}
+        if t.depth_target:  # the log's columns from the start
+            info["penalty"] = t.compute_penalty
+        return lm, info | ({"balance": 0.0} if t.balance_weight else {})
     ramp = (step - t.router_warmup_steps + 1) / t.penalty_ramp_steps if t.penalty_ramp_steps else 1.0
-    penalty = t.compute_penalty * min(1.0, ramp)
+    if penalty is None:
+        penalty = t.compute_penalty * min(1.0, ramp)
     out = model(x, mode="sample", straight_through=True)
     ce = lm_loss(out.logits, x, reduction="none")  # (B, T-1)
     depth = out.depth[:, :-1].float()
     reward = -(ce.detach() + penalty * depth)
     advantage = reward - reward.mean()
     router = -(advantage * out.log_prob[:, :-1]).mean() - t.entropy_bonus * out.entropy[:, :-1].mean()
-    return ce.mean() + router, {"lm": ce.mean().item(), "depth": depth.mean().item()}
+    info = {"lm": ce.mean().item(), "depth": depth.mean().item()}
+    if t.depth_target:
+        info["penalty"] = penalty
+    if t.balance_weight:
+        balance = out.balance_loss()
+        router = router + t.balance_weight * balance
+        info["balance"] = balance.item()
+    return ce.mean() + router, info
 
 
 @torch.no_grad()
@@ -166,7 +183,13 @@ def lr_at(step: int, cfg: RunConfig) -> float:
 
 
 def train_scratch(cfg: RunConfig, out_dir: Path) -> dict:
-    """Train, evaluate on the validation split and save; returns the metrics."""
+    """Train, evaluate on the validation split and save; returns the metrics.
+
+    With `[train].checkpoint_every`, the model, optimiser, random states and log are written to
+    `out_dir/checkpoint.pt` every so many steps, and a rerun resumes there: the training windows
+    are drawn from one seeded stream, fast-forwarded past the steps done, so that a resumed run
+    makes the numbers an uninterrupted one would.
+    """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     splits = text_splits()
@@ -179,21 +202,49 @@ def train_scratch(cfg: RunConfig, out_dir: Path) -> dict:
     )
     model = build_model(cfg, vocab)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=(0.9, 0.95), weight_decay=0.1)
-    log, start = [], time.time()
+    log: list[dict] = []
+    first = 0
+    t = cfg.train
+    penalty = t.compute_penalty if t.depth_target else None  # a multiplier held at the depth target
+    ckpt_path = out_dir / "checkpoint.pt"
+    if cfg.train.checkpoint_every and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["state_dict"])
+        opt.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        first, log, penalty = ckpt["step"], ckpt["log"], ckpt.get("penalty", penalty)
+        for _ in range(first):  # the windows of the steps done, drawn and dropped
+            rng.integers(0, len(train) - cfg.data.seq_len, size=cfg.data.batch)
+        print(f"{cfg.name}: resuming at step {first}", file=sys.stderr, flush=True)
+    start = time.time() - (log[-1]["elapsed_s"] if log else 0.0)
     batches = corpus.batches(train, cfg.data.seq_len, cfg.data.batch, rng)
-    progress = bar(cfg.train.steps, "steps", sys.stderr, desc="training: ")
-    for step in range(cfg.train.steps):
+    progress = bar(cfg.train.steps, "steps", sys.stderr, initial=first, desc="training: ")
+    for step in range(first, cfg.train.steps):
         batch = next(batches)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss, info = step_loss(model, torch.from_numpy(batch), step, cfg)
+        loss, info = step_loss(model, torch.from_numpy(batch), step, cfg, penalty)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if penalty is not None and step >= t.router_warmup_steps:
+            penalty += t.penalty_lr * (info["depth"] - t.depth_target) / cfg.model.num_layers
         log.append({"step": step, "elapsed_s": time.time() - start, **info})
         progress.set_postfix_str(f"lm {info['lm']:.3f}, depth {info['depth']:.2f}", refresh=False)
         progress.update(1)
+        every = cfg.train.checkpoint_every
+        if every and (step + 1) % every == 0 and step + 1 < cfg.train.steps:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            state = {
+                "step": step + 1,
+                "state_dict": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "log": log,
+                "penalty": penalty,
+            }
+            _atomic(ckpt_path, functools.partial(torch.save, state))
     progress.close()
     metrics = {"val": evaluate(model, val), "train_seconds": time.time() - start, "params": _params(model)}
     save_run(out_dir, cfg, model, mapping if cfg.data.vocab else None, metrics, log)

@@ -1,0 +1,106 @@
+"""Scratch training on synthetic tokens: a radial router's load balance, and resumable checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import radsim.train.loop as loop  # noqa: E402
+from radsim.models.llama import LlamaConfig  # noqa: E402
+from radsim.models.radial import Radial, RadialConfig  # noqa: E402
+from radsim.train.config import DataSection, ModelSection, RadialSection, RunConfig, TrainSection  # noqa: E402
+
+TINY = LlamaConfig(
+    vocab_size=50, hidden_size=32, num_layers=4, num_heads=4, num_kv_heads=2, ffn_size=48, max_positions=32
+)
+X = torch.from_numpy(np.random.default_rng(0).integers(0, 50, size=(3, 16)).astype(np.int64))
+
+
+def test_balance_loss_is_one_when_layers_share_evenly_and_larger_when_one_takes_all():
+    torch.manual_seed(0)
+    model = Radial(RadialConfig(base=TINY, max_steps=6, max_passes=2))
+    with torch.no_grad():
+        model.router.proj.weight.zero_()
+        model.router.proj.bias.zero_()
+        even = model(X, mode="sample")  # uniform router: every option alike
+        skip_only = Radial(RadialConfig(base=TINY, max_steps=6, max_passes=1))
+        skip_only.router.proj.weight.zero_()
+        skip_only.router.proj.bias.zero_()
+        skip_only.router.proj.bias[3] = 20.0  # everyone jumps from layer 0 to the last layer, then exits
+        skewed = skip_only(X, mode="sample")
+    assert even.choice_count.sum() > 0
+    assert even.balance_loss().item() == pytest.approx(1.0, abs=0.25)
+    assert skewed.balance_loss().item() == pytest.approx(TINY.num_layers, rel=0.01)
+
+
+def test_balance_loss_reaches_the_router():
+    torch.manual_seed(0)
+    model = Radial(RadialConfig(base=TINY, max_steps=6, max_passes=2))
+    torch.nn.init.normal_(model.router.proj.weight, std=1.0)
+    model(X, mode="sample").balance_loss().backward()
+    assert model.router.proj.weight.grad.abs().sum() > 0
+
+
+def _config(steps: int = 6, depth_target: float = 0.0) -> RunConfig:
+    return RunConfig(
+        name="tiny-radial",
+        kind="radial_scratch",
+        data=DataSection(seq_len=16, batch=2, vocab=64),
+        model=ModelSection(hidden_size=32, num_layers=4, num_heads=4, num_kv_heads=2, ffn_size=48),
+        train=TrainSection(
+            steps=steps,
+            lr=1e-2,
+            warmup_steps=1,
+            compute_penalty=0.01,
+            router_warmup_steps=2,
+            balance_weight=0.1,
+            eval_tokens=64,
+            checkpoint_every=2,
+            depth_target=depth_target,
+        ),
+        radial=RadialSection(max_steps=6, max_passes=2),
+    )
+
+
+@pytest.fixture
+def synthetic_text(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    paths = {}
+    for split, n in (("train", 20_000), ("val", 2_000), ("test", 2_000)):
+        paths[split] = tmp_path / f"{split}.npy"
+        np.save(paths[split], rng.integers(0, 200, size=n).astype(np.uint16))
+    monkeypatch.setattr(loop, "text_splits", lambda: paths)
+
+
+@pytest.mark.parametrize("depth_target", [0.0, 3.0])
+def test_an_interrupted_scratch_run_resumes_to_the_same_model(
+    tmp_path, monkeypatch, synthetic_text, depth_target
+):
+    cfg = _config(depth_target=depth_target)
+    whole = loop.train_scratch(cfg, tmp_path / "whole")
+    real, written = loop._atomic, []
+
+    def stop_after_first_checkpoint(path, write):
+        real(path, write)
+        written.append(path.name)
+        if path.name == "checkpoint.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_atomic", stop_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train_scratch(cfg, tmp_path / "cut")
+    monkeypatch.setattr(loop, "_atomic", real)
+    assert written == ["checkpoint.pt"]
+    resumed = loop.train_scratch(cfg, tmp_path / "cut")
+    assert resumed["val"] == whole["val"]
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = (tmp_path / "cut" / "log.csv").read_text().splitlines()
+    penalty = ["penalty"] if depth_target else []
+    assert log[0].split(",") == ["step", "elapsed_s", "lm", "depth", *penalty, "balance"] and len(log) == 7
+    if depth_target:  # the multiplier moved after the warm-up, by the depth's distance from its target
+        values = [float(row.split(",")[4]) for row in log[1:]]
+        assert values[:3] == [0.01] * 3 and values[3] != values[2]
