@@ -508,6 +508,14 @@ def adapt(cfg: RunConfig, out_dir: Path) -> dict:
                     cfg.seed,
                 )
             )
+        _write_results(rows, bi, names, sources, out_dir)  # the curve so far: a partial run has one too
+    return _write_results(rows, bi, names, sources, out_dir)
+
+
+def _write_results(
+    rows: list[dict], bi: torch.Tensor, names: list[str], sources: np.ndarray, out_dir: Path
+) -> dict:
+    """curve.json (rows, block influence, the sample's windows per source) and the curve's CSV and plot."""
     summary = {
         "rows": rows,
         "block_influence": bi.tolist(),
