@@ -42,7 +42,7 @@ from radsim.spec.hardware import Hardware
 
 ROUTE_BLOCK = 1024  # requests whose routes are drawn together
 PROGRESS_EVERY = 256  # iterations between calls of `Simulation.on_progress`
-MIN_RUN = 8  # decode iterations worth advancing over at once (a run costs about as much as 4-8 single ones)
+MIN_RUN = 4  # decode iterations worth advancing over at once (a run costs about as much as 2-4 single ones)
 RUN_ELEMENTS = 1 << 14  # (steps x rows) of one vectorised run: bounds its arrays
 
 
@@ -312,9 +312,9 @@ class Simulation:
     def _run_decodes(self, replica: Replica, batch: Batch, steps: int):
         """Advance over a run of decode-only iterations of the same rows at once: priced in one
         vectorised call, booked as the step-by-step loop books each (`advance=False` runs that
-        loop; tests/sim/test_advance.py holds the two equal). The run ends before an iteration that
-        would complete a request, overflow the KV cache, or plan differently because a request
-        arrived that it could admit."""
+        loop; tests/sim/test_advance.py holds the two equal). The run ends with the first iteration
+        that completes a request (booked by `Scheduler.finish_run`), or before one that would
+        overflow the KV cache or plan differently because a request arrived that it could admit."""
         sched, cfg = replica.scheduler, self.cfg
         steps = min(steps, max(MIN_RUN, RUN_ELEMENTS // max(batch.decode_rows.size, 1)))
         cut = sched.admits_on_arrival(batch)

@@ -468,9 +468,9 @@ class Scheduler:
     # -- runs of identical decode iterations -----------------------------------------------------
     def run_length(self, batch: Batch) -> int:
         """Iterations from `batch` on (itself included) that the scheduler would plan as the same
-        decode-only batch with no request completing: 0 when `batch` prefills, a row waits for a
-        static batch, or a row completes at once. KV capacity and arrivals are checked by the caller
-        (`decode_run`, and the engine)."""
+        decode-only batch, up to and including the first that completes a request: 0 when `batch`
+        prefills or a row waits for a static batch. KV capacity and arrivals are checked by the
+        caller (`decode_run`, and the engine)."""
         if (
             batch.prefill_rows.size
             or self.preempted
@@ -481,7 +481,7 @@ class Scheduler:
         rows = batch.decode_rows
         if not rows.size:
             return 0
-        return int((self.end_context[rows] - batch.decode_context).min()) - 1  # the next completes one
+        return int((self.end_context[rows] - batch.decode_context).min())  # the last completes one
 
     def admits_on_arrival(self, batch: Batch) -> bool:
         """Whether a request arriving while `batch`'s run goes on could be admitted at a later plan
@@ -532,6 +532,12 @@ class Scheduler:
         self.itl_sum = float(np.add.accumulate(np.concatenate([[self.itl_sum], gaps * count]))[-1])
         self.itl_count += count * gaps.size
         self._planned_at = float(starts[-1])
+        # only the last iteration of a run can complete requests (`run_length`)
+        done = rows[self.context[rows] >= self.end_context[rows]]
+        if done.size:
+            now = float(ends[-1])
+            for row in done.tolist():
+                self._complete(row, now)
 
     # -- completion ----------------------------------------------------------------------------
     def finish(self, batch: Batch, now: float) -> None:
@@ -567,12 +573,14 @@ class Scheduler:
             if self.context[row] >= self.end_context[row]:
                 finished.append(row)
         for row in finished:
-            request = self.request[row]
-            assert request is not None
-            self.done.append(
-                Finished(request, float(self.first_token_at[row]), now, int(self.preemptions[row]))
-            )
-            self._free(row)
+            self._complete(row, now)
+
+    def _complete(self, row: int, now: float) -> None:
+        """Row's request has generated its last token at `now`: book it and free the row."""
+        request = self.request[row]
+        assert request is not None
+        self.done.append(Finished(request, float(self.first_token_at[row]), now, int(self.preemptions[row])))
+        self._free(row)
 
     def _first_token(self, row: int, now: float) -> None:
         """A row whose prefill completed emits a token: its first, or after a recompute the next one."""
