@@ -13,6 +13,8 @@ the scheduler, the executor or the metrics module.
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,10 +52,10 @@ def _delay_to(now: float, end: float) -> float:
     """The delay that brings simpy's clock from `now` exactly to `end` (now + delay == end)."""
     delay = end - now
     while now + delay < end:
-        delay = np.nextafter(delay, np.inf)
+        delay = math.nextafter(delay, math.inf)
     while now + delay > end:
-        delay = np.nextafter(delay, -np.inf)
-    return float(delay)
+        delay = math.nextafter(delay, -math.inf)
+    return delay
 
 
 @dataclass(frozen=True)
@@ -125,10 +127,9 @@ class Timeline:
         if len(self._rows) >= _FLUSH_ROWS:
             self._flush()
 
-    def extend(self, columns: list[np.ndarray]) -> None:
-        """Several iterations at once, one array per field in `TIMELINE_FIELDS` order."""
+    def extend(self, block: np.ndarray) -> None:
+        """Several iterations at once: (iterations, fields) in `TIMELINE_FIELDS` order, float64."""
         self._flush()
-        block = np.column_stack([np.asarray(c, dtype=np.float64) for c in columns])
         self._blocks.append(block)
         self._length += len(block)
 
@@ -198,7 +199,7 @@ class Simulation:
         ]
         self.timeline = Timeline()
         self._last_step_s = 0.0  # duration of the latest iteration: sizes the next decode run
-        self._arrival_times = np.array([r.arrival_at for r in self.requests], dtype=np.float64)
+        self._arrival_list = [r.arrival_at for r in self.requests]  # sorted
         self.on_progress: Callable[[int], None] | None = None  # called with the requests completed so far
         # advance over runs of identical decode iterations at once (layer-major execution, one
         # replica); False prices every iteration on its own: the reference the tests compare with
@@ -316,63 +317,74 @@ class Simulation:
         that completes a request (booked by `Scheduler.finish_run`), or before one that would
         overflow the KV cache or plan differently because a request arrived that it could admit."""
         sched, cfg = replica.scheduler, self.cfg
-        steps = min(steps, max(MIN_RUN, RUN_ELEMENTS // max(batch.decode_rows.size, 1)))
-        cut = sched.admits_on_arrival(batch)
-        if cut and self._next < len(self.requests) and self._last_step_s > 0:
+        count = int(batch.decode_rows.size)
+        steps = min(steps, max(MIN_RUN, RUN_ELEMENTS // max(count, 1)))
+        arrivals, first_new = self._arrival_list, self._next
+        cut = first_new < len(arrivals) and sched.admits_on_arrival(batch)
+        now = self.env.now
+        if cut and self._last_step_s > 0:
             # the run ends at the next arrival: price about as many steps as fit before it
-            horizon = self.requests[self._next].arrival_at - self.env.now
+            horizon = arrivals[first_new] - now
             steps = max(1, min(steps, int(horizon / self._last_step_s * 1.1) + 2))
         run = sched.decode_run(batch, steps)
         totals = self.run_totals(run, sched)  # at least the first step: `batch` fits
-        k = len(totals)
-        now = self.env.now
-        # the clock as simpy advances it, one addition per iteration (accumulate is sequential)
-        clock = np.add.accumulate(np.concatenate([[now], totals[:, 0]]))
-        starts, ends = clock[:-1], clock[1:]
-        # arrivals up to each later plan join the queue there; one that could be admitted ends the run
-        arrived = np.searchsorted(self._arrival_times, starts, side="right")
-        arrived[0] = self._next
-        if cut and self._next < len(self.requests):
-            later = np.flatnonzero(arrived[1:] > self._next)
-            if later.size:
-                k = int(later[0]) + 1
-        starts, ends, arrived, totals = starts[:k], ends[:k], arrived[:k], totals[:k]
+        # the clock as simpy advances it, one addition per iteration; arrivals up to each later plan
+        # join the queue there, and one that could be admitted ends the run
+        starts, ends, arrived = [], [], []
+        delivered = first_new  # requests delivered by the plan
+        due = arrivals[delivered] if delivered < len(arrivals) else math.inf
+        end = now
+        for time_s in totals[:, 0].tolist():
+            if end >= due and starts:
+                if cut:
+                    break
+                delivered = bisect.bisect_right(arrivals, end, delivered)
+                due = arrivals[delivered] if delivered < len(arrivals) else math.inf
+            starts.append(end)
+            arrived.append(delivered)
+            end += time_s
+            ends.append(end)
+        k = len(starts)
         if k < run.steps:
-            run = DecodeRun(
-                run.rows,
-                run.tokens[:k],
-                run.visits[:k],
-                run.context[:k],
-                None if run.held is None else run.held[:k],
-                run.new_entries[:k],
-            )
-        devices, idle_W = cfg.exe.tp, cfg.hw.idle_power_W
-        count = int(batch.decode_rows.size)
+            run = run.first(k)
+            totals = totals[:k]
+        devices = cfg.exe.tp
         energy = totals[:, 1] * devices
         idle = now - replica.last_end_at  # before the first; none between iterations of the run
-        first = idle * idle_W * devices + totals[0, 1] * devices
-        replica.energy_J = float(
-            np.add.accumulate(np.concatenate([[replica.energy_J, first], energy[1:]]))[-1]
-        )
-        replica.busy_s = float(np.add.accumulate(np.concatenate([[replica.busy_s], totals[:, 0]]))[-1])
-        entries = np.add.accumulate(np.concatenate([[sched.entries_used], run.new_entries]))[:-1]
-        waiting = sched.waiting_count + (arrived - self._next)
-        ones = np.ones(k)
-        self.timeline.extend(
-            [replica.index * ones, starts, totals[:, 0], energy, count * ones, 0 * ones, count * ones,
-             entries * sched.entry_bytes, waiting]
-        )  # fmt: skip
-        while self._next < int(arrived[-1]):  # delivered in order, as at each plan
+        book = replica.energy_J + (idle * cfg.hw.idle_power_W * devices + float(energy[0]))
+        for e in energy[1:].tolist():  # sequential, as the step-by-step loop adds
+            book += e
+        replica.energy_J = book
+        busy = replica.busy_s
+        for time_s in totals[:, 0].tolist():
+            busy += time_s
+        replica.busy_s = busy
+        block = np.empty((k, len(TIMELINE_FIELDS)))
+        block[:, 0] = replica.index
+        block[:, 1] = starts
+        block[:, 2:4] = totals[:, :2]
+        block[:, 3] *= devices
+        block[:, 4] = count
+        block[:, 5] = 0
+        block[:, 6] = count
+        entries = np.cumsum(run.new_entries)  # exact: integer counts
+        block[0, 7] = sched.entries_used
+        block[1:, 7] = entries[:-1] + sched.entries_used
+        block[:, 7] *= sched.entry_bytes
+        block[:, 8] = arrived
+        block[:, 8] += sched.waiting_count - first_new
+        self.timeline.extend(block)
+        while self._next < delivered:  # delivered in order, as at each plan
             self._deliver(replica, self._next)
             self._next += 1
-        replica.last_end_at = float(ends[-1])
+        replica.last_end_at = end
         self._last_step_s = float(totals[-1, 0])
         if (
             self.on_progress is not None
             and (len(self.timeline) // PROGRESS_EVERY) > (len(self.timeline) - k) // PROGRESS_EVERY
         ):
             self.on_progress(sum(len(r.scheduler.done) for r in self.replicas))
-        yield self.env.timeout(_delay_to(now, float(ends[-1])))
+        yield self.env.timeout(_delay_to(now, end))
         sched.finish_run(run, starts, ends)
 
     def run_totals(self, run: DecodeRun, sched: Scheduler) -> np.ndarray:

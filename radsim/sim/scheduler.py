@@ -143,6 +143,13 @@ class DecodeRun:
     def steps(self) -> int:
         return int(self.tokens.shape[0])
 
+    def first(self, k: int) -> DecodeRun:
+        """The run's first k iterations."""
+        held = None if self.held is None else self.held[:k]
+        return DecodeRun(
+            self.rows, self.tokens[:k], self.visits[:k], self.context[:k], held, self.new_entries[:k]
+        )
+
 
 class Scheduler:
     """Waiting queue and running rows of one replica, with its KV-cache books."""
@@ -514,28 +521,28 @@ class Scheduler:
                 held[:, :, : self.num_layers] = ctx[:, :, None]
         return DecodeRun(rows, tokens, visits, ctx, held, added)
 
-    def finish_run(self, run: DecodeRun, starts: np.ndarray, ends: np.ndarray) -> None:
+    def finish_run(self, run: DecodeRun, starts: list[float], ends: list[float]) -> None:
         """Book a run's iterations, planned at `starts` and done at `ends`, as `finish` books each."""
         rows, layers = run.rows, self.num_layers
-        self.entries_used = float(
-            np.add.accumulate(np.concatenate([[self.entries_used], run.new_entries]))[-1]
-        )
-        total = run.visits.sum(axis=0)  # exact: counts
+        self.entries_used += float(run.new_entries.sum())  # exact: integer counts
         if not self.shared_first_pass:
-            self.held[rows] += total
-        elif total.shape[1] > layers:
-            self.held[rows, layers:] += total[:, layers:]
+            self.held[rows] += run.visits.sum(axis=0)  # exact: counts
+        elif run.visits.shape[2] > layers:
+            self.held[rows, layers:] += run.visits[:, :, layers:].sum(axis=0)
         self.context[rows] = run.context[-1] + 1
         count = int(rows.size)
-        gaps = ends - starts  # each iteration's gap, as `finish` computes it
+        gaps = [end - start for start, end in zip(starts, ends, strict=True)]  # as `finish` computes each
         np.add.at(self.itl_histogram, np.searchsorted(ITL_BINS, gaps, side="left"), count)
-        self.itl_sum = float(np.add.accumulate(np.concatenate([[self.itl_sum], gaps * count]))[-1])
-        self.itl_count += count * gaps.size
-        self._planned_at = float(starts[-1])
+        total = self.itl_sum
+        for gap in gaps:  # sequential, as `finish` adds
+            total += gap * count
+        self.itl_sum = total
+        self.itl_count += count * len(gaps)
+        self._planned_at = starts[-1]
         # only the last iteration of a run can complete requests (`run_length`)
         done = rows[self.context[rows] >= self.end_context[rows]]
         if done.size:
-            now = float(ends[-1])
+            now = ends[-1]
             for row in done.tolist():
                 self._complete(row, now)
 
