@@ -13,7 +13,6 @@ the scheduler, the executor or the metrics module.
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,11 @@ from radsim.cost.host import host_wait_energy_J, iteration_time_s, launch_counts
 from radsim.cost.layer import Execution
 from radsim.cost.loads import (
     EXECUTION_POLICIES,
+    HELD,
     KV,
+    PAIRS,
+    VISITORS,
+    Q,
     decode_load,
     skipper_load,
     slot_load,
@@ -199,7 +202,7 @@ class Simulation:
         ]
         self.timeline = Timeline()
         self._last_step_s = 0.0  # duration of the latest iteration: sizes the next decode run
-        self._arrival_list = [r.arrival_at for r in self.requests]  # sorted
+        self._arrival_times = np.array([r.arrival_at for r in self.requests], dtype=np.float64)
         self.on_progress: Callable[[int], None] | None = None  # called with the requests completed so far
         # advance over runs of identical decode iterations at once (layer-major execution, one
         # replica); False prices every iteration on its own: the reference the tests compare with
@@ -319,64 +322,63 @@ class Simulation:
         sched, cfg = replica.scheduler, self.cfg
         count = int(batch.decode_rows.size)
         steps = min(steps, max(MIN_RUN, RUN_ELEMENTS // max(count, 1)))
-        arrivals, first_new = self._arrival_list, self._next
+        arrivals, first_new = self._arrival_times, self._next
         cut = first_new < len(arrivals) and sched.admits_on_arrival(batch)
         now = self.env.now
         if cut and self._last_step_s > 0:
             # the run ends at the next arrival: price about as many steps as fit before it
-            horizon = arrivals[first_new] - now
+            horizon = self.requests[first_new].arrival_at - now
             steps = max(1, min(steps, int(horizon / self._last_step_s * 1.1) + 2))
         run = sched.decode_run(batch, steps)
         totals = self.run_totals(run, sched)  # at least the first step: `batch` fits
-        # the clock as simpy advances it, one addition per iteration; arrivals up to each later plan
-        # join the queue there, and one that could be admitted ends the run
-        starts, ends, arrived = [], [], []
-        delivered = first_new  # requests delivered by the plan
-        due = arrivals[delivered] if delivered < len(arrivals) else math.inf
-        end = now
-        for time_s in totals[:, 0].tolist():
-            if end >= due and starts:
-                if cut:
-                    break
-                delivered = bisect.bisect_right(arrivals, end, delivered)
-                due = arrivals[delivered] if delivered < len(arrivals) else math.inf
-            starts.append(end)
-            arrived.append(delivered)
-            end += time_s
-            ends.append(end)
-        k = len(starts)
+        k = len(totals)
+        # the clock as simpy advances it, one addition per iteration (accumulate is sequential)
+        clock = np.empty(k + 1)
+        clock[0] = now
+        clock[1:] = totals[:, 0]
+        np.add.accumulate(clock, out=clock)
+        # arrivals up to each later plan (clock[1:k]) join the queue there; one that could be
+        # admitted ends the run
+        arrived = None
+        if first_new < len(arrivals) and k > 1 and self.requests[first_new].arrival_at <= clock[k - 1]:
+            if cut:
+                k = int(np.searchsorted(clock[1:k], self.requests[first_new].arrival_at)) + 1
+            else:
+                arrived = np.searchsorted(arrivals, clock[:k], side="right")
+                arrived[0] = first_new
         if k < run.steps:
             run = run.first(k)
             totals = totals[:k]
         devices = cfg.exe.tp
-        energy = totals[:, 1] * devices
-        idle = now - replica.last_end_at  # before the first; none between iterations of the run
-        book = replica.energy_J + (idle * cfg.hw.idle_power_W * devices + float(energy[0]))
-        for e in energy[1:].tolist():  # sequential, as the step-by-step loop adds
-            book += e
-        replica.energy_J = book
-        busy = replica.busy_s
-        for time_s in totals[:, 0].tolist():
-            busy += time_s
-        replica.busy_s = busy
         block = np.empty((k, len(TIMELINE_FIELDS)))
         block[:, 0] = replica.index
-        block[:, 1] = starts
+        block[:, 1] = clock[:k]
         block[:, 2:4] = totals[:, :2]
         block[:, 3] *= devices
         block[:, 4] = count
         block[:, 5] = 0
         block[:, 6] = count
-        entries = np.cumsum(run.new_entries)  # exact: integer counts
         block[0, 7] = sched.entries_used
-        block[1:, 7] = entries[:-1] + sched.entries_used
+        np.add.accumulate(run.new_entries[:-1], out=block[1:, 7])  # exact: integer counts
+        block[1:, 7] += sched.entries_used
         block[:, 7] *= sched.entry_bytes
-        block[:, 8] = arrived
-        block[:, 8] += sched.waiting_count - first_new
+        block[:, 8] = sched.waiting_count
+        if arrived is not None:
+            block[:, 8] += arrived - first_new
+        # energy and busy time, added in order as the step-by-step loop adds them
+        books = np.empty((k + 1, 2))
+        books[0] = replica.energy_J, replica.busy_s
+        books[1:, 0] = block[:, 3]
+        books[1:, 1] = totals[:, 0]
+        idle = now - replica.last_end_at  # before the first; none between iterations of the run
+        books[1, 0] += idle * cfg.hw.idle_power_W * devices
+        replica.energy_J, replica.busy_s = np.add.accumulate(books, axis=0)[-1].tolist()
         self.timeline.extend(block)
+        delivered = first_new if arrived is None else int(arrived[-1])
         while self._next < delivered:  # delivered in order, as at each plan
             self._deliver(replica, self._next)
             self._next += 1
+        end = float(clock[k])
         replica.last_end_at = end
         self._last_step_s = float(totals[-1, 0])
         if (
@@ -385,7 +387,7 @@ class Simulation:
         ):
             self.on_progress(sum(len(r.scheduler.done) for r in self.replicas))
         yield self.env.timeout(_delay_to(now, end))
-        sched.finish_run(run, starts, ends)
+        sched.finish_run(run, clock[:k], clock[1 : k + 1])
 
     def run_totals(self, run: DecodeRun, sched: Scheduler) -> np.ndarray:
         """(k, FIELDS) of each iteration of a decode run, priced as `iteration_totals` prices each."""
@@ -393,28 +395,29 @@ class Simulation:
         layers, policy = cfg.arch.num_layers, cfg.exe.kv_policy
         k, d, w = run.visits.shape
         visits = run.visits
-        load = np.empty((k, 5, w))
+        load = np.empty((5, k, w))  # the load matrix of each step, side by side; sums of counts: exact
+        np.add.reduce(visits, axis=1, out=load[VISITORS])
+        load[Q] = load[VISITORS]
+        load[KV] = load[VISITORS]
         if policy == "none":
             assert run.held is not None
-            load[:, :3] = visits.sum(axis=1)[:, None, :]
-            load[:, 3:] = np.einsum("kdw,kdw->kw", visits, run.held + 1.0)[:, None, :]
+            load[PAIRS] = np.einsum("kdw,kdw->kw", visits, run.held + 1.0)
         else:
-            weights = np.ones((k, 5, d))
-            weights[:, 3] = run.context + 1.0
-            weights[:, 4] = weights[:, 3]
-            load[:] = weights @ visits
-            load[:, 1, :layers] = d
+            weight = run.context + 1.0  # (k, d): a query reads its held entries and itself
+            np.matmul(weight[:, None, :], visits, out=load[PAIRS][:, None, :])
+            load[KV, :, :layers] = d
             if policy == "compute":
-                load[:, 0, :layers] = d
-                load[:, 3:, :layers] = weights[:, 3].sum(axis=1)[:, None, None]
+                load[Q, :, :layers] = d
+                load[PAIRS, :, :layers] = np.add.reduce(weight, axis=1)[:, None]
             if w > layers:
                 assert run.held is not None
                 later = np.einsum("kdw,kdw->kw", visits[:, :, layers:], run.held[:, :, layers:] + 1.0)
-                load[:, 3:, layers:] = later[:, None, :]
-        fields = table.layer_fields(load.transpose(1, 0, 2).reshape(5, k * w))  # (4, k * w)
-        totals = fields.reshape(4, k, w).sum(axis=2).T + table.head_totals(d, d)
+                load[PAIRS, :, layers:] = later
+        load[HELD] = load[PAIRS]
+        fields = table.layer_fields(load.reshape(5, k * w))  # (4, k * w)
+        totals = np.add.reduce(fields.reshape(4, k, w), axis=2).T + table.head_totals(d, d)
         if not cfg.engine.adds_nothing:
-            passes = np.count_nonzero(load[:, KV] > 0, axis=1)
+            passes = np.count_nonzero(load[KV] > 0, axis=1)
             self._host(totals, passes, d, True)
         return totals
 

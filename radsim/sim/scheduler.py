@@ -508,10 +508,12 @@ class Scheduler:
         offsets = np.arange(steps)
         ctx = context[None, :] + offsets[:, None]  # (k, D)
         tokens = self.routes[rows[None, :], ctx]
-        added = self._entries_per_token.take(tokens).sum(axis=1).astype(np.float64)  # exact integers
-        fits = self.entries_used + np.cumsum(added) <= self.capacity_entries
-        k = int(np.argmin(fits)) if not fits.all() else steps
-        tokens, ctx, added = tokens[:k], ctx[:k], added[:k]
+        added = np.add.reduce(self._entries_per_token.take(tokens), axis=1).astype(np.float64)
+        k = steps  # entries are integer counts: every sum below is exact
+        if self.entries_used + float(np.add.reduce(added)) > self.capacity_entries:
+            fits = self.entries_used + np.cumsum(added) <= self.capacity_entries
+            k = int(np.argmin(fits))
+            tokens, ctx, added = tokens[:k], ctx[:k], added[:k]
         visits = self._slots_f64.take(tokens, axis=0)  # (k, D, W)
         held = None
         if batch.decode_held is not None:
@@ -521,7 +523,7 @@ class Scheduler:
                 held[:, :, : self.num_layers] = ctx[:, :, None]
         return DecodeRun(rows, tokens, visits, ctx, held, added)
 
-    def finish_run(self, run: DecodeRun, starts: list[float], ends: list[float]) -> None:
+    def finish_run(self, run: DecodeRun, starts: np.ndarray, ends: np.ndarray) -> None:
         """Book a run's iterations, planned at `starts` and done at `ends`, as `finish` books each."""
         rows, layers = run.rows, self.num_layers
         self.entries_used += float(run.new_entries.sum())  # exact: integer counts
@@ -531,18 +533,18 @@ class Scheduler:
             self.held[rows, layers:] += run.visits[:, :, layers:].sum(axis=0)
         self.context[rows] = run.context[-1] + 1
         count = int(rows.size)
-        gaps = [end - start for start, end in zip(starts, ends, strict=True)]  # as `finish` computes each
-        np.add.at(self.itl_histogram, np.searchsorted(ITL_BINS, gaps, side="left"), count)
-        total = self.itl_sum
-        for gap in gaps:  # sequential, as `finish` adds
-            total += gap * count
-        self.itl_sum = total
-        self.itl_count += count * len(gaps)
-        self._planned_at = starts[-1]
+        gaps = np.empty(len(starts) + 1)
+        np.subtract(ends, starts, out=gaps[1:])  # each iteration's gap, as `finish` computes it
+        np.add.at(self.itl_histogram, np.searchsorted(ITL_BINS, gaps[1:], side="left"), count)
+        gaps[1:] *= count
+        gaps[0] = self.itl_sum
+        self.itl_sum = float(np.add.accumulate(gaps)[-1])  # in order, as `finish` adds
+        self.itl_count += count * len(starts)
+        self._planned_at = float(starts[-1])
         # only the last iteration of a run can complete requests (`run_length`)
         done = rows[self.context[rows] >= self.end_context[rows]]
         if done.size:
-            now = ends[-1]
+            now = float(ends[-1])
             for row in done.tolist():
                 self._complete(row, now)
 
