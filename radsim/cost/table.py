@@ -186,6 +186,14 @@ class CostTable:
             return _columns(cost).sum(axis=0)
         return self._embed[new_tokens] + self._logits[logit_rows]
 
+    def head_rows(self, new_tokens: np.ndarray, logit_rows: np.ndarray) -> np.ndarray:
+        """(n, FIELDS): `head_totals` of each of n iterations (`new_tokens`, `logit_rows`: (n,) counts)."""
+        if max(int(new_tokens.max(initial=0)), int(logit_rows.max(initial=0))) > self.max_rows:
+            return np.array(
+                [self.head_totals(int(t), int(r)) for t, r in zip(new_tokens, logit_rows, strict=True)]
+            )
+        return self._embed[new_tokens] + self._logits[logit_rows]
+
 
 # ---- prices of the launches of static batches (`radsim.cost.estimate`) --------------------------
 
