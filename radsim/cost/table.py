@@ -95,19 +95,16 @@ def attention_fields(
     return out
 
 
-#: Load matrices wider than this are mapped one coefficient at a time: a BLAS product this thin
-#: spreads over threads that cost more than they save (10x slower on 2 busy cores).
+#: Load matrices wider than this are mapped by numpy's own loops (einsum): a BLAS product this
+#: thin spreads over threads that cost more than they save (10x slower on 2 busy cores).
 _WIDE_LOAD = 1024
 
 
 def _linear_map(linear: np.ndarray, load: np.ndarray) -> np.ndarray:
-    """`linear @ load`, by a sum of scaled load rows when the load is wide."""
+    """`linear @ load`, without BLAS when the load is wide."""
     if load.shape[1] <= _WIDE_LOAD:
         return linear @ load
-    out = np.zeros((linear.shape[0], load.shape[1]))
-    for i, j in zip(*np.nonzero(linear), strict=True):
-        out[i] += linear[i, j] * load[j]
-    return out
+    return np.einsum("ij,jk->ik", linear, load)
 
 
 class CostTable:
@@ -187,6 +184,14 @@ class CostTable:
         if max(new_tokens, logit_rows) > self.max_rows:
             cost = head_cost(self.hw, self.arch, self.exe, float(new_tokens), float(logit_rows))
             return _columns(cost).sum(axis=0)
+        return self._embed[new_tokens] + self._logits[logit_rows]
+
+    def head_rows(self, new_tokens: np.ndarray, logit_rows: np.ndarray) -> np.ndarray:
+        """(n, FIELDS): `head_totals` of each of n iterations (`new_tokens`, `logit_rows`: (n,) counts)."""
+        if max(int(new_tokens.max(initial=0)), int(logit_rows.max(initial=0))) > self.max_rows:
+            return np.array(
+                [self.head_totals(int(t), int(r)) for t, r in zip(new_tokens, logit_rows, strict=True)]
+            )
         return self._embed[new_tokens] + self._logits[logit_rows]
 
 

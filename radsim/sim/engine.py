@@ -13,6 +13,7 @@ the scheduler, the executor or the metrics module.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,7 +24,11 @@ from radsim.cost.host import host_wait_energy_J, iteration_time_s, launch_counts
 from radsim.cost.layer import Execution
 from radsim.cost.loads import (
     EXECUTION_POLICIES,
+    HELD,
     KV,
+    PAIRS,
+    VISITORS,
+    Q,
     decode_load,
     skipper_load,
     slot_load,
@@ -34,7 +39,7 @@ from radsim.cost.memory import activation_bytes, kv_entry_bytes, weights_bytes
 from radsim.cost.table import CostTable
 from radsim.errors import ConfigError
 from radsim.routes.book import RouteBook
-from radsim.sim.scheduler import Batch, DecodeRun, Scheduler, SchedulerConfig
+from radsim.sim.scheduler import Batch, DecodeRun, PrefillRun, Scheduler, SchedulerConfig
 from radsim.sim.workload import Request
 from radsim.spec.arch import Arch
 from radsim.spec.engine import DEFAULT_ENGINE, EngineProfile, load_engine
@@ -42,7 +47,7 @@ from radsim.spec.hardware import Hardware
 
 ROUTE_BLOCK = 1024  # requests whose routes are drawn together
 PROGRESS_EVERY = 256  # iterations between calls of `Simulation.on_progress`
-MIN_RUN = 8  # decode iterations worth advancing over at once (a run costs about as much as 4-8 single ones)
+MIN_RUN = 2  # decode iterations worth advancing over at once (a run of 2 costs about 2 single ones)
 RUN_ELEMENTS = 1 << 14  # (steps x rows) of one vectorised run: bounds its arrays
 
 
@@ -50,10 +55,10 @@ def _delay_to(now: float, end: float) -> float:
     """The delay that brings simpy's clock from `now` exactly to `end` (now + delay == end)."""
     delay = end - now
     while now + delay < end:
-        delay = np.nextafter(delay, np.inf)
+        delay = math.nextafter(delay, math.inf)
     while now + delay > end:
-        delay = np.nextafter(delay, -np.inf)
-    return float(delay)
+        delay = math.nextafter(delay, -math.inf)
+    return delay
 
 
 @dataclass(frozen=True)
@@ -125,10 +130,9 @@ class Timeline:
         if len(self._rows) >= _FLUSH_ROWS:
             self._flush()
 
-    def extend(self, columns: list[np.ndarray]) -> None:
-        """Several iterations at once, one array per field in `TIMELINE_FIELDS` order."""
+    def extend(self, block: np.ndarray) -> None:
+        """Several iterations at once: (iterations, fields) in `TIMELINE_FIELDS` order, float64."""
         self._flush()
-        block = np.column_stack([np.asarray(c, dtype=np.float64) for c in columns])
         self._blocks.append(block)
         self._length += len(block)
 
@@ -286,6 +290,9 @@ class Simulation:
                 if steps >= MIN_RUN:
                     yield from self._run_decodes(replica, batch, steps)
                     continue
+                if batch.prefill_rows.size and sched.prefill_run_length(batch) >= 2:
+                    yield from self._run_prefills(replica, batch, sched.prefill_run_length(batch))
+                    continue
             time_s, energy_J = self.iteration_totals(batch, sched, hosted=True)[:2].tolist()
             self._last_step_s = time_s
             devices = self.cfg.exe.tp
@@ -312,99 +319,194 @@ class Simulation:
     def _run_decodes(self, replica: Replica, batch: Batch, steps: int):
         """Advance over a run of decode-only iterations of the same rows at once: priced in one
         vectorised call, booked as the step-by-step loop books each (`advance=False` runs that
-        loop; tests/sim/test_advance.py holds the two equal). The run ends before an iteration that
-        would complete a request, overflow the KV cache, or plan differently because a request
-        arrived that it could admit."""
-        sched, cfg = replica.scheduler, self.cfg
-        steps = min(steps, max(MIN_RUN, RUN_ELEMENTS // max(batch.decode_rows.size, 1)))
-        cut = sched.admits_on_arrival(batch)
-        if cut and self._next < len(self.requests) and self._last_step_s > 0:
+        loop; tests/sim/test_advance.py holds the two equal). The run ends with the first iteration
+        that completes a request (booked by `Scheduler.finish_run`), or before one that would
+        overflow the KV cache or plan differently because a request arrived that it could admit."""
+        sched = replica.scheduler
+        count = int(batch.decode_rows.size)
+        steps = min(steps, max(MIN_RUN, RUN_ELEMENTS // max(count, 1)))
+        first_new = self._next
+        cut = first_new < len(self.requests) and sched.admits_on_arrival(batch)
+        now = self.env.now
+        if cut and self._last_step_s > 0:
             # the run ends at the next arrival: price about as many steps as fit before it
-            horizon = self.requests[self._next].arrival_at - self.env.now
+            horizon = self.requests[first_new].arrival_at - now
             steps = max(1, min(steps, int(horizon / self._last_step_s * 1.1) + 2))
         run = sched.decode_run(batch, steps)
         totals = self.run_totals(run, sched)  # at least the first step: `batch` fits
-        k = len(totals)
-        now = self.env.now
-        # the clock as simpy advances it, one addition per iteration (accumulate is sequential)
-        clock = np.add.accumulate(np.concatenate([[now], totals[:, 0]]))
-        starts, ends = clock[:-1], clock[1:]
-        # arrivals up to each later plan join the queue there; one that could be admitted ends the run
-        arrived = np.searchsorted(self._arrival_times, starts, side="right")
-        arrived[0] = self._next
-        if cut and self._next < len(self.requests):
-            later = np.flatnonzero(arrived[1:] > self._next)
-            if later.size:
-                k = int(later[0]) + 1
-        starts, ends, arrived, totals = starts[:k], ends[:k], arrived[:k], totals[:k]
+        clock = self._clock(now, totals)
+        k, arrived = self._arrived(clock, len(totals), cut)
         if k < run.steps:
-            run = DecodeRun(
-                run.rows,
-                run.tokens[:k],
-                run.visits[:k],
-                run.context[:k],
-                None if run.held is None else run.held[:k],
-                run.new_entries[:k],
-            )
-        devices, idle_W = cfg.exe.tp, cfg.hw.idle_power_W
+            run, totals = run.first(k), totals[:k]
+        tokens = np.full(k, count)
+        end = self._book_run(replica, totals, clock, arrived, run.new_entries, count, 0 * tokens, tokens)
+        yield self.env.timeout(_delay_to(now, end))
+        sched.finish_run(run, clock[:k], clock[1 : k + 1])
+
+    def _run_prefills(self, replica: Replica, batch: Batch, steps: int):
+        """Advance over a run of iterations that decode the same rows and prefill chunks of one
+        prompt (`Scheduler.prefill_run_length`), as `_run_decodes` does over decode runs. The run
+        ends with the chunk that completes the prompt, unless a request waits by then that its
+        spare budget could admit, or before one that would overflow the KV cache."""
+        sched = replica.scheduler
         count = int(batch.decode_rows.size)
-        energy = totals[:, 1] * devices
-        idle = now - replica.last_end_at  # before the first; none between iterations of the run
-        first = idle * idle_W * devices + totals[0, 1] * devices
-        replica.energy_J = float(
-            np.add.accumulate(np.concatenate([[replica.energy_J, first], energy[1:]]))[-1]
+        run = sched.prefill_run(batch, steps)
+        totals = self.prefill_run_totals(run, sched)
+        now = self.env.now
+        clock = self._clock(now, totals)
+        k, arrived = self._arrived(clock, len(totals), False)
+        if sched.admits_after_prefill(run):
+            late = arrived is not None and arrived[-1] > self._next
+            if sched.waiting_count or late:
+                k -= 1  # (at least the first step stays: its chunk takes the whole budget)
+        if k < run.steps:
+            run, totals = run.first(k), totals[:k]
+            arrived = None if arrived is None else arrived[:k]
+        end = self._book_run(
+            replica, totals, clock, arrived, run.new_entries, count + 1, run.sizes, np.full(k, count)
         )
-        replica.busy_s = float(np.add.accumulate(np.concatenate([[replica.busy_s], totals[:, 0]]))[-1])
-        entries = np.add.accumulate(np.concatenate([[sched.entries_used], run.new_entries]))[:-1]
-        waiting = sched.waiting_count + (arrived - self._next)
-        ones = np.ones(k)
-        self.timeline.extend(
-            [replica.index * ones, starts, totals[:, 0], energy, count * ones, 0 * ones, count * ones,
-             entries * sched.entry_bytes, waiting]
-        )  # fmt: skip
-        while self._next < int(arrived[-1]):  # delivered in order, as at each plan
+        yield self.env.timeout(_delay_to(now, end))
+        sched.finish_prefill_run(run, clock[:k], clock[1 : k + 1])
+
+    @staticmethod
+    def _clock(now: float, totals: np.ndarray) -> np.ndarray:
+        """Plan times of a run's iterations and the end of the last, as simpy's clock advances:
+        one addition per iteration (accumulate is sequential)."""
+        clock = np.empty(len(totals) + 1)
+        clock[0] = now
+        clock[1:] = totals[:, 0]
+        return np.add.accumulate(clock, out=clock)
+
+    def _arrived(self, clock: np.ndarray, k: int, cut: bool) -> tuple[int, np.ndarray | None]:
+        """Arrivals up to each later plan of a run (clock[1:k]) join the queue there: the requests
+        delivered by each plan (None: none arrives), and with `cut` the run ends before the first
+        plan that sees one."""
+        first_new = self._next
+        if first_new == len(self.requests) or k < 2 or self.requests[first_new].arrival_at > clock[k - 1]:
+            return k, None
+        if cut:
+            return int(np.searchsorted(clock[1:k], self.requests[first_new].arrival_at)) + 1, None
+        arrived = np.searchsorted(self._arrival_times, clock[:k], side="right")
+        arrived[0] = first_new
+        return k, arrived
+
+    def _book_run(
+        self,
+        replica: Replica,
+        totals: np.ndarray,
+        clock: np.ndarray,
+        arrived: np.ndarray | None,
+        new_entries: np.ndarray,
+        requests: int,
+        prefill_tokens: np.ndarray,
+        decode_tokens: np.ndarray,
+    ) -> float:
+        """Book a run's k iterations (`totals`, planned at clock[:k]) into the timeline and the
+        replica's energy and busy time as the step-by-step loop books each, deliver the requests
+        that arrive by its plans, and return when the last ends."""
+        sched, devices = replica.scheduler, self.cfg.exe.tp
+        k = len(totals)
+        block = np.empty((k, len(TIMELINE_FIELDS)))
+        block[:, 0] = replica.index
+        block[:, 1] = clock[:k]
+        block[:, 2:4] = totals[:, :2]
+        block[:, 3] *= devices
+        block[:, 4] = requests
+        block[:, 5] = prefill_tokens
+        block[:, 6] = decode_tokens
+        block[0, 7] = sched.entries_used
+        np.add.accumulate(new_entries[:-1], out=block[1:, 7])  # exact: integer counts
+        block[1:, 7] += sched.entries_used
+        block[:, 7] *= sched.entry_bytes
+        block[:, 8] = sched.waiting_count
+        if arrived is not None:
+            block[:, 8] += arrived - self._next
+        # energy and busy time, added in order as the step-by-step loop adds them
+        books = np.empty((k + 1, 2))
+        books[0] = replica.energy_J, replica.busy_s
+        books[1:, 0] = block[:, 3]
+        books[1:, 1] = totals[:, 0]
+        idle = float(clock[0]) - replica.last_end_at  # before the first; none between iterations
+        books[1, 0] += idle * self.cfg.hw.idle_power_W * devices
+        replica.energy_J, replica.busy_s = np.add.accumulate(books, axis=0)[-1].tolist()
+        self.timeline.extend(block)
+        delivered = self._next if arrived is None else int(arrived[-1])
+        while self._next < delivered:  # delivered in order, as at each plan
             self._deliver(replica, self._next)
             self._next += 1
-        replica.last_end_at = float(ends[-1])
+        end = float(clock[k])
+        replica.last_end_at = end
         self._last_step_s = float(totals[-1, 0])
         if (
             self.on_progress is not None
             and (len(self.timeline) // PROGRESS_EVERY) > (len(self.timeline) - k) // PROGRESS_EVERY
         ):
             self.on_progress(sum(len(r.scheduler.done) for r in self.replicas))
-        yield self.env.timeout(_delay_to(now, float(ends[-1])))
-        sched.finish_run(run, starts, ends)
+        return end
 
-    def run_totals(self, run: DecodeRun, sched: Scheduler) -> np.ndarray:
-        """(k, FIELDS) of each iteration of a decode run, priced as `iteration_totals` prices each."""
-        cfg, table = self.cfg, self.table
-        layers, policy = cfg.arch.num_layers, cfg.exe.kv_policy
+    def _run_load(self, run: DecodeRun) -> np.ndarray:
+        """(5, k, W): the load matrix of each step of a decode run, side by side (sums of counts: exact)."""
+        layers, policy = self.cfg.arch.num_layers, self.cfg.exe.kv_policy
         k, d, w = run.visits.shape
         visits = run.visits
-        load = np.empty((k, 5, w))
+        load = np.empty((5, k, w))
+        np.add.reduce(visits, axis=1, out=load[VISITORS])
+        load[Q] = load[VISITORS]
+        load[KV] = load[VISITORS]
         if policy == "none":
             assert run.held is not None
-            load[:, :3] = visits.sum(axis=1)[:, None, :]
-            load[:, 3:] = np.einsum("kdw,kdw->kw", visits, run.held + 1.0)[:, None, :]
+            load[PAIRS] = np.einsum("kdw,kdw->kw", visits, run.held + 1.0)
         else:
-            weights = np.ones((k, 5, d))
-            weights[:, 3] = run.context + 1.0
-            weights[:, 4] = weights[:, 3]
-            load[:] = weights @ visits
-            load[:, 1, :layers] = d
+            weight = run.context + 1.0  # (k, d): a query reads its held entries and itself
+            np.matmul(weight[:, None, :], visits, out=load[PAIRS][:, None, :])
+            load[KV, :, :layers] = d
             if policy == "compute":
-                load[:, 0, :layers] = d
-                load[:, 3:, :layers] = weights[:, 3].sum(axis=1)[:, None, None]
+                load[Q, :, :layers] = d
+                load[PAIRS, :, :layers] = np.add.reduce(weight, axis=1)[:, None]
             if w > layers:
                 assert run.held is not None
                 later = np.einsum("kdw,kdw->kw", visits[:, :, layers:], run.held[:, :, layers:] + 1.0)
-                load[:, 3:, layers:] = later[:, None, :]
-        fields = table.layer_fields(load.transpose(1, 0, 2).reshape(5, k * w))  # (4, k * w)
-        totals = fields.reshape(4, k, w).sum(axis=2).T + table.head_totals(d, d)
-        if not cfg.engine.adds_nothing:
-            passes = np.count_nonzero(load[:, KV] > 0, axis=1)
-            self._host(totals, passes, d, True)
+                load[PAIRS, :, layers:] = later
+        load[HELD] = load[PAIRS]
+        return load
+
+    def _price_run(
+        self, load: np.ndarray, heads: np.ndarray, sequences: int, decode_only: bool
+    ) -> np.ndarray:
+        """(k, FIELDS) of a run's steps from their loads (5, k, W) and heads (k, FIELDS)."""
+        _, k, w = load.shape
+        fields = self.table.layer_fields(load.reshape(5, k * w))  # (4, k * w)
+        totals = np.add.reduce(fields.reshape(4, k, w), axis=2).T + heads
+        if not self.cfg.engine.adds_nothing:
+            passes = np.count_nonzero(load[KV] > 0, axis=1)
+            self._host(totals, passes, sequences, decode_only)
         return totals
+
+    def run_totals(self, run: DecodeRun, sched: Scheduler) -> np.ndarray:
+        """(k, FIELDS) of each iteration of a decode run, priced as `iteration_totals` prices each."""
+        d = run.visits.shape[1]
+        return self._price_run(self._run_load(run), self.table.head_totals(d, d), d, True)
+
+    def prefill_run_totals(self, run: PrefillRun, sched: Scheduler) -> np.ndarray:
+        """(k, FIELDS) of each iteration of a prefill run, priced as `iteration_totals` prices each:
+        the decodes' load plus the chunk's (`radsim.cost.loads.slot_load` of one row)."""
+        layers, policy = self.cfg.arch.num_layers, self.cfg.exe.kv_policy
+        load = self._run_load(run.decode)
+        d = run.decode.visits.shape[1]
+        v = run.visits
+        kv = v.copy()
+        if policy != "none":  # every token writes a first-pass entry
+            kv[:, :layers] = run.sizes[:, None]
+        q = kv if policy == "compute" else v
+        load[Q] += q
+        load[KV] += kv
+        load[VISITORS] += v
+        load[PAIRS] += q * (run.held + (kv + 1.0) * 0.5)
+        load[HELD] += (q > 0) * (run.held + kv)
+        logits = np.full(run.steps, d)
+        logits[-1] += run.completes
+        heads = self.table.head_rows(d + run.sizes, logits)
+        return self._price_run(load, heads, d + 1, False)
 
     def _host(self, totals: np.ndarray, passes, sequences: int, decode_only: bool) -> None:
         """Iterations' GPU time in `totals` (rows of FIELDS) to their wall time under the engine

@@ -143,6 +143,41 @@ class DecodeRun:
     def steps(self) -> int:
         return int(self.tokens.shape[0])
 
+    def first(self, k: int) -> DecodeRun:
+        """The run's first k iterations."""
+        held = None if self.held is None else self.held[:k]
+        return DecodeRun(
+            self.rows, self.tokens[:k], self.visits[:k], self.context[:k], held, self.new_entries[:k]
+        )
+
+
+@dataclass
+class PrefillRun:
+    """k iterations from now on that decode the same rows (`decode`) and prefill one prompt, a chunk
+    each (`Scheduler.prefill_run`): per step, the chunk's tokens, its slot visits, the KV entries it
+    adds and those the prompt's row holds before it, and the entries the step adds in all."""
+
+    decode: DecodeRun
+    row: int  # the prefilling row
+    sizes: np.ndarray  # (k,) tokens of each chunk
+    visits: np.ndarray  # (k, W) visits per slot, summed over each chunk
+    entries: np.ndarray  # (k, W) KV entries each chunk adds per slot
+    held: np.ndarray  # (k, W) entries the row holds per slot before each step (as `held_entries`)
+    new_entries: np.ndarray  # (k,) KV entries each step adds (decodes and chunk)
+    completes: bool  # whether the last chunk completes the prompt
+
+    @property
+    def steps(self) -> int:
+        return int(self.sizes.shape[0])
+
+    def first(self, k: int) -> PrefillRun:
+        """The run's first k iterations."""
+        done = self.completes and k == self.steps
+        return PrefillRun(
+            self.decode.first(k), self.row, self.sizes[:k], self.visits[:k], self.entries[:k],
+            self.held[:k], self.new_entries[:k], done,
+        )  # fmt: skip
+
 
 class Scheduler:
     """Waiting queue and running rows of one replica, with its KV-cache books."""
@@ -468,9 +503,9 @@ class Scheduler:
     # -- runs of identical decode iterations -----------------------------------------------------
     def run_length(self, batch: Batch) -> int:
         """Iterations from `batch` on (itself included) that the scheduler would plan as the same
-        decode-only batch with no request completing: 0 when `batch` prefills, a row waits for a
-        static batch, or a row completes at once. KV capacity and arrivals are checked by the caller
-        (`decode_run`, and the engine)."""
+        decode-only batch, up to and including the first that completes a request: 0 when `batch`
+        prefills or a row waits for a static batch. KV capacity and arrivals are checked by the
+        caller (`decode_run`, and the engine)."""
         if (
             batch.prefill_rows.size
             or self.preempted
@@ -481,7 +516,7 @@ class Scheduler:
         rows = batch.decode_rows
         if not rows.size:
             return 0
-        return int((self.end_context[rows] - batch.decode_context).min()) - 1  # the next completes one
+        return int((self.end_context[rows] - batch.decode_context).min())  # the last completes one
 
     def admits_on_arrival(self, batch: Batch) -> bool:
         """Whether a request arriving while `batch`'s run goes on could be admitted at a later plan
@@ -501,10 +536,12 @@ class Scheduler:
         offsets = np.arange(steps)
         ctx = context[None, :] + offsets[:, None]  # (k, D)
         tokens = self.routes[rows[None, :], ctx]
-        added = self._entries_per_token.take(tokens).sum(axis=1).astype(np.float64)  # exact integers
-        fits = self.entries_used + np.cumsum(added) <= self.capacity_entries
-        k = int(np.argmin(fits)) if not fits.all() else steps
-        tokens, ctx, added = tokens[:k], ctx[:k], added[:k]
+        added = np.add.reduce(self._entries_per_token.take(tokens), axis=1).astype(np.float64)
+        k = steps  # entries are integer counts: every sum below is exact
+        if self.entries_used + float(np.add.reduce(added)) > self.capacity_entries:
+            fits = self.entries_used + np.cumsum(added) <= self.capacity_entries
+            k = int(np.argmin(fits))
+            tokens, ctx, added = tokens[:k], ctx[:k], added[:k]
         visits = self._slots_f64.take(tokens, axis=0)  # (k, D, W)
         held = None
         if batch.decode_held is not None:
@@ -517,21 +554,96 @@ class Scheduler:
     def finish_run(self, run: DecodeRun, starts: np.ndarray, ends: np.ndarray) -> None:
         """Book a run's iterations, planned at `starts` and done at `ends`, as `finish` books each."""
         rows, layers = run.rows, self.num_layers
-        self.entries_used = float(
-            np.add.accumulate(np.concatenate([[self.entries_used], run.new_entries]))[-1]
-        )
-        total = run.visits.sum(axis=0)  # exact: counts
+        self.entries_used += float(run.new_entries.sum())  # exact: integer counts
         if not self.shared_first_pass:
-            self.held[rows] += total
-        elif total.shape[1] > layers:
-            self.held[rows, layers:] += total[:, layers:]
+            self.held[rows] += run.visits.sum(axis=0)  # exact: counts
+        elif run.visits.shape[2] > layers:
+            self.held[rows, layers:] += run.visits[:, :, layers:].sum(axis=0)
         self.context[rows] = run.context[-1] + 1
         count = int(rows.size)
-        gaps = ends - starts  # each iteration's gap, as `finish` computes it
-        np.add.at(self.itl_histogram, np.searchsorted(ITL_BINS, gaps, side="left"), count)
-        self.itl_sum = float(np.add.accumulate(np.concatenate([[self.itl_sum], gaps * count]))[-1])
-        self.itl_count += count * gaps.size
+        gaps = np.empty(len(starts) + 1)
+        np.subtract(ends, starts, out=gaps[1:])  # each iteration's gap, as `finish` computes it
+        np.add.at(self.itl_histogram, np.searchsorted(ITL_BINS, gaps[1:], side="left"), count)
+        gaps[1:] *= count
+        gaps[0] = self.itl_sum
+        self.itl_sum = float(np.add.accumulate(gaps)[-1])  # in order, as `finish` adds
+        self.itl_count += count * len(starts)
         self._planned_at = float(starts[-1])
+        # only the last iteration of a run can complete requests (`run_length`)
+        done = rows[self.context[rows] >= self.end_context[rows]]
+        if done.size:
+            now = float(ends[-1])
+            for row in done.tolist():
+                self._complete(row, now)
+
+    def prefill_run_length(self, batch: Batch) -> int:
+        """Iterations from `batch` on (itself included) that the scheduler would plan as the same
+        decode rows and a chunk of the same prompt, up to the one that completes the prompt: 0
+        unless `batch` is continuous batching's plan of one prefilling row whose chunk takes the
+        whole token budget (so that nothing else is admitted), and no decoding row completes in
+        them. KV capacity, and arrivals that the completing chunk's spare budget could admit, are
+        checked by the caller (`prefill_run`, and the engine)."""
+        if (
+            self.cfg.policy != "continuous"
+            or not self.cfg.chunked_prefill
+            or self.preempted
+            or batch.prefill_rows.size != 1
+        ):
+            return 0
+        row, rows = int(batch.prefill_rows[0]), batch.decode_rows
+        budget = self.cfg.max_tokens_per_iteration - int(rows.size)
+        if int(batch.prefill_new[0]) != budget or np.count_nonzero(self.phase == PREFILLING) != 1:
+            return 0
+        steps = -(-int(self.target[row] - self.context[row]) // budget)  # chunks left of the prompt
+        if rows.size:  # the decoding rows go on until one would complete
+            steps = min(steps, int((self.end_context[rows] - batch.decode_context).min()) - 1)
+        return steps
+
+    def prefill_run(self, batch: Batch, steps: int) -> PrefillRun:
+        """The first `steps` iterations of `batch`'s prefill run (`prefill_run_length`), cut where the
+        KV cache would overflow (that iteration preempts: it is planned as usual)."""
+        decode = self.decode_run(batch, steps)
+        k, row = decode.steps, int(batch.prefill_rows[0])
+        budget = self.cfg.max_tokens_per_iteration - int(batch.decode_rows.size)
+        start, left = int(self.context[row]), int(self.target[row] - self.context[row])
+        sizes = np.minimum(left - budget * np.arange(k), budget)
+        visits = self._chunk_visits(self.routes[row, start : start + int(sizes.sum())], sizes)
+        entries = self._entries(visits, sizes)
+        added = decode.new_entries + np.add.reduce(entries, axis=1)  # exact: integer counts
+        if self.entries_used + float(np.add.reduce(added)) > self.capacity_entries:
+            k = int(np.argmin(self.entries_used + np.cumsum(added) <= self.capacity_entries))
+            decode, sizes, visits, entries, added = (
+                decode.first(k),
+                sizes[:k],
+                visits[:k],
+                entries[:k],
+                added[:k],
+            )
+        held = np.empty_like(entries)
+        held[0] = self.held_entries(batch.prefill_rows)[0]
+        np.cumsum(entries[:-1], axis=0, out=held[1:])  # what the earlier chunks of the run add
+        held[1:] += held[0]
+        completes = int(sizes.sum()) == left
+        return PrefillRun(decode, row, sizes, visits, entries, held, added, completes)
+
+    def finish_prefill_run(self, run: PrefillRun, starts: np.ndarray, ends: np.ndarray) -> None:
+        """Book a prefill run's iterations, planned at `starts` and done at `ends`, as `finish` books each."""
+        self.finish_run(run.decode, starts, ends)  # no decoding row completes in it
+        row = run.row
+        self.entries_used += float(np.add.reduce(run.entries, axis=None))
+        self.held[row] += np.add.reduce(run.entries, axis=0)
+        self.context[row] += int(run.sizes.sum())
+        if run.completes:
+            now = float(ends[-1])
+            self._first_token(row, now)
+            if self.context[row] >= self.end_context[row]:
+                self._complete(row, now)
+
+    def admits_after_prefill(self, run: PrefillRun) -> bool:
+        """Whether the spare budget of the run's last, completing chunk could admit a request
+        waiting by then (a row is free)."""
+        budget = self.cfg.max_tokens_per_iteration - int(run.decode.rows.size)
+        return run.completes and int(run.sizes[-1]) < budget and bool(self._free_rows)
 
     # -- completion ----------------------------------------------------------------------------
     def finish(self, batch: Batch, now: float) -> None:
@@ -567,12 +679,14 @@ class Scheduler:
             if self.context[row] >= self.end_context[row]:
                 finished.append(row)
         for row in finished:
-            request = self.request[row]
-            assert request is not None
-            self.done.append(
-                Finished(request, float(self.first_token_at[row]), now, int(self.preemptions[row]))
-            )
-            self._free(row)
+            self._complete(row, now)
+
+    def _complete(self, row: int, now: float) -> None:
+        """Row's request has generated its last token at `now`: book it and free the row."""
+        request = self.request[row]
+        assert request is not None
+        self.done.append(Finished(request, float(self.first_token_at[row]), now, int(self.preemptions[row])))
+        self._free(row)
 
     def _first_token(self, row: int, now: float) -> None:
         """A row whose prefill completed emits a token: its first, or after a recompute the next one."""

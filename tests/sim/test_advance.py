@@ -49,6 +49,16 @@ CASES = {
     "preemption": replace(BASE, memory_fraction=0.2, rate_per_s=12.0, output_tokens=300, max_batch=64),
     "busy, long outputs": replace(BASE, rate_per_s=20.0, duration_s=8.0, output_tokens=400, max_batch=128),
     "step-synchronous (never advanced)": replace(BASE, trace=DISTILL, execution="step_sync"),
+    # a small token budget: prompts prefill in chunks, advanced over with the decodes beside them
+    "chunked prompts": replace(BASE, prefill_chunk=96, rate_per_s=6.0),
+    "chunked prompts, copy": replace(BASE, prefill_chunk=96, depth_fraction=0.5, kv_policy="copy"),
+    "chunked prompts, compute": replace(BASE, prefill_chunk=96, depth_fraction=0.75, kv_policy="compute"),
+    "chunked prompts, second pass": replace(BASE, prefill_chunk=96, trace=SCRATCH, rate_per_s=6.0),
+    "chunked prompts, none": replace(BASE, prefill_chunk=64, trace=SCRATCH, kv_policy="none"),
+    "chunked prompts, preemption": replace(
+        BASE, prefill_chunk=128, memory_fraction=0.2, rate_per_s=12.0, output_tokens=300, max_batch=64
+    ),
+    "chunked prompts, engine vllm": replace(BASE, prefill_chunk=96, engine="vllm", trace=DISTILL),
     # engine profiles: host time per iteration (graph-free launches; graphs with an overlapped loop)
     "engine eager": replace(BASE, engine="eager"),
     "engine vllm, routed": replace(BASE, engine="vllm", trace=DISTILL),
@@ -110,3 +120,30 @@ def test_runs_are_taken_where_they_should_be():
     assert sum(taken) > 0.8 * len(sim.timeline) and max(taken) > 20
     preempting = _run(CASES["preemption"], True)
     assert sum(f.preemptions for f in preempting.replicas[0].scheduler.done) > 0
+
+
+def _prefill_runs(s: Scenario) -> list[int]:
+    """Iterations of each prefill run the advancing engine takes on scenario `s`."""
+    sim = build_simulation(s)
+    runs = []
+    original = sim._run_prefills
+
+    def spy(replica, batch, steps):
+        before = len(sim.timeline)
+        yield from original(replica, batch, steps)
+        runs.append(len(sim.timeline) - before)
+
+    sim._run_prefills = spy
+    sim.run()
+    return runs
+
+
+@pytest.mark.parametrize("name", ["chunked prompts", "chunked prompts, preemption"])
+def test_prefill_runs_are_taken(name):
+    """Chunked prompts are advanced over (so that the equality tests above are not vacuous), also
+    where requests are preempted."""
+    runs = _prefill_runs(CASES[name])
+    assert len(runs) > 10 and max(runs) >= 3
+    if "preemption" in name:
+        sim = _run(CASES[name], True)
+        assert sum(f.preemptions for f in sim.replicas[0].scheduler.done) > 0
