@@ -47,7 +47,7 @@ from radsim.spec.hardware import Hardware
 
 ROUTE_BLOCK = 1024  # requests whose routes are drawn together
 PROGRESS_EVERY = 256  # iterations between calls of `Simulation.on_progress`
-MIN_RUN = 2  # decode iterations worth advancing over at once (a run of 2 costs about 2 single ones)
+MIN_RUN = 8  # decode iterations worth advancing over at once (measured: 2 costs 15-20% more than 8 on a saturated hour at batch 256, and gains nothing on the 10k workload)
 RUN_ELEMENTS = 1 << 14  # (steps x rows) of one vectorised run: bounds its arrays
 
 
