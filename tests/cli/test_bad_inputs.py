@@ -632,6 +632,7 @@ CASES: dict[str, list[Case]] = {
         c("capture --out {d}/t.parquet", "--model", "--run", "required"),
         c("capture --model smollm2 --out {d}/t.parquet --kv-policy all", "--kv-policy", "invalid choice"),
         c("capture --model smollm2 --out {d}/t.parquet --adapter {d}/none.pt", "--adapter", "none.pt"),
+        c("capture --model smollm2 --out {d}/t.parquet --adapter {d}/afile", "afile", "adapter file"),
         c(
             "capture --model smollm2 --out {d}/t.parquet --adapter {d}/a.pt --router {d}/r.pt",
             "--adapter",

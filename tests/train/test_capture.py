@@ -106,3 +106,27 @@ def test_profile_ratios_are_consistent():
     np.testing.assert_allclose(
         np.median(rows.loc[rows.layer == 0, "layer_ratio"]), np.median(first.numpy()), rtol=1e-4
     )
+
+
+def test_a_teacher_gives_agreement_and_kl_in_the_quality():
+    models = _models()
+    model, other = models["radial"], models["sequential"]
+    meta = run_meta(
+        model_meta("tiny-radial", "radial", model, {}), "none", "test", int(WINDOWS.size), 0, "tiny"
+    )
+    itself = capture(model.model, WINDOWS, batch=4, meta=meta, teacher=model.model).meta["quality"]
+    assert itself["teacher_top1_agreement"] == 1.0 and abs(itself["teacher_kl_nats"]) < 1e-6
+    routed = capture(model, WINDOWS, batch=4, meta=meta, teacher=other).meta["quality"]
+    assert 0.0 <= routed["teacher_top1_agreement"] < 1.0 and routed["teacher_kl_nats"] > 0.0
+    assert "teacher_top1_agreement" not in capture(model, WINDOWS, batch=4, meta=meta).meta["quality"]
+
+
+def test_the_card_gives_the_teacher_agreement(tmp_path):
+    from radsim.cli.models import write_card
+
+    model = _models()["sequential"]
+    meta = run_meta(model_meta("tiny", "sequential", model, {}), "none", "test", int(WINDOWS.size), 0, "tiny")
+    trace = capture(model, WINDOWS, batch=4, meta=meta, teacher=model)
+    path = write_trace(trace, tmp_path / "t.parquet")
+    card = write_card(trace, path, "radsim capture ...").read_text()
+    assert "top-1 next token agrees on 100.0%" in card
