@@ -9,7 +9,7 @@ seed = 0
 [model]  hidden_size, num_layers, num_heads, num_kv_heads, ffn_size   (scratch kinds)
 [train]  steps, lr, warmup_steps, compute_penalty (nats per layer visit), router_warmup_steps,
          penalty_ramp_steps, entropy_bonus, balance_weight, depth_target, penalty_lr, eval_tokens,
-         checkpoint_every
+         checkpoint_every, warmup_visits, exit_loss_weight (dense_scratch: early-exit training)
 [radial] max_steps, max_passes, kv_policy
 [mod]    capacity, every
 [distill] thresholds (list), train_tokens, eval_tokens, router_epochs, kv_policy
@@ -78,6 +78,10 @@ class TrainSection:
     # Routers start once the layers are useful: before, tokens visit every layer in order (else
     # exiting early wins while layers are still untrained, and the untrained layers stay so).
     router_warmup_steps: int = 0
+    # layer visits per token during the router warm-up: 0 visits every layer in order; k visits
+    # layer 0 then k - 1 others in order, drawn afresh every step from (seed, step), so that a
+    # radial network owning more layers warms up at the same compute per token
+    warmup_visits: int = 0
     penalty_ramp_steps: int = 0  # the compute penalty grows linearly to its value over these steps
     entropy_bonus: float = 0.0  # keeps the router exploring
     # weight of the router's load-balancing loss (RadialOutput.balance_loss): spreads the layer
@@ -90,6 +94,9 @@ class TrainSection:
     penalty_lr: float = 0.2
     eval_tokens: int = 32768
     checkpoint_every: int = 0  # steps between resumable checkpoints (0: none; a run then starts over)
+    # dense_scratch: weight of the early-exit loss, the mean LM loss of the shared head (final norm
+    # and LM head) read after every layer but the last (LayerSkip's), added to the final LM loss
+    exit_loss_weight: float = 0.0
 
 
 @dataclass(frozen=True)

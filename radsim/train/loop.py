@@ -111,8 +111,15 @@ def step_loss(
     if isinstance(model, Finedeep):
         lm = lm_loss(model(x).logits, x)
         return lm, {"lm": lm.item(), "depth": float(model.cfg.base.num_layers)}
-    lm = lm_loss(model(x), x)
-    return lm, {"lm": lm.item(), "depth": float(model.cfg.num_layers)}
+    w = cfg.train.exit_loss_weight
+    if not w:
+        lm = lm_loss(model(x), x)
+        return lm, {"lm": lm.item(), "depth": float(model.cfg.num_layers)}
+    states = model.hidden_states(x)  # the shared head after every layer: LayerSkip's exit loss
+    lm = lm_loss(model.lm_head(model.norm(states[-1])), x)
+    exits = torch.stack([lm_loss(model.lm_head(model.norm(h)), x) for h in states[1:-1]])
+    loss = lm + w * exits.mean()
+    return loss, {"lm": lm.item(), "depth": float(model.cfg.num_layers), "exit_lm": exits.mean().item()}
 
 
 def _radial_loss(
@@ -121,9 +128,15 @@ def _radial_loss(
     """LM loss, plus REINFORCE on the router once the router warm-up is over."""
     t = cfg.train
     if step < t.router_warmup_steps:
-        steps, n = model.cfg.max_steps, min(model.cfg.max_steps, model.cfg.base.num_layers) - 1
+        layers = model.cfg.base.num_layers
+        steps, n = model.cfg.max_steps, min(model.cfg.max_steps, layers) - 1
         route = torch.full((steps,), EXIT, dtype=torch.long)
-        route[:n] = torch.arange(1, n + 1)  # layers 0, 1, ... in order
+        if t.warmup_visits and t.warmup_visits < layers:  # layer 0, then an ordered random subset
+            n = min(n, t.warmup_visits - 1)
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            route[:n] = (torch.randperm(layers - 1, generator=g)[:n] + 1).sort().values
+        else:
+            route[:n] = torch.arange(1, n + 1)  # layers 0, 1, ... in order
         out = model(x, routes=route.expand(*x.shape, steps))
         lm = lm_loss(out.logits, x)
         info = {"lm": lm.item(), "depth": out.depth.float().mean().item()}
@@ -150,27 +163,68 @@ def _radial_loss(
 
 
 @torch.no_grad()
-def evaluate(model: ScratchModel, windows: np.ndarray, batch: int = 8) -> dict:
-    """Held-out loss, perplexity and mean depth, routing as a decoder would (argmax, causal)."""
+def evaluate(
+    model: ScratchModel,
+    windows: np.ndarray,
+    batch: int = 8,
+    sources: np.ndarray | None = None,
+    names: list[str] | None = None,
+    seed: int = 0,
+) -> dict:
+    """Held-out loss, perplexity and mean depth, routing as a decoder would (argmax, causal).
+
+    With `sources` (each window's source, an index into `names`): the perplexity's 95% bootstrap
+    interval over windows and the perplexity and depth of every source too."""
     model.eval()
-    total, count, depth = 0.0, 0, 0.0
-    for i in range(0, len(windows), batch):
-        x = torch.from_numpy(windows[i : i + batch])
-        if isinstance(model, Radial):
-            out = model(x)
-            logits, d = out.logits, out.depth[:, :-1].float().sum().item()
-        elif isinstance(model, MoD):
-            out = model(x, causal=True)
-            logits, d = out.logits, float(sum(v[:, :-1].float().sum() for v in out.visits))
-        elif isinstance(model, Finedeep):
-            logits, d = model(x).logits, float(model.cfg.base.num_layers * x[:, :-1].numel())
-        else:
-            logits, d = model(x), float(model.cfg.num_layers * x[:, :-1].numel())
-        total += lm_loss(logits, x, reduction="sum").item()
-        n = x[:, 1:].numel()
-        count, depth = count + n, depth + d
+    losses, depths = [], []
+    with torch.no_grad():
+        for i in range(0, len(windows), batch):
+            x = torch.from_numpy(windows[i : i + batch])
+            if isinstance(model, Radial):
+                out = model(x)
+                logits, d = out.logits, out.depth[:, :-1].double().sum(-1)
+            elif isinstance(model, MoD):
+                out = model(x, causal=True)
+                logits = out.logits
+                d = sum(v[:, :-1].double().sum(-1) for v in out.visits)
+            else:
+                layers = model.cfg.base.num_layers if isinstance(model, Finedeep) else model.cfg.num_layers
+                logits = model(x).logits if isinstance(model, Finedeep) else model(x)
+                d = torch.full((len(x),), float(layers * (x.shape[1] - 1)), dtype=torch.float64)
+            losses.append(lm_loss(logits, x, reduction="none").double().sum(-1).numpy())
+            depths.append(np.asarray(d, dtype=np.float64))
     model.train()
-    return {"loss": total / count, "perplexity": math.exp(total / count), "mean_depth": depth / count}
+    loss, depth = np.concatenate(losses), np.concatenate(depths)
+    tokens = np.full(len(windows), windows.shape[1] - 1, dtype=np.float64)
+    mean = float(loss.sum() / tokens.sum())
+    result = {"loss": mean, "perplexity": math.exp(mean), "mean_depth": float(depth.sum() / tokens.sum())}
+    if sources is None or names is None:
+        return result
+    from radsim.train.adapt import perplexity_interval
+
+    result["perplexity_lo"], result["perplexity_hi"] = perplexity_interval(loss, tokens, seed)
+    for i, name in enumerate(names):
+        part = sources == i
+        result[f"perplexity[{name}]"] = float(np.exp(loss[part].sum() / tokens[part].sum()))
+        result[f"mean_depth[{name}]"] = float(depth[part].sum() / tokens[part].sum())
+    result["windows"], result["tokens"] = len(windows), int(tokens.sum())
+    return result
+
+
+def validation_sample(
+    seq_len: int, tokens: int, seed: int, mapping: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The representative validation sample (`corpus.representative_windows` over every source of
+    the validation split, in proportion), in a scratch model's vocabulary where `mapping` is given:
+    windows, each window's source, the source names."""
+    by_source = source_splits()
+    names = sorted(corpus.SOURCES)
+    arrays = {}
+    for n in names:
+        ids = np.load(by_source[("val", n)], mmap_mode="r")
+        arrays[n] = mapping[np.asarray(ids)] if mapping is not None else ids
+    windows, sources = corpus.representative_windows(arrays, seq_len, tokens, seed)
+    return windows, sources, names
 
 
 def lr_fraction(step: int, steps: int, warmup: int) -> float:
@@ -202,8 +256,8 @@ def train_scratch(cfg: RunConfig, out_dir: Path) -> dict:
     mapping = vocab_map(train_ids, cfg.data.vocab) if cfg.data.vocab else np.arange(49152)
     vocab = cfg.data.vocab or 49152
     train = mapping[np.asarray(train_ids)]
-    val = corpus.windows(
-        mapping[np.asarray(corpus.load_split(splits, "val"))], cfg.data.seq_len, cfg.train.eval_tokens
+    val, val_sources, names = validation_sample(
+        cfg.data.seq_len, cfg.train.eval_tokens, cfg.seed, mapping if cfg.data.vocab else None
     )
     model = build_model(cfg, vocab)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -251,7 +305,11 @@ def train_scratch(cfg: RunConfig, out_dir: Path) -> dict:
             }
             _atomic(ckpt_path, functools.partial(torch.save, state))
     progress.close()
-    metrics = {"val": evaluate(model, val), "train_seconds": time.time() - start, "params": _params(model)}
+    metrics = {
+        "val": evaluate(model, val, sources=val_sources, names=names, seed=cfg.seed),
+        "train_seconds": time.time() - start,
+        "params": _params(model),
+    }
     save_run(out_dir, cfg, model, mapping if cfg.data.vocab else None, metrics, log)
     return metrics
 

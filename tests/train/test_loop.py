@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import radsim.train.loop as loop  # noqa: E402
-from radsim.models.llama import LlamaConfig  # noqa: E402
+from radsim.models.llama import LlamaConfig, lm_loss  # noqa: E402
 from radsim.models.radial import Radial, RadialConfig  # noqa: E402
 from radsim.train.config import DataSection, ModelSection, RadialSection, RunConfig, TrainSection  # noqa: E402
 
@@ -72,6 +72,12 @@ def synthetic_text(tmp_path, monkeypatch):
         paths[split] = tmp_path / f"{split}.npy"
         np.save(paths[split], rng.integers(0, 200, size=n).astype(np.uint16))
     monkeypatch.setattr(loop, "text_splits", lambda: paths)
+    by_source = {}
+    for split in ("train", "val", "test"):
+        for i, src in enumerate(sorted(loop.corpus.SOURCES)):
+            by_source[(split, src)] = tmp_path / f"{split}-{src}.npy"
+            np.save(by_source[(split, src)], rng.integers(0, 200, size=600 * (i + 1)).astype(np.uint16))
+    monkeypatch.setattr(loop, "source_splits", lambda: by_source)
 
 
 @pytest.mark.parametrize("depth_target", [0.0, 3.0])
@@ -104,3 +110,72 @@ def test_an_interrupted_scratch_run_resumes_to_the_same_model(
     if depth_target:  # the multiplier moved after the warm-up, by the depth's distance from its target
         values = [float(row.split(",")[4]) for row in log[1:]]
         assert values[:3] == [0.01] * 3 and values[3] != values[2]
+
+
+def test_scratch_evaluation_samples_every_source_in_proportion_with_an_interval(tmp_path, synthetic_text):
+    cfg = _config(steps=3)
+    val = loop.train_scratch(cfg, tmp_path / "run")["val"]
+    names = sorted(loop.corpus.SOURCES)
+    assert val["windows"] == 4 and val["tokens"] == 4 * 15  # eval_tokens 64 in windows of 16
+    assert val["perplexity_lo"] <= val["perplexity"] <= val["perplexity_hi"]
+    per_source = [val[f"perplexity[{n}]"] for n in names]
+    assert all(np.isfinite(per_source)) and min(per_source) <= val["perplexity"] <= max(per_source)
+
+
+def test_warmup_visits_draw_layer_zero_then_an_ordered_subset_each_step(synthetic_text):
+    cfg = _config()
+    cfg = RunConfig(
+        name=cfg.name,
+        kind=cfg.kind,
+        seed=0,
+        data=cfg.data,
+        model=ModelSection(hidden_size=32, num_layers=8, num_heads=4, num_kv_heads=2, ffn_size=48),
+        train=TrainSection(steps=4, router_warmup_steps=4, warmup_visits=3, eval_tokens=64),
+        radial=RadialSection(max_steps=6, max_passes=2),
+    )
+    model = loop.build_model(cfg, 64)
+    seen = []
+    real = model.forward
+
+    def spy(x, routes=None, **kw):
+        seen.append(routes[0, 0].clone())
+        return real(x, routes=routes, **kw)
+
+    model.forward = spy
+    for step in range(4):
+        _, info = loop.step_loss(model, torch.zeros((2, 16), dtype=torch.long), step, cfg)
+        assert info["depth"] == 3.0  # layer 0 and two more
+    for route in seen:
+        chosen = route[route >= 0]
+        assert len(chosen) == 2 and bool((chosen[1:] > chosen[:-1]).all()) and int(chosen.min()) >= 1
+    assert len({tuple(r.tolist()) for r in seen}) > 1  # a fresh subset every step
+    again = []
+    model.forward = lambda x, routes=None, **kw: (
+        again.append(routes[0, 0].clone()) or real(x, routes=routes, **kw)
+    )
+    loop.step_loss(model, torch.zeros((2, 16), dtype=torch.long), 0, cfg)
+    assert torch.equal(again[0], seen[0])  # drawn from (seed, step)
+
+
+def test_the_exit_loss_trains_the_shared_head_on_every_layer():
+    cfg = RunConfig(
+        name="tiny-dense",
+        kind="dense_scratch",
+        seed=0,
+        data=DataSection(seq_len=16, batch=2, vocab=64),
+        model=ModelSection(hidden_size=32, num_layers=4, num_heads=4, num_kv_heads=2, ffn_size=48),
+        train=TrainSection(steps=1, exit_loss_weight=0.5, eval_tokens=64),
+    )
+    torch.manual_seed(0)
+    model = loop.build_model(cfg, 64)
+    x = torch.from_numpy(np.random.default_rng(1).integers(0, 64, size=(2, 16)).astype(np.int64))
+    loss, info = loop.step_loss(model, x, 0, cfg)
+    states = model.hidden_states(x)
+    exits = [lm_loss(model.lm_head(model.norm(h)), x).item() for h in states[1:-1]]
+    assert info["lm"] == pytest.approx(lm_loss(model(x), x).item(), rel=1e-5)
+    assert info["exit_lm"] == pytest.approx(float(np.mean(exits)), rel=1e-5)
+    assert loss.item() == pytest.approx(info["lm"] + 0.5 * info["exit_lm"], rel=1e-5)
+    plain = RunConfig(
+        name=cfg.name, kind=cfg.kind, seed=0, data=cfg.data, model=cfg.model, train=TrainSection()
+    )
+    assert "exit_lm" not in loop.step_loss(model, x, 0, plain)[1]
