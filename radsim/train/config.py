@@ -94,8 +94,8 @@ class TrainSection:
     penalty_lr: float = 0.2
     eval_tokens: int = 32768
     checkpoint_every: int = 0  # steps between resumable checkpoints (0: none; a run then starts over)
-    # dense_scratch: weight of the early-exit loss, the mean LM loss of the shared head (final norm
-    # and LM head) read after every layer but the last (LayerSkip's), added to the final LM loss
+    # dense_scratch: weight of the early-exit loss (LayerSkip's, rotational): the LM loss of the
+    # shared head (final norm and LM head) read after layer 1 + step mod (L - 1), added to the final one
     exit_loss_weight: float = 0.0
 
 

@@ -115,11 +115,15 @@ def step_loss(
     if not w:
         lm = lm_loss(model(x), x)
         return lm, {"lm": lm.item(), "depth": float(model.cfg.num_layers)}
-    states = model.hidden_states(x)  # the shared head after every layer: LayerSkip's exit loss
+    # LayerSkip's early-exit loss in its rotational curriculum: the shared head (final norm and LM
+    # head) also reads the residual stream after layer 1 + step mod (L - 1), one exit per step, so
+    # that every exit trains in turn at the cost of one more head
+    states = model.hidden_states(x)
     lm = lm_loss(model.lm_head(model.norm(states[-1])), x)
-    exits = torch.stack([lm_loss(model.lm_head(model.norm(h)), x) for h in states[1:-1]])
-    loss = lm + w * exits.mean()
-    return loss, {"lm": lm.item(), "depth": float(model.cfg.num_layers), "exit_lm": exits.mean().item()}
+    layer = 1 + step % max(1, model.cfg.num_layers - 1)
+    exit_lm = lm_loss(model.lm_head(model.norm(states[layer])), x)
+    info = {"lm": lm.item(), "depth": float(model.cfg.num_layers), "exit_layer": layer, "exit_lm": exit_lm.item()}
+    return lm + w * exit_lm, info
 
 
 def _radial_loss(

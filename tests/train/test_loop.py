@@ -169,12 +169,16 @@ def test_the_exit_loss_trains_the_shared_head_on_every_layer():
     torch.manual_seed(0)
     model = loop.build_model(cfg, 64)
     x = torch.from_numpy(np.random.default_rng(1).integers(0, 64, size=(2, 16)).astype(np.int64))
-    loss, info = loop.step_loss(model, x, 0, cfg)
     states = model.hidden_states(x)
-    exits = [lm_loss(model.lm_head(model.norm(h)), x).item() for h in states[1:-1]]
-    assert info["lm"] == pytest.approx(lm_loss(model(x), x).item(), rel=1e-5)
-    assert info["exit_lm"] == pytest.approx(float(np.mean(exits)), rel=1e-5)
-    assert loss.item() == pytest.approx(info["lm"] + 0.5 * info["exit_lm"], rel=1e-5)
+    for step in range(5):  # exits after layers 1, 2, 3 in turn (the last layer's is the LM loss)
+        loss, info = loop.step_loss(model, x, step, cfg)
+        layer = 1 + step % 3
+        assert info["exit_layer"] == layer
+        assert info["exit_lm"] == pytest.approx(lm_loss(model.lm_head(model.norm(states[layer])), x).item(), rel=1e-5)
+        assert info["lm"] == pytest.approx(lm_loss(model(x), x).item(), rel=1e-5)
+        assert loss.item() == pytest.approx(info["lm"] + 0.5 * info["exit_lm"], rel=1e-5)
+    loss.backward()
+    assert model.layers[0].mlp.down_proj.weight.grad.abs().sum() > 0
     plain = RunConfig(
         name=cfg.name, kind=cfg.kind, seed=0, data=cfg.data, model=cfg.model, train=TrainSection()
     )
