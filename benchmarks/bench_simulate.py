@@ -51,7 +51,7 @@ def main() -> None:
         max_batch=256,
         seed=1,
     )
-    sim = build_simulation(scenario)
+    sim = build_simulation(scenario, keep_timeline=False)
     book = sim.routes
     startup = time.perf_counter() - start
     cpu_start = time.process_time()

@@ -68,7 +68,7 @@ def one(trace: str, requests: int, reference: bool, seed: int) -> dict:
     cfg = SimConfig(
         hw, arch, Execution("bf16", 1, policy, routed), SchedulerConfig("continuous", 128, 512), seed=seed
     )
-    sim = Simulation(cfg, book, reqs)
+    sim = Simulation(cfg, book, reqs, keep_timeline=False)
     sim.advance = sim.advance and not reference
     start = time.perf_counter()
     sim.run()

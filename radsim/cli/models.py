@@ -52,6 +52,21 @@ def add_model_commands(sub) -> None:
     _threads(train)
     train.set_defaults(func=_train)
 
+    ev = sub.add_parser(
+        "evaluate",
+        help="score trained scratch runs on the representative validation sample and compare them "
+        "window by window (needs torch)",
+    )
+    ev.add_argument("runs", nargs="*", help="run folders written by `radsim train` (runs/NAME) to score")
+    ev.add_argument(
+        "--out", required=True, help="results folder: NAME-windows.csv, NAME.json, comparison.csv"
+    )
+    ev.add_argument("--reference", help="run the others are compared with (default: the first scored)")
+    ev.add_argument("--tokens", type=int, default=32768, help="validation tokens (default: 32768)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
+    _threads(ev)
+    ev.set_defaults(func=_evaluate)
+
     prof = sub.add_parser("profile", help="residual-contribution profile of a sequential model (needs torch)")
     _model_args(prof, routers=False)
     prof.add_argument("--split", default="val", choices=("val", "test"))
@@ -62,6 +77,14 @@ def add_model_commands(sub) -> None:
     cap = sub.add_parser("capture", help="record a routing trace over held-out text (needs torch)")
     _model_args(cap, routers=True)
     cap.add_argument("--tokens", type=int, default=50000, help="held-out tokens to trace (test split)")
+    cap.add_argument(
+        "--windows",
+        choices=("first", "proportional"),
+        default="first",
+        help="which windows of the test split: 'first' (consecutive from its start, which lists the "
+        "Bible first) or 'proportional' (drawn at random from every source in proportion to its "
+        "tokens, seeded by --seed) (default: first)",
+    )
     cap.add_argument("--batch", type=int, default=8, help="sequences run together")
     cap.add_argument("--seed", type=int, default=0)
     cap.add_argument("--out", required=True, help="trace file to write, e.g. traces/NAME.parquet")
@@ -241,6 +264,26 @@ def _windows(args, mapping, split: str):
     return windows
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    _at_least(args, "tokens", 2)
+    out = output_dir(args.out, "--out")
+    runs = [Path(r) for r in args.runs]
+    for run in runs:
+        if not (run / "model.pt").is_file():
+            raise ConfigError(f"{run}: no model.pt; train it first with `radsim train CONFIG`")
+    reference = args.reference
+    if not runs and not reference:
+        raise ConfigError(
+            "radsim evaluate: give run folders to score, or --reference to compare those scored"
+        )
+    require_models("evaluate")
+    from radsim.train.compare import comparison, score_run
+
+    _setup(args)
+    scored = [score_run(run, out, args.tokens, args.seed)["run"] for run in runs]
+    print(json_text(comparison(out, reference or scored[0]), indent=2))
+
+
 def _profile(args: argparse.Namespace) -> None:
     _check_model_args(args)
     out = output_dir(args.out, "--out")
@@ -267,7 +310,7 @@ def _capture(args: argparse.Namespace) -> None:
     output_file(args.out, "--out", (".parquet",))
     require_models("capture")
     from radsim.routes.trace import write_trace
-    from radsim.train.capture import capture, model_meta, run_meta
+    from radsim.train.capture import PROPORTIONAL_NOTE, WINDOWS_NOTE, capture, model_meta, run_meta
 
     _setup(args)
     name, kind, model, mapping, extra = _load(args)
@@ -286,6 +329,13 @@ def _capture(args: argparse.Namespace) -> None:
             f"from layer {args.min_layer}; no exit training (the pretrained head reads every layer)"
         }
     windows = _windows(args, mapping, "test")
+    note = WINDOWS_NOTE
+    if args.windows == "proportional":
+        from radsim.train.loop import validation_sample
+
+        seq, want = args.seq_len, args.tokens + args.seq_len - 1
+        windows = validation_sample(seq, want, args.seed, mapping, split="test")[0]
+        note = PROPORTIONAL_NOTE.format(seed=args.seed)
     policy = (
         args.kv_policy
         if getattr(args, "router", None)
@@ -294,7 +344,9 @@ def _capture(args: argparse.Namespace) -> None:
         else getattr(getattr(model, "cfg", None), "kv_policy", "none")
     )
     vocab = "smollm2" if mapping is None else f"smollm2-top{int(mapping.max()) + 1}"
-    meta = run_meta(model_meta(name, kind, model, extra), policy, "test", int(windows.size), args.seed, vocab)
+    meta = run_meta(
+        model_meta(name, kind, model, extra), policy, "test", int(windows.size), args.seed, vocab, note
+    )
     teacher = None
     if getattr(args, "router", None) or getattr(args, "adapter", None):
         from radsim.models import smollm2
@@ -321,7 +373,8 @@ def write_card(trace, path: Path, command: str) -> Path:
         "",
         f"- **Model**: {model['name']} ({model['kind']}, {model['num_layers']} layers); {details}",
         f"- **Data**: {meta['data']['tokens']} tokens of the {meta['data']['split']} split of "
-        f"{meta['data']['source']} (vocabulary {meta['data']['vocab']}); never used in training.",
+        f"{meta['data']['source']} (vocabulary {meta['data']['vocab']}); never used in training; "
+        f"{meta['data'].get('windows', 'windows')}.",
         f"- **KV policy of skipped layers**: {meta['kv_policy']}",
         f"- **How made**: `{command}` at commit {meta['git_commit'][:12]} on {meta['device']}, {meta['created_at']}.",
         f"- **Quality**: perplexity {quality['perplexity']:.2f} on these tokens; mean depth "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 from radsim.cli.baseline import add_baseline_argument, baseline_scenario, compare, format_comparison
@@ -62,7 +63,8 @@ def run_simulate(args: argparse.Namespace) -> None:
     base = baseline_scenario(scenario, args.baseline) if args.baseline else None
     if base is not None:
         resolve(base)
-    sim, metrics = _with_progress(scenario, args, run_simulation)
+    keep = functools.partial(run_simulation, keep_timeline=timeline is not None)  # else only its sums
+    sim, metrics = _with_progress(scenario, args, keep)
     result = {
         "hw": sim.cfg.hw.stem,
         "kernel_tables": sim.cfg.hw.kernel_tables.source if sim.cfg.hw.kernel_tables else "",
@@ -75,7 +77,9 @@ def run_simulate(args: argparse.Namespace) -> None:
         **metrics,
     }
     if base is not None:
-        _, result["baseline"] = _with_progress(base, args, run_simulation, "simulating the baseline: ")
+        _, result["baseline"] = _with_progress(
+            base, args, functools.partial(run_simulation, keep_timeline=False), "simulating the baseline: "
+        )
         result["comparison"] = compare("simulate", result, result["baseline"])
     if timeline is not None:
         table = timeline_table(sim)

@@ -74,7 +74,9 @@ def find_capacity(
         if rate not in runs:
             if len(runs) >= search.max_evaluations:
                 raise ConfigError(f"capacity search did not converge in {search.max_evaluations} simulations")
-            _, runs[rate] = run_simulation(replace(simulated, rate_per_s=rate), trace_file)
+            _, runs[rate] = run_simulation(
+                replace(simulated, rate_per_s=rate), trace_file, keep_timeline=False
+            )
             if on_probe is not None:
                 on_probe(rate, meets_slo(runs[rate], s, percentile))
         return meets_slo(runs[rate], s, percentile)

@@ -227,8 +227,9 @@ def requests(s: Scenario) -> list[Request]:
     return generate(workload)
 
 
-def build_simulation(s: Scenario, trace_file: str | None = None) -> Simulation:
-    """The serving simulation of the scenario, ready to run."""
+def build_simulation(s: Scenario, trace_file: str | None = None, keep_timeline: bool = True) -> Simulation:
+    """The serving simulation of the scenario, ready to run (`keep_timeline=False`: only the
+    timeline's sums are kept, memory flat in the run's length; `radsim.sim.engine.Timeline`)."""
     from radsim.sim.engine import SimConfig, Simulation
     from radsim.sim.scheduler import SchedulerConfig
 
@@ -241,18 +242,21 @@ def build_simulation(s: Scenario, trace_file: str | None = None) -> Simulation:
         s.batching_policy, s.sequences_per_batch, budget, s.chunked_prefill, s.memory_fraction
     )
     cfg = SimConfig(hw, arch, exe, sched, s.execution, s.replicas, s.seed, engine)
-    return Simulation(cfg, book, requests(s))
+    return Simulation(cfg, book, requests(s), keep_timeline)
 
 
 def run_simulation(
-    s: Scenario, trace_file: str | None = None, on_progress: Callable[[int], None] | None = None
+    s: Scenario,
+    trace_file: str | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    keep_timeline: bool = True,
 ) -> tuple[Simulation, dict[str, Any]]:
     """Simulate the scenario; the finished simulation and its metrics (`radsim.sim.metrics.summarize`),
     with where its routes came from (`routes_source`) and what to be wary of (`warnings`).
     `on_progress(completed)` is called now and then with the requests completed (a progress bar)."""
     from radsim.sim.metrics import summarize
 
-    sim = build_simulation(s, trace_file)
+    sim = build_simulation(s, trace_file, keep_timeline)
     sim.on_progress = on_progress
     sim.run()
     metrics = summarize(sim, slo(s), pricing(s))
@@ -302,9 +306,7 @@ def overload_warnings(s: Scenario, sim: Simulation) -> list[str]:
     """A warning when requests pile up: many still waiting when the arrivals stopped."""
     if s.arrival == "batch" or not sim.timeline or not sim.requests:
         return []
-    last_arrival = sim.requests[-1].arrival_at
-    before = sim.timeline.column("start_at") <= last_arrival
-    waiting = int(sim.timeline.column("waiting")[before].max(initial=0))
+    waiting = sim.timeline.summed().waiting_peak  # at iterations that start by the last arrival
     if waiting > max(10, OVERLOAD_WAITING_SHARE * len(sim.requests)):
         return [
             f"arrivals exceed capacity: up to {waiting} requests were waiting before the last arrival "

@@ -113,12 +113,23 @@ _FLUSH_ROWS = 4096  # iterations kept as tuples before they are packed into a bl
 class Timeline:
     """Every iteration of a run (the fields of `Iteration`), packed by column into float64 blocks
     (72 bytes an iteration; counts are exact in float64). Iterating yields `Iteration`s;
-    `column(name)` and `array()` give numpy arrays."""
+    `column(name)` and `array()` give numpy arrays.
 
-    def __init__(self) -> None:
+    What the metrics need of it is also summed block by block as the run goes (`kv_peak_bytes`,
+    `decode_only_s`, `decode_only_count`, `waiting_peak`: the most requests waiting at an iteration
+    that starts by `horizon_s`), so that with `keep=False` the blocks are dropped once summed and
+    the memory of a run stays flat in its length; the figures are the same either way.
+    """
+
+    def __init__(self, keep: bool = True, horizon_s: float = math.inf) -> None:
+        self.keep, self.horizon_s = keep, horizon_s
         self._rows: list[tuple] = []
         self._blocks: list[np.ndarray] = []
         self._length = 0
+        self.kv_peak_bytes = 0.0
+        self.decode_only_s = 0.0
+        self.decode_only_count = 0
+        self.waiting_peak = 0
 
     def __len__(self) -> int:
         return self._length
@@ -133,16 +144,31 @@ class Timeline:
     def extend(self, block: np.ndarray) -> None:
         """Several iterations at once: (iterations, fields) in `TIMELINE_FIELDS` order, float64."""
         self._flush()
-        self._blocks.append(block)
+        self._add(block)
         self._length += len(block)
 
     def _flush(self) -> None:
         if self._rows:
-            self._blocks.append(np.array(self._rows, dtype=np.float64).reshape(-1, len(TIMELINE_FIELDS)))
+            self._add(np.array(self._rows, dtype=np.float64).reshape(-1, len(TIMELINE_FIELDS)))
             self._rows = []
+
+    def _add(self, block: np.ndarray) -> None:
+        if not len(block):
+            return
+        self.kv_peak_bytes = max(self.kv_peak_bytes, float(block[:, _KV].max()))
+        only = (block[:, _PREFILL] == 0) & (block[:, _DECODE] > 0)
+        self.decode_only_s += float(block[only, _TIME].sum())
+        self.decode_only_count += int(np.count_nonzero(only))
+        before = block[:, _START] <= self.horizon_s
+        if before.any():
+            self.waiting_peak = max(self.waiting_peak, int(block[before, _WAITING].max()))
+        if self.keep:
+            self._blocks.append(block)
 
     def array(self) -> np.ndarray:
         """(iterations, fields) of every iteration so far."""
+        if not self.keep:
+            raise ValueError("this timeline keeps only its sums (Timeline(keep=False))")
         self._flush()
         if len(self._blocks) != 1:
             self._blocks = [
@@ -153,11 +179,22 @@ class Timeline:
     def column(self, name: str) -> np.ndarray:
         return self.array()[:, TIMELINE_FIELDS.index(name)]
 
+    def summed(self) -> Timeline:
+        """Self, with the rows not yet packed summed too (call before reading the sums)."""
+        self._flush()
+        return self
+
     def __iter__(self):
         for row in self.array().tolist():
             yield Iteration(
                 *(int(v) if f in _INTEGER_FIELDS else v for f, v in zip(TIMELINE_FIELDS, row, strict=True))
             )
+
+
+_START, _TIME, _PREFILL, _DECODE, _KV, _WAITING = (
+    TIMELINE_FIELDS.index(f)
+    for f in ("start_at", "time_s", "prefill_tokens", "decode_tokens", "kv_bytes", "waiting")
+)
 
 
 @dataclass
@@ -175,7 +212,11 @@ class Replica:
 class Simulation:
     """One simulated run: build it, call `run`, read `requests`, `timeline` and the replicas."""
 
-    def __init__(self, cfg: SimConfig, routes: RouteBook, requests: list[Request]) -> None:
+    def __init__(
+        self, cfg: SimConfig, routes: RouteBook, requests: list[Request], keep_timeline: bool = True
+    ) -> None:
+        """`keep_timeline=False` keeps only the timeline's sums (see `Timeline`): memory flat in
+        the number of requests, the same metrics."""
         self.cfg, self.routes = cfg, routes
         self.requests = sorted(requests, key=lambda r: r.arrival_at)  # stable: ties keep their order
         limit = cfg.arch.max_position_embeddings
@@ -200,7 +241,8 @@ class Simulation:
             )
             for i in range(cfg.replicas)
         ]
-        self.timeline = Timeline()
+        last_arrival = self.requests[-1].arrival_at if self.requests else math.inf
+        self.timeline = Timeline(keep_timeline, horizon_s=last_arrival)
         self._last_step_s = 0.0  # duration of the latest iteration: sizes the next decode run
         self._arrival_times = np.array([r.arrival_at for r in self.requests], dtype=np.float64)
         self.on_progress: Callable[[int], None] | None = None  # called with the requests completed so far

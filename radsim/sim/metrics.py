@@ -107,6 +107,7 @@ def request_table(finished: list[Finished]) -> pd.DataFrame:
 def summarize(sim, slo: SLO, pricing: Pricing) -> dict:
     """All metrics of a finished `radsim.sim.engine.Simulation`, in SI units."""
     states = [s for r in sim.replicas for s in r.scheduler.done]
+    timeline = sim.timeline.summed()
     table = request_arrays(states)
     completed = table["id"].size
     start = min((r.arrival_at for r in sim.requests), default=0.0)
@@ -153,17 +154,13 @@ def summarize(sim, slo: SLO, pricing: Pricing) -> dict:
         "cost_usd": cost,
         "cost_usd_per_Mtok": cost / out_tokens * 1e6 if out_tokens else None,
         "devices": devices,
-        "kv_cache_peak_bytes": float(sim.timeline.column("kv_bytes").max(initial=0.0)),
-        "decode_step_s": _decode_step(sim.timeline),
+        "kv_cache_peak_bytes": timeline.kv_peak_bytes,
+        # the mean duration of the iterations that decode and prefill nothing
+        "decode_step_s": timeline.decode_only_s / timeline.decode_only_count
+        if timeline.decode_only_count
+        else None,
     }
     return result
-
-
-def _decode_step(timeline) -> float | None:
-    """Mean duration of the iterations that decode and prefill nothing; None if there is none."""
-    only = (timeline.column("prefill_tokens") == 0) & (timeline.column("decode_tokens") > 0)
-    times = timeline.column("time_s")[only]
-    return float(np.mean(times)) if times.size else None
 
 
 def timeline_table(sim) -> pd.DataFrame:

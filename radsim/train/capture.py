@@ -36,6 +36,11 @@ from radsim.routes.trace import COLUMNS, Trace
 from radsim.train.adapt import kl_per_token
 
 WINDOWS_NOTE = "windows of consecutive test-split tokens; documents joined by EOS"
+#: `radsim capture --windows proportional`: what the trace's meta says of its windows
+PROPORTIONAL_NOTE = (
+    "windows drawn at random from every source of the test split in proportion to its tokens "
+    "(radsim.train.corpus.representative_windows, seed {seed}); documents joined by EOS"
+)
 CaptureModel = Radial | MoD | Finedeep | DLO | EarlyExit | Llama  # the models a trace can be captured from
 
 
@@ -268,8 +273,16 @@ def model_meta(name: str, kind: str, model: CaptureModel, extra: dict) -> dict:
     return {"name": name, "kind": kind, "num_layers": base.num_layers, "config": config, **extra}
 
 
-def run_meta(model_block: dict, kv_policy: str, split: str, tokens: int, seed: int, vocab: str) -> dict:
-    """Everything a trace records about how it was made."""
+def run_meta(
+    model_block: dict,
+    kv_policy: str,
+    split: str,
+    tokens: int,
+    seed: int,
+    vocab: str,
+    windows: str = WINDOWS_NOTE,
+) -> dict:
+    """Everything a trace records about how it was made (`windows`: how its windows were drawn)."""
     return {
         "schema_version": 1,
         "model": model_block,
@@ -279,7 +292,7 @@ def run_meta(model_block: dict, kv_policy: str, split: str, tokens: int, seed: i
             "split": split,
             "tokens": tokens,
             "vocab": vocab,
-            "windows": WINDOWS_NOTE,
+            "windows": windows,
         },
         "seed": seed,
         "git_commit": git_commit(),

@@ -122,7 +122,12 @@ def step_loss(
     lm = lm_loss(model.lm_head(model.norm(states[-1])), x)
     layer = 1 + step % max(1, model.cfg.num_layers - 1)
     exit_lm = lm_loss(model.lm_head(model.norm(states[layer])), x)
-    info = {"lm": lm.item(), "depth": float(model.cfg.num_layers), "exit_layer": layer, "exit_lm": exit_lm.item()}
+    info = {
+        "lm": lm.item(),
+        "depth": float(model.cfg.num_layers),
+        "exit_layer": layer,
+        "exit_lm": exit_lm.item(),
+    }
     return lm + w * exit_lm, info
 
 
@@ -167,18 +172,9 @@ def _radial_loss(
 
 
 @torch.no_grad()
-def evaluate(
-    model: ScratchModel,
-    windows: np.ndarray,
-    batch: int = 8,
-    sources: np.ndarray | None = None,
-    names: list[str] | None = None,
-    seed: int = 0,
-) -> dict:
-    """Held-out loss, perplexity and mean depth, routing as a decoder would (argmax, causal).
-
-    With `sources` (each window's source, an index into `names`): the perplexity's 95% bootstrap
-    interval over windows and the perplexity and depth of every source too."""
+def window_losses(model: ScratchModel, windows: np.ndarray, batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Per window: summed next-token loss and summed depth (visits) of its predicted tokens, routing
+    as a decoder would (argmax, causal)."""
     model.eval()
     losses, depths = [], []
     with torch.no_grad():
@@ -198,8 +194,35 @@ def evaluate(
             losses.append(lm_loss(logits, x, reduction="none").double().sum(-1).numpy())
             depths.append(np.asarray(d, dtype=np.float64))
     model.train()
-    loss, depth = np.concatenate(losses), np.concatenate(depths)
-    tokens = np.full(len(windows), windows.shape[1] - 1, dtype=np.float64)
+    return np.concatenate(losses), np.concatenate(depths)
+
+
+def evaluate(
+    model: ScratchModel,
+    windows: np.ndarray,
+    batch: int = 8,
+    sources: np.ndarray | None = None,
+    names: list[str] | None = None,
+    seed: int = 0,
+) -> dict:
+    """Held-out loss, perplexity and mean depth, routing as a decoder would (argmax, causal).
+
+    With `sources` (each window's source, an index into `names`): the perplexity's 95% bootstrap
+    interval over windows and the perplexity and depth of every source too."""
+    loss, depth = window_losses(model, windows, batch)
+    return summarize_windows(loss, depth, windows.shape[1] - 1, sources, names, seed)
+
+
+def summarize_windows(
+    loss: np.ndarray,
+    depth: np.ndarray,
+    predicted: int,
+    sources: np.ndarray | None = None,
+    names: list[str] | None = None,
+    seed: int = 0,
+) -> dict:
+    """`evaluate`'s figures from per-window summed losses and depths (`predicted` tokens a window)."""
+    tokens = np.full(len(loss), predicted, dtype=np.float64)
     mean = float(loss.sum() / tokens.sum())
     result = {"loss": mean, "perplexity": math.exp(mean), "mean_depth": float(depth.sum() / tokens.sum())}
     if sources is None or names is None:
@@ -211,21 +234,21 @@ def evaluate(
         part = sources == i
         result[f"perplexity[{name}]"] = float(np.exp(loss[part].sum() / tokens[part].sum()))
         result[f"mean_depth[{name}]"] = float(depth[part].sum() / tokens[part].sum())
-    result["windows"], result["tokens"] = len(windows), int(tokens.sum())
+    result["windows"], result["tokens"] = len(loss), int(tokens.sum())
     return result
 
 
 def validation_sample(
-    seq_len: int, tokens: int, seed: int, mapping: np.ndarray | None = None
+    seq_len: int, tokens: int, seed: int, mapping: np.ndarray | None = None, split: str = "val"
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The representative validation sample (`corpus.representative_windows` over every source of
-    the validation split, in proportion), in a scratch model's vocabulary where `mapping` is given:
-    windows, each window's source, the source names."""
+    """The representative sample of a split (`corpus.representative_windows` over every source of
+    it, in proportion; the validation split unless told), in a scratch model's vocabulary where
+    `mapping` is given: windows, each window's source, the source names."""
     by_source = source_splits()
     names = sorted(corpus.SOURCES)
     arrays = {}
     for n in names:
-        ids = np.load(by_source[("val", n)], mmap_mode="r")
+        ids = np.load(by_source[(split, n)], mmap_mode="r")
         arrays[n] = mapping[np.asarray(ids)] if mapping is not None else ids
     windows, sources = corpus.representative_windows(arrays, seq_len, tokens, seed)
     return windows, sources, names

@@ -211,3 +211,40 @@ def test_engine_profiles_add_host_time_and_ideal_adds_none():
     )
     assert metrics["vllm"]["tpot_s_mean"] >= metrics["ideal"]["tpot_s_mean"]
     assert all(m["engine"] == e for e, m in metrics.items())
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_timeline_kept_as_sums_gives_the_same_metrics_and_holds_no_rows(toy_gpu, tiny_arch, replicas):
+    rng = np.random.default_rng(3)
+    requests = [
+        Request(i, float(t), int(p), int(o))
+        for i, (t, p, o) in enumerate(
+            zip(
+                np.cumsum(rng.exponential(0.02, 400)),
+                rng.integers(1, 40, 400),
+                rng.integers(1, 30, 400),
+                strict=True,
+            )
+        )
+    ]
+    cfg = SimConfig(toy_gpu, tiny_arch, EXE, SchedulerConfig("continuous", 8, 64), replicas=replicas)
+    routes = parametric(tiny_arch.num_layers, 0.5, 0.2, 0)
+    sims = []
+    for keep in (True, False):
+        sim = Simulation(cfg, routes, requests, keep_timeline=keep)
+        sim.run()
+        sims.append(sim)
+    kept, summed = sims
+    slo, pricing = SLO(1.0, 0.1), Pricing()
+    assert summarize(kept, slo, pricing) == summarize(summed, slo, pricing)
+    assert not summed.timeline._blocks and len(summed.timeline) == len(kept.timeline) > 0
+    with pytest.raises(ValueError, match="keeps only its sums"):
+        summed.timeline.array()
+    only = (kept.timeline.column("prefill_tokens") == 0) & (kept.timeline.column("decode_tokens") > 0)
+    assert kept.timeline.decode_only_count == int(only.sum()) > 0
+    assert kept.timeline.decode_only_s == pytest.approx(
+        float(np.mean(kept.timeline.column("time_s")[only])) * only.sum()
+    )
+    assert kept.timeline.kv_peak_bytes == kept.timeline.column("kv_bytes").max()
+    before = kept.timeline.column("start_at") <= requests[-1].arrival_at
+    assert kept.timeline.waiting_peak == kept.timeline.column("waiting")[before].max()

@@ -64,22 +64,6 @@ def _config(steps: int = 6, depth_target: float = 0.0) -> RunConfig:
     )
 
 
-@pytest.fixture
-def synthetic_text(tmp_path, monkeypatch):
-    rng = np.random.default_rng(0)
-    paths = {}
-    for split, n in (("train", 20_000), ("val", 2_000), ("test", 2_000)):
-        paths[split] = tmp_path / f"{split}.npy"
-        np.save(paths[split], rng.integers(0, 200, size=n).astype(np.uint16))
-    monkeypatch.setattr(loop, "text_splits", lambda: paths)
-    by_source = {}
-    for split in ("train", "val", "test"):
-        for i, src in enumerate(sorted(loop.corpus.SOURCES)):
-            by_source[(split, src)] = tmp_path / f"{split}-{src}.npy"
-            np.save(by_source[(split, src)], rng.integers(0, 200, size=600 * (i + 1)).astype(np.uint16))
-    monkeypatch.setattr(loop, "source_splits", lambda: by_source)
-
-
 @pytest.mark.parametrize("depth_target", [0.0, 3.0])
 def test_an_interrupted_scratch_run_resumes_to_the_same_model(
     tmp_path, monkeypatch, synthetic_text, depth_target
@@ -174,7 +158,9 @@ def test_the_exit_loss_trains_the_shared_head_on_every_layer():
         loss, info = loop.step_loss(model, x, step, cfg)
         layer = 1 + step % 3
         assert info["exit_layer"] == layer
-        assert info["exit_lm"] == pytest.approx(lm_loss(model.lm_head(model.norm(states[layer])), x).item(), rel=1e-5)
+        assert info["exit_lm"] == pytest.approx(
+            lm_loss(model.lm_head(model.norm(states[layer])), x).item(), rel=1e-5
+        )
         assert info["lm"] == pytest.approx(lm_loss(model(x), x).item(), rel=1e-5)
         assert loss.item() == pytest.approx(info["lm"] + 0.5 * info["exit_lm"], rel=1e-5)
     loss.backward()
@@ -183,3 +169,22 @@ def test_the_exit_loss_trains_the_shared_head_on_every_layer():
         name=cfg.name, kind=cfg.kind, seed=0, data=cfg.data, model=cfg.model, train=TrainSection()
     )
     assert "exit_lm" not in loop.step_loss(model, x, 0, plain)[1]
+
+
+def test_capture_draws_proportional_test_windows_and_says_so(tmp_path, synthetic_text):
+    from radsim.cli.main import main
+    from radsim.routes.trace import read_trace
+
+    loop.train_scratch(_config(steps=3), tmp_path / "run")
+    out = tmp_path / "traces" / "tiny.parquet"
+    main(
+        ["capture", "--run", str(tmp_path / "run"), "--windows", "proportional", "--tokens", "90"]
+        + ["--seq-len", "16", "--seed", "3", "--threads", "1", "--out", str(out)]
+    )
+    trace = read_trace(out)
+    windows, sources, names = loop.validation_sample(16, 90 + 15, 3, None, split="test")
+    assert trace.meta["data"]["tokens"] == windows.size == 6 * 16
+    assert "in proportion" in trace.meta["data"]["windows"] and "seed 3" in trace.meta["data"]["windows"]
+    assert sorted(set(sources.tolist())) == [0, 1, 2]  # every source
+    assert trace.visits["seq"].nunique() == len(windows)
+    assert "in proportion to its tokens" in out.with_suffix(".md").read_text()
