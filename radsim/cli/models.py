@@ -1,4 +1,5 @@
-"""Command-line entry points that need torch: train, profile, capture. torch is imported only when run.
+"""Command-line entry points that need torch: train, evaluate, profile, capture. torch is imported
+only when run.
 
 Every option and the run config are checked, the optional dependencies (the `models` extra) looked
 up and the outputs probed before a model is loaded: a missing extra is one line saying what to install.
@@ -64,6 +65,12 @@ def add_model_commands(sub) -> None:
     ev.add_argument("--reference", help="run the others are compared with (default: the first scored)")
     ev.add_argument("--tokens", type=int, default=32768, help="validation tokens (default: 32768)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the sample (default: 0)")
+    ev.add_argument(
+        "--early-exit",
+        help="comma-separated thresholds in (0, 1]: also score each sequential run under confidence-"
+        "based early exit at each (named NAME-exitTHRESHOLD)",
+    )
+    ev.add_argument("--min-layer", type=int, default=0, help="with --early-exit: no exit before this layer")
     _threads(ev)
     ev.set_defaults(func=_evaluate)
 
@@ -266,11 +273,23 @@ def _windows(args, mapping, split: str):
 
 def _evaluate(args: argparse.Namespace) -> None:
     _at_least(args, "tokens", 2)
+    _at_least(args, "min_layer", 0)
     out = output_dir(args.out, "--out")
     runs = [Path(r) for r in args.runs]
     for run in runs:
         if not (run / "model.pt").is_file():
             raise ConfigError(f"{run}: no model.pt; train it first with `radsim train CONFIG`")
+    thresholds: list[float] = []
+    for text in args.early_exit.split(",") if args.early_exit else []:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0.0 < value <= 1.0:
+            raise ConfigError(
+                f"--early-exit: {text!r} is not a threshold; allowed: numbers in (0, 1], comma-separated"
+            )
+        thresholds.append(value)
     reference = args.reference
     if not runs and not reference:
         raise ConfigError(
@@ -281,6 +300,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     _setup(args)
     scored = [score_run(run, out, args.tokens, args.seed)["run"] for run in runs]
+    for run in runs:
+        for threshold in thresholds:
+            score_run(run, out, args.tokens, args.seed, early_exit=threshold, min_layer=args.min_layer)
     print(json_text(comparison(out, reference or scored[0]), indent=2))
 
 

@@ -26,20 +26,41 @@ WINDOW_COLUMNS = ("window", "source", "loss_sum_nats", "depth_sum", "predicted_t
 
 
 def score_run(
-    run_dir: Path, out_dir: Path, tokens: int = 32768, seed: int = 0, batch: int = 8
+    run_dir: Path,
+    out_dir: Path,
+    tokens: int = 32768,
+    seed: int = 0,
+    batch: int = 8,
+    early_exit: float | None = None,
+    min_layer: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate a run on the representative validation sample; write its windows and summary."""
+    """Evaluate a run on the representative validation sample; write its windows and summary.
+
+    With `early_exit` (a threshold in (0, 1]), a sequential run is evaluated under confidence-based
+    early exit (`radsim.models.early_exit`, KV copied) and named NAME-exitTHRESHOLD."""
+    from radsim.models.early_exit import EarlyExit, EarlyExitConfig
+    from radsim.models.llama import Llama
     from radsim.train.loop import _params, load_run, summarize_windows, validation_sample, window_losses
 
     cfg, model, mapping = load_run(run_dir)
+    name = cfg.name
+    params = _params(model)
+    if early_exit is not None:
+        if not isinstance(model, Llama) or cfg.kind != "dense_scratch":
+            raise ConfigError(
+                f"{run_dir}: early exit needs a sequential (dense_scratch) run; it is {cfg.kind}"
+            )
+        model = EarlyExit(model, EarlyExitConfig(threshold=early_exit, min_layer=min_layer))
+        name = f"{cfg.name}-exit{early_exit:g}"
     seq = cfg.data.seq_len
     windows, sources, names = validation_sample(seq, tokens, seed, mapping if cfg.data.vocab else None)
     loss, depth = window_losses(model, windows, batch)
     summary = {
-        "run": cfg.name,
+        "run": name,
+        "early_exit": None if early_exit is None else {"threshold": early_exit, "min_layer": min_layer},
         "kind": cfg.kind,
         "layers_owned": cfg.model.num_layers,
-        "params": _params(model),
+        "params": params,
         "train_tokens": cfg.train.steps * cfg.data.batch * seq,
         "seq_len": seq,
         "sample_tokens": tokens,
@@ -54,8 +75,8 @@ def score_run(
         )
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / f"{cfg.name}-windows.csv", "\n".join(lines) + "\n")
-    atomic_write_text(out_dir / f"{cfg.name}.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / f"{name}-windows.csv", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / f"{name}.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

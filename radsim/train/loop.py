@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from radsim.files import atomic_write
+from radsim.models.early_exit import EarlyExit
 from radsim.models.finedeep import Finedeep, FinedeepConfig
 from radsim.models.llama import Llama, LlamaConfig, lm_loss
 from radsim.models.mod import MoD, MoDConfig
@@ -172,7 +173,9 @@ def _radial_loss(
 
 
 @torch.no_grad()
-def window_losses(model: ScratchModel, windows: np.ndarray, batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def window_losses(
+    model: ScratchModel | EarlyExit, windows: np.ndarray, batch: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
     """Per window: summed next-token loss and summed depth (visits) of its predicted tokens, routing
     as a decoder would (argmax, causal)."""
     model.eval()
@@ -180,7 +183,7 @@ def window_losses(model: ScratchModel, windows: np.ndarray, batch: int = 8) -> t
     with torch.no_grad():
         for i in range(0, len(windows), batch):
             x = torch.from_numpy(windows[i : i + batch])
-            if isinstance(model, Radial):
+            if isinstance(model, Radial | EarlyExit):
                 out = model(x)
                 logits, d = out.logits, out.depth[:, :-1].double().sum(-1)
             elif isinstance(model, MoD):

@@ -71,3 +71,21 @@ def test_other_windows_or_a_missing_reference_are_refused(tmp_path, synthetic_te
         compare.comparison(out, "two")
     assert main(["evaluate", str(tmp_path / "runs" / "absent"), "--out", str(out)]) == 2
     assert "absent: no model.pt" in capsys.readouterr().err
+
+
+def test_a_sequential_run_is_scored_under_early_exit_at_each_threshold(tmp_path, synthetic_text, capsys):
+    loop.train_scratch(_dense("four", 4), tmp_path / "runs" / "four")
+    out = tmp_path / "results"
+    argv = ["evaluate", str(tmp_path / "runs" / "four"), "--out", str(out), "--tokens", "160"]
+    assert main([*argv, "--early-exit", "0.01,1"]) == 0
+    rows = {r["run"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"four", "four-exit0.01", "four-exit1"}
+    assert rows["four-exit1"]["mean_depth"] == 4.0  # nothing is that confident: every layer
+    assert rows["four-exit1"]["perplexity"] == pytest.approx(rows["four"]["perplexity"], rel=1e-6)
+    assert rows["four-exit0.01"]["mean_depth"] == 1.0  # everything is: out after the first layer
+    assert json.loads((out / "four-exit0.01.json").read_text())["early_exit"] == {
+        "threshold": 0.01,
+        "min_layer": 0,
+    }
+    assert main([*argv, "--early-exit", "0.5,2"]) == 2
+    assert "'2' is not a threshold" in capsys.readouterr().err
