@@ -176,9 +176,12 @@ def _plot(args: argparse.Namespace) -> None:
     folder = _folder(args.results)
     out = output_dir(Path(args.out) if args.out else folder / "plots", "--out")
     slo = _slo(args)
+    from radsim.study.sweep import read_results
+
+    table = read_results(Path(args.results))  # a bad results file is named before Chromium is tried
     if "png" in formats:
         _check_png_export()
-    _draw(Path(args.results), out, formats, slo)
+    _draw(Path(args.results), out, formats, slo, table)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -191,11 +194,13 @@ def _folder(results: str | Path) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def _draw(results: Path, out: Path, formats: tuple[str, ...], slo: tuple[float, float] | None) -> None:
+def _draw(
+    results: Path, out: Path, formats: tuple[str, ...], slo: tuple[float, float] | None, table=None
+) -> None:
     from radsim.study.plots import build_figures, write_figures
     from radsim.study.sweep import read_results
 
-    table = read_results(results)
+    table = read_results(results) if table is None else table
     figures = _from_table(results, lambda: build_figures(table, slo), "draw the plots")
     for path in write_figures(figures, out, formats, stream=sys.stderr):
         print(f"wrote {path}")
