@@ -21,6 +21,10 @@ the layers never learn that some of them are skipped. Here, for each target mean
      detached hidden states, so that this noisy gradient stays out of the layers). The penalty
      (nats per layer visit) is the multiplier of an equality constraint on depth: after every
      step it moves by penalty_lr x (depth - target) / layers.
+   In `argmax` routing, `exit_bias_lr > 0` holds the depth instead by the router's exit bias, a
+   dual variable moved after every step by exit_bias_lr x (target - depth) / layers: the adapters
+   change the hidden states the router reads, so even a frozen router's depth drifts (the 75% model
+   without it: from 23.5 to 21.6 layers over its 200 training steps, 21.4 on validation).
    Skipped layers' KV entries are copied from the token's hidden state (`kv_policy = "copy"`).
 3. **Checkpoint.** Every `checkpoint_every` steps the adapters, router, optimiser, penalty and
    log are written atomically; a rerun resumes from there. A step's windows and samples depend
@@ -260,6 +264,9 @@ def adapt_one(
         mean_depth = depth.mean().item()
         if sample:  # the multiplier of an equality constraint on depth: either sign
             penalty = penalty + a.penalty_lr * (mean_depth - goal) / layers
+        elif a.exit_bias_lr:  # argmax: the exit logit's bias holds the depth (fewer exits: deeper)
+            with torch.no_grad():
+                student.router.proj.bias[layers] -= a.exit_bias_lr * (goal - mean_depth) / layers
         step += 1
         log.append(
             {
@@ -268,6 +275,7 @@ def adapt_one(
                 "kl": kl.mean().item(),
                 "depth": mean_depth,
                 "penalty": penalty,
+                "exit_bias": float(student.router.proj.bias[layers].detach()),
             }
         )
         progress.set_postfix_str(f"kl {log[-1]['kl']:.3f}, depth {mean_depth:.2f}, penalty {penalty:.3f}")

@@ -15,7 +15,7 @@ seed = 0
 [distill] thresholds (list), train_tokens, eval_tokens, router_epochs, kv_policy
 [adapt]  depth_targets (list, fractions of the layers), steps, lr, router_lr, warmup_steps, lora_rank,
          lora_alpha, imitation_tokens, router_epochs, routing, penalty, penalty_lr, sample_temperature,
-         eval_tokens,
+         exit_bias_lr, eval_tokens,
          checkpoint_every, kv_policy
 [finedeep] sub_layers, experts, expert_size
 [dlo]    insert_after (list), skip_target, sim_threshold, sim_weight, rate_weight, base_lr, router_lr,
@@ -144,6 +144,10 @@ class AdaptSection:
     penalty_lr: float = 0.2  # dual step: penalty += penalty_lr * (depth - target) / layers
     routing: str = "argmax"  # training routes: argmax (as in use) or sample (REINFORCE, penalty)
     sample_temperature: float = 0.5  # routing = "sample": routes are sampled at this temperature
+    # routing = "argmax": > 0 holds the mean depth at its target by the router's exit bias, a dual
+    # variable: after every step exit bias -= exit_bias_lr * (target - depth) / layers (even when
+    # the router is frozen: the adapters change the router's inputs, and so the depth)
+    exit_bias_lr: float = 0.0
     eval_tokens: int = 40960  # representative validation tokens (every source in proportion)
     checkpoint_every: int = 20
     kv_policy: str = "copy"

@@ -154,7 +154,7 @@ def test_a_detached_router_input_keeps_the_route_loss_out_of_the_layers():
         assert model.router.proj.weight.grad.abs().sum() > 0
 
 
-def _tiny_run(tmp_path, steps=4, router_lr=0.0, routing="argmax"):
+def _tiny_run(tmp_path, steps=4, router_lr=0.0, routing="argmax", **adapt_extra):
     from radsim.train.config import AdaptSection, DataSection, RunConfig
 
     cfg = RunConfig(
@@ -169,6 +169,7 @@ def _tiny_run(tmp_path, steps=4, router_lr=0.0, routing="argmax"):
             warmup_steps=1,
             router_lr=router_lr,
             routing=routing,
+            **adapt_extra,
         ),
     )
     torch.manual_seed(0)
@@ -213,3 +214,22 @@ def test_an_interrupted_adaptation_resumes_to_the_same_numbers(tmp_path, monkeyp
     assert [r["kl"] for r in log2] == [r["kl"] for r in log]
     for key, value in adapter_state(whole.model).items():
         assert torch.equal(value, adapter_state(resumed.model)[key]), key
+
+
+@pytest.mark.parametrize("target", [0.25, 1.0])
+def test_the_exit_bias_moves_the_depth_towards_its_target(tmp_path, target):
+    import radsim.train.adapt as adapt
+
+    cfg, teacher, router, train = _tiny_run(tmp_path, steps=12, exit_bias_lr=20.0)
+    layers = TINY.num_layers
+    model, log = adapt.adapt_one(cfg, target, teacher, teacher, router, train, tmp_path / "run")
+    bias = [r["exit_bias"] for r in log]
+    start = float(router.proj.bias[layers])
+    for before, row, after in zip([start, *bias[:-1]], log, bias, strict=True):
+        gap = target * layers - row["depth"]  # below the target: fewer exits, a lower bias
+        assert after == pytest.approx(before - 20.0 * gap / layers, abs=1e-5)
+    first, last = log[0]["depth"], log[-1]["depth"]
+    assert abs(last - target * layers) < abs(first - target * layers)
+    assert float(model.router.proj.bias[layers]) == pytest.approx(bias[-1])
+    frozen = {k: v for k, v in model.router.state_dict().items() if k != "proj.bias"}
+    assert all(torch.equal(v, router.state_dict()[k]) for k, v in frozen.items())  # only the bias
