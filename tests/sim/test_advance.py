@@ -59,6 +59,30 @@ CASES = {
         BASE, prefill_chunk=128, memory_fraction=0.2, rate_per_s=12.0, output_tokens=300, max_batch=64
     ),
     "chunked prompts, engine vllm": replace(BASE, prefill_chunk=96, engine="vllm", trace=DISTILL),
+    # saturation: requests wait, so completions and admissions follow each other (churn runs)
+    "saturated": replace(BASE, rate_per_s=40.0, duration_s=6.0, max_batch=24),
+    "saturated, copy": replace(
+        BASE, rate_per_s=40.0, duration_s=6.0, max_batch=24, depth_fraction=0.5, kv_policy="copy"
+    ),
+    "saturated, compute": replace(
+        BASE, rate_per_s=40.0, duration_s=6.0, max_batch=24, depth_fraction=0.75, kv_policy="compute"
+    ),
+    "saturated, second pass": replace(BASE, rate_per_s=40.0, duration_s=6.0, max_batch=24, trace=SCRATCH),
+    "saturated, second pass, copy": replace(
+        BASE, rate_per_s=40.0, duration_s=6.0, max_batch=24, trace=SCRATCH, kv_policy="copy"
+    ),
+    "saturated, no chunked prefill": replace(
+        BASE, rate_per_s=40.0, duration_s=6.0, max_batch=24, chunked_prefill=False, prefill_chunk=512
+    ),
+    "saturated, small budget": replace(
+        BASE, rate_per_s=40.0, duration_s=6.0, max_batch=24, prefill_chunk=300
+    ),
+    "saturated, engine vllm, routed": replace(
+        BASE, rate_per_s=40.0, duration_s=6.0, max_batch=24, engine="vllm", trace=DISTILL
+    ),
+    "saturated, preemption": replace(
+        BASE, rate_per_s=40.0, duration_s=6.0, max_batch=64, memory_fraction=0.2, output_tokens=300
+    ),
     # engine profiles: host time per iteration (graph-free launches; graphs with an overlapped loop)
     "engine eager": replace(BASE, engine="eager"),
     "engine vllm, routed": replace(BASE, engine="vllm", trace=DISTILL),
