@@ -124,6 +124,8 @@ class Timeline:
     def __init__(self, keep: bool = True, horizon_s: float = math.inf) -> None:
         self.keep, self.horizon_s = keep, horizon_s
         self._rows: list[tuple] = []
+        self._pending: list[np.ndarray] = []  # blocks not summed yet (summed together, cheaply)
+        self._pending_rows = 0
         self._blocks: list[np.ndarray] = []
         self._length = 0
         self.kv_peak_bytes = 0.0
@@ -144,17 +146,27 @@ class Timeline:
     def extend(self, block: np.ndarray) -> None:
         """Several iterations at once: (iterations, fields) in `TIMELINE_FIELDS` order, float64."""
         self._flush()
-        self._add(block)
+        self._pending.append(block)
+        self._pending_rows += len(block)
         self._length += len(block)
+        if self._pending_rows >= _FLUSH_ROWS:
+            self._sum()
 
     def _flush(self) -> None:
         if self._rows:
-            self._add(np.array(self._rows, dtype=np.float64).reshape(-1, len(TIMELINE_FIELDS)))
+            block = np.array(self._rows, dtype=np.float64).reshape(-1, len(TIMELINE_FIELDS))
             self._rows = []
+            self._pending.append(block)
+            self._pending_rows += len(block)
+            if self._pending_rows >= _FLUSH_ROWS:
+                self._sum()
 
-    def _add(self, block: np.ndarray) -> None:
-        if not len(block):
+    def _sum(self) -> None:
+        """Add the pending blocks to the sums (and keep them, with `keep`)."""
+        if not self._pending:
             return
+        block = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+        self._pending, self._pending_rows = [], 0
         self.kv_peak_bytes = max(self.kv_peak_bytes, float(block[:, _KV].max()))
         only = (block[:, _PREFILL] == 0) & (block[:, _DECODE] > 0)
         self.decode_only_s += float(block[only, _TIME].sum())
@@ -165,11 +177,17 @@ class Timeline:
         if self.keep:
             self._blocks.append(block)
 
+    def summed(self) -> Timeline:
+        """Self, with every iteration so far in the sums (call before reading them)."""
+        self._flush()
+        self._sum()
+        return self
+
     def array(self) -> np.ndarray:
         """(iterations, fields) of every iteration so far."""
         if not self.keep:
             raise ValueError("this timeline keeps only its sums (Timeline(keep=False))")
-        self._flush()
+        self.summed()
         if len(self._blocks) != 1:
             self._blocks = [
                 np.concatenate(self._blocks) if self._blocks else np.zeros((0, len(TIMELINE_FIELDS)))
@@ -178,11 +196,6 @@ class Timeline:
 
     def column(self, name: str) -> np.ndarray:
         return self.array()[:, TIMELINE_FIELDS.index(name)]
-
-    def summed(self) -> Timeline:
-        """Self, with the rows not yet packed summed too (call before reading the sums)."""
-        self._flush()
-        return self
 
     def __iter__(self):
         for row in self.array().tolist():
