@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -40,9 +40,17 @@ def score_run(
     early exit (`radsim.models.early_exit`, KV copied) and named NAME-exitTHRESHOLD."""
     from radsim.models.early_exit import EarlyExit, EarlyExitConfig
     from radsim.models.llama import Llama
-    from radsim.train.loop import _params, load_run, summarize_windows, validation_sample, window_losses
+    from radsim.train.loop import (
+        ScratchModel,
+        _params,
+        load_run,
+        summarize_windows,
+        validation_sample,
+        window_losses,
+    )
 
-    cfg, model, mapping = load_run(run_dir)
+    cfg, loaded, mapping = load_run(run_dir)
+    model: ScratchModel | EarlyExit = cast("ScratchModel", loaded)
     name = cfg.name
     params = _params(model)
     if early_exit is not None:

@@ -224,7 +224,7 @@ def test_the_exit_bias_moves_the_depth_towards_its_target(tmp_path, target):
     layers = TINY.num_layers
     model, log = adapt.adapt_one(cfg, target, teacher, teacher, router, train, tmp_path / "run")
     bias = [r["exit_bias"] for r in log]
-    start = float(router.proj.bias[layers])
+    start = float(router.proj.bias[layers].detach())
     for before, row, after in zip([start, *bias[:-1]], log, bias, strict=True):
         gap = target * layers - row["depth"]  # below the target: fewer exits, a lower bias
         assert after == pytest.approx(before - 20.0 * gap / layers, abs=1e-5)
