@@ -357,14 +357,14 @@ def _capture(args: argparse.Namespace) -> None:
                 else "no exit training (the pretrained head reads every layer)"
             )
         }
-    windows = _windows(args, mapping, "test")
-    note = WINDOWS_NOTE
     if args.windows == "proportional":
         from radsim.train.loop import validation_sample
 
         seq, want = args.seq_len, args.tokens + args.seq_len - 1
         windows = validation_sample(seq, want, args.seed, mapping, split="test")[0]
         note = PROPORTIONAL_NOTE.format(seed=args.seed)
+    else:
+        windows, note = _windows(args, mapping, "test"), WINDOWS_NOTE
     policy = (
         args.kv_policy
         if getattr(args, "router", None)

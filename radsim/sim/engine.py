@@ -146,20 +146,21 @@ class Timeline:
     def extend(self, block: np.ndarray) -> None:
         """Several iterations at once: (iterations, fields) in `TIMELINE_FIELDS` order, float64."""
         self._flush()
-        self._pending.append(block)
-        self._pending_rows += len(block)
         self._length += len(block)
-        if self._pending_rows >= _FLUSH_ROWS:
-            self._sum()
+        self._queue(block)
 
     def _flush(self) -> None:
         if self._rows:
             block = np.array(self._rows, dtype=np.float64).reshape(-1, len(TIMELINE_FIELDS))
             self._rows = []
-            self._pending.append(block)
-            self._pending_rows += len(block)
-            if self._pending_rows >= _FLUSH_ROWS:
-                self._sum()
+            self._queue(block)
+
+    def _queue(self, block: np.ndarray) -> None:
+        """A packed block, summed with the next ones once they hold `_FLUSH_ROWS` iterations."""
+        self._pending.append(block)
+        self._pending_rows += len(block)
+        if self._pending_rows >= _FLUSH_ROWS:
+            self._sum()
 
     def _sum(self) -> None:
         """Add the pending blocks to the sums (and keep them, with `keep`)."""

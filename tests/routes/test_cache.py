@@ -32,6 +32,9 @@ def _same(a, b) -> None:
     assert (a.num_layers, a.source) == (b.num_layers, b.source)
 
 
+SHIPPED = sorted((ROOT / "traces").glob("*.parquet"))
+
+
 @pytest.mark.parametrize("layers", [8, 32])
 def test_a_cached_book_is_the_book_read_from_the_trace(cache_home, layers):
     direct = load_routes(str(TRACE), layers)
@@ -41,6 +44,16 @@ def test_a_cached_book_is_the_book_read_from_the_trace(cache_home, layers):
     _same(direct, first)
     _same(direct, again)
     assert meta == meta_again and meta["model"]["num_layers"] == 8
+
+
+@pytest.mark.parametrize("trace", SHIPPED, ids=[t.stem for t in SHIPPED])
+def test_every_shipped_trace_comes_back_from_the_cache_as_read(cache_home, trace):
+    from radsim.routes.trace import read_trace
+
+    cache.cached_routes(str(trace), 32)
+    book, meta = cache.cached_routes(str(trace), 32)  # from the cache
+    _same(load_routes(str(trace), 32), book)
+    assert meta == read_trace(trace).meta
 
 
 def test_the_cache_is_keyed_by_content_and_layer_count(cache_home, tmp_path):

@@ -141,15 +141,20 @@ def test_warmup_visits_draw_layer_zero_then_an_ordered_subset_each_step(syntheti
     assert torch.equal(again[0], seen[0])  # drawn from (seed, step)
 
 
-def test_the_exit_loss_trains_the_shared_head_on_every_layer():
-    cfg = RunConfig(
-        name="tiny-dense",
+def _dense(name: str, train: TrainSection) -> RunConfig:
+    """A tiny dense scratch run."""
+    return RunConfig(
+        name=name,
         kind="dense_scratch",
         seed=0,
         data=DataSection(seq_len=16, batch=2, vocab=64),
         model=ModelSection(hidden_size=32, num_layers=4, num_heads=4, num_kv_heads=2, ffn_size=48),
-        train=TrainSection(steps=1, exit_loss_weight=0.5, eval_tokens=64),
+        train=train,
     )
+
+
+def test_the_exit_loss_trains_the_shared_head_on_every_layer():
+    cfg = _dense("tiny-dense", TrainSection(steps=1, exit_loss_weight=0.5, eval_tokens=64))
     torch.manual_seed(0)
     model = loop.build_model(cfg, 64)
     x = torch.from_numpy(np.random.default_rng(1).integers(0, 64, size=(2, 16)).astype(np.int64))
@@ -165,9 +170,7 @@ def test_the_exit_loss_trains_the_shared_head_on_every_layer():
         assert loss.item() == pytest.approx(info["lm"] + 0.5 * info["exit_lm"], rel=1e-5)
     loss.backward()
     assert model.layers[0].mlp.down_proj.weight.grad.abs().sum() > 0
-    plain = RunConfig(
-        name=cfg.name, kind=cfg.kind, seed=0, data=cfg.data, model=cfg.model, train=TrainSection()
-    )
+    plain = _dense(cfg.name, TrainSection())
     assert "exit_lm" not in loop.step_loss(model, x, 0, plain)[1]
 
 
@@ -194,14 +197,8 @@ def test_an_early_exit_capture_of_a_run_trained_for_exits_says_so(tmp_path, synt
     from radsim.cli.main import main
     from radsim.routes.trace import read_trace
 
-    cfg = RunConfig(
-        name="tiny-exit",
-        kind="dense_scratch",
-        seed=0,
-        data=DataSection(seq_len=16, batch=2, vocab=64),
-        model=ModelSection(hidden_size=32, num_layers=4, num_heads=4, num_kv_heads=2, ffn_size=48),
-        train=TrainSection(steps=3, lr=1e-2, warmup_steps=1, exit_loss_weight=1.0, eval_tokens=64),
-    )
+    train = TrainSection(steps=3, lr=1e-2, warmup_steps=1, exit_loss_weight=1.0, eval_tokens=64)
+    cfg = _dense("tiny-exit", train)
     loop.train_scratch(cfg, tmp_path / "run")
     out = tmp_path / "exit.parquet"
     argv = ["capture", "--run", str(tmp_path / "run"), "--early-exit", "0.05", "--tokens", "60"]
