@@ -144,8 +144,8 @@ def _simulate(s: Scenario, trace_file: str | None) -> dict[str, Any]:
 
     def visits(sequences: int, tokens: int) -> np.ndarray:
         n = sequences * tokens
-        rows = book.slots[rng.integers(book.slots.shape[0], size=n)]
-        return per_sequence(rows.reshape(n, passes, arch.num_layers).sum(axis=1), sequences, tokens)
+        rows = book.slots[rng.integers(book.slots.shape[0], size=n)].reshape(n, passes, arch.num_layers)
+        return np.stack([per_sequence(rows[:, i], sequences, tokens) for i in range(passes)])
 
     out["roofline_json"] = _json(roofline_layers(hw, arch, exe, s, visits))
     return out
@@ -172,7 +172,9 @@ def roofline_layers(hw: Hardware, arch: Arch, exe: Execution, s: Scenario, visit
     """Per-layer FLOPs, DRAM bytes and time of the first prefill chunk and of a mid-output decode step.
 
     `visits(sequences, tokens)` gives the (num_layers, sequences) visits of each layer by `tokens`
-    tokens of each of `sequences` sequences (`per_sequence`). The prefill chunk packs whole prompts
+    tokens of each of `sequences` sequences (`per_sequence`), or (passes, num_layers, sequences)
+    where routes pass through the layers more than once: each pass launches the layers it visits
+    again, and a layer's figures are summed over its passes. The prefill chunk packs whole prompts
     (the chunk budget, at least one prompt); the decode step has one token per sequence of the
     batch, each holding the prompt and half the output in its KV cache.
     """
@@ -180,15 +182,23 @@ def roofline_layers(hw: Hardware, arch: Arch, exe: Execution, s: Scenario, visit
     chunk = s.prefill_chunk or batch * prompt
     seqs = max(1, min(batch, chunk // prompt))
     prices = launch_prices(hw, arch, exe)  # the estimate's own: a sweep prices each row count once
-    prefill_visits = visits(seqs, prompt)
-    prefill = prices.iteration_layers(np.full(seqs, float(prompt)), np.zeros((layers, seqs)), prefill_visits)
+
+    def passes(sequences: int, tokens: int) -> np.ndarray:
+        v = np.asarray(visits(sequences, tokens), dtype=np.float64)
+        return v[None] if v.ndim == 2 else v
+
+    def priced(new_tokens: np.ndarray, context: np.ndarray, by_pass: np.ndarray) -> list:
+        launched = [v for v in by_pass if v.any()] or [by_pass[0]]
+        return [prices.iteration_layers(new_tokens, context, v) for v in launched]
+
+    prefill = priced(np.full(seqs, float(prompt)), np.zeros((layers, seqs)), passes(seqs, prompt))
     held = prompt + output // 2
-    decode_visits = visits(batch, 1)
+    decode_visits = passes(batch, 1)
     share = np.ones(layers)  # KV entries a layer holds per earlier token
     if exe.kv_policy == "none":  # only the tokens that visited the layer left an entry
-        share = np.minimum(1.0, visits(256, 1).mean(axis=1))
+        share = np.minimum(1.0, passes(256, 1).sum(axis=0).mean(axis=1))
     context = np.broadcast_to(held * share[:, None], (layers, batch))
-    decode = prices.iteration_layers(np.ones(batch), context, decode_visits)
+    decode = priced(np.ones(batch), context, decode_visits)
     return {"prefill": _per_layer(prefill), "decode": _per_layer(decode)}
 
 
@@ -198,12 +208,15 @@ def per_sequence(token_visits: np.ndarray, sequences: int, tokens: int) -> np.nd
     return token_visits.reshape(sequences, tokens, -1).sum(axis=1).T.astype(np.float64)
 
 
-def _per_layer(cost) -> dict[str, list[float]]:
-    time_s = cost.time_s.sum(axis=0)
+def _per_layer(costs: list) -> dict[str, list[float]]:
+    """Per-layer figures of the launches of each pass (`radsim.cost.kernels.Cost`s), summed over passes."""
+    time_s = sum(c.time_s.sum(axis=0) for c in costs)
+    flops = sum(c.flops.sum(axis=0) for c in costs)
+    moved = sum(c.bytes.sum(axis=0) for c in costs)
     return {
         "layer": [int(i) for i in np.flatnonzero(time_s > 0)],
-        "flops": _round(cost.flops.sum(axis=0)[time_s > 0]),
-        "bytes": _round(cost.bytes.sum(axis=0)[time_s > 0]),
+        "flops": _round(flops[time_s > 0]),
+        "bytes": _round(moved[time_s > 0]),
         "time_s": _round(time_s[time_s > 0]),
     }
 

@@ -43,7 +43,7 @@ def _plain_roofline(point_inputs: dict) -> str:
     context = np.broadcast_to((prompt + s.output_tokens // 2) * share[:, None], (layers, batch))
     decode = iteration_cost(hw, arch, exe, np.ones(batch), context, decode_visits, batch)
     return point._json(
-        {"prefill": point._per_layer(prefill.layers), "decode": point._per_layer(decode.layers)}
+        {"prefill": point._per_layer([prefill.layers]), "decode": point._per_layer([decode.layers])}
     )
 
 
@@ -107,3 +107,16 @@ def test_json_text_equals_its_finite_form(value):
     assert json_text(value, separators=(",", ":")) == json.dumps(
         finite(value), allow_nan=False, separators=(",", ":")
     )
+
+
+def test_a_simulated_point_of_a_trace_with_a_second_pass():
+    """A route that visits a layer twice launches it once per pass: the roofline sums a layer's
+    passes (it used to price both visits as one launch, which a routed batch refuses)."""
+    values = dict(command="simulate", hw="h100_sxm", arch="llama3.1-8b", arrival="batch", batch=4)
+    values.update(prompt_tokens=32, output_tokens=8, trace="traces/radial-scratch-16.parquet")
+    row = point.evaluate(make_point(values))
+    assert row["error"] == ""
+    roofline = json.loads(row["roofline_json"])
+    assert roofline["decode"]["layer"] and all(t > 0 for t in roofline["decode"]["time_s"])
+    single = point.evaluate(make_point({**values, "trace": "traces/radial-scratch.parquet"}))
+    assert single["error"] == ""

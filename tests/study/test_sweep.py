@@ -320,7 +320,7 @@ ARCHITECTURES = ROOT / "studies" / "architectures.toml"
 def test_architectures_study_expands_to_every_architecture():
     points = expand(load_study(ARCHITECTURES))
     labels = list(dict.fromkeys(p["label"] for p in points))
-    assert len(labels) == 9 and labels[0] == "dense 8B"
+    assert len(labels) == 11 and labels[0] == "dense 8B"
     assert len(points) == len(labels) * 2 * 9  # two GPUs, nine batch sizes
     by_label = {p["label"]: p for p in points}
     dlo = next(p for label, p in by_label.items() if label.startswith("DLO") and "parametric" in label)
@@ -331,8 +331,10 @@ def test_architectures_study_expands_to_every_architecture():
         "compute",
         "traces/dlo-smollm2.parquet",
     )
-    early = next(p for label, p in by_label.items() if label.startswith("early exit"))
+    early = next(p for label, p in by_label.items() if label.startswith("early exit") and "parametric" in label)
     assert (early["route_shape"], early["routes"]) == ("early_exit", "early exit, depth 0.75 bernoulli")
+    trained = by_label["early exit, scratch t0.3 (66% depth)"]
+    assert (trained["trace"], trained["kv_policy"]) == ("traces/early-exit-scratch-t0.3.parquet", "copy")
     launches = {p["expert_launch"] for p in points if p["arch"] == "llama3.1-8b-finedeep"}
     assert launches == {"grouped", "per_expert"}
 
