@@ -331,7 +331,9 @@ def test_architectures_study_expands_to_every_architecture():
         "compute",
         "traces/dlo-smollm2.parquet",
     )
-    early = next(p for label, p in by_label.items() if label.startswith("early exit") and "parametric" in label)
+    early = next(
+        p for label, p in by_label.items() if label.startswith("early exit") and "parametric" in label
+    )
     assert (early["route_shape"], early["routes"]) == ("early_exit", "early exit, depth 0.75 bernoulli")
     trained = by_label["early exit, scratch t0.3 (66% depth)"]
     assert (trained["trace"], trained["kv_policy"]) == ("traces/early-exit-scratch-t0.3.parquet", "copy")
