@@ -8,7 +8,8 @@ seed = 0
 [data]   seq_len, batch, vocab (0: SmolLM2's 49152 tokens; else the most frequent tokens + <unk>)
 [model]  hidden_size, num_layers, num_heads, num_kv_heads, ffn_size   (scratch kinds)
 [train]  steps, lr, warmup_steps, compute_penalty (nats per layer visit), router_warmup_steps,
-         penalty_ramp_steps, entropy_bonus, balance_weight, depth_target, penalty_lr, eval_tokens,
+         penalty_ramp_steps, entropy_bonus, balance_weight, depth_target, penalty_lr, penalty_kp,
+         eval_tokens,
          checkpoint_every, warmup_visits, exit_loss_weight (dense_scratch: early-exit training)
 [radial] max_steps, max_passes, kv_policy
 [mod]    capacity, every
@@ -92,6 +93,10 @@ class TrainSection:
     # depth_target) / num_layers after every step past the router warm-up (either sign)
     depth_target: float = 0.0
     penalty_lr: float = 0.2
+    # proportional term of that control (0: integral only): the penalty a step's router sees is the
+    # multiplier plus penalty_kp x (previous step's depth - depth_target) / num_layers, which damps the
+    # oscillation of a multiplier that lags the router (radial-scratch-16's swung by +-0.6 nats at 0.2)
+    penalty_kp: float = 0.0
     eval_tokens: int = 32768
     checkpoint_every: int = 0  # steps between resumable checkpoints (0: none; a run then starts over)
     # dense_scratch: weight of the early-exit loss (LayerSkip's, rotational): the LM loss of the

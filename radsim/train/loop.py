@@ -295,6 +295,7 @@ def train_scratch(cfg: RunConfig, out_dir: Path) -> dict:
     first = 0
     t = cfg.train
     penalty = t.compute_penalty if t.depth_target else None  # a multiplier held at the depth target
+    error = 0.0  # the latest step's (depth - depth_target) / num_layers: the proportional term's
     ckpt_path = out_dir / "checkpoint.pt"
     if cfg.train.checkpoint_every and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -302,6 +303,7 @@ def train_scratch(cfg: RunConfig, out_dir: Path) -> dict:
         opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["torch_rng"])
         first, log, penalty = ckpt["step"], ckpt["log"], ckpt.get("penalty", penalty)
+        error = ckpt.get("depth_error", 0.0)
         for _ in range(first):  # the windows of the steps done, drawn and dropped
             rng.integers(0, len(train) - cfg.data.seq_len, size=cfg.data.batch)
         print(f"{cfg.name}: resuming at step {first}", file=sys.stderr, flush=True)
@@ -312,13 +314,15 @@ def train_scratch(cfg: RunConfig, out_dir: Path) -> dict:
         batch = next(batches)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss, info = step_loss(model, torch.from_numpy(batch), step, cfg, penalty)
+        seen = None if penalty is None else penalty + t.penalty_kp * error  # PI control of depth
+        loss, info = step_loss(model, torch.from_numpy(batch), step, cfg, seen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if penalty is not None and step >= t.router_warmup_steps:
-            penalty += t.penalty_lr * (info["depth"] - t.depth_target) / cfg.model.num_layers
+            error = (info["depth"] - t.depth_target) / cfg.model.num_layers
+            penalty += t.penalty_lr * error
         log.append({"step": step, "elapsed_s": time.time() - start, **info})
         progress.set_postfix_str(f"lm {info['lm']:.3f}, depth {info['depth']:.2f}", refresh=False)
         progress.update(1)
@@ -332,6 +336,7 @@ def train_scratch(cfg: RunConfig, out_dir: Path) -> dict:
                 "torch_rng": torch.get_rng_state(),
                 "log": log,
                 "penalty": penalty,
+                "depth_error": error,
             }
             _atomic(ckpt_path, functools.partial(torch.save, state))
     progress.close()

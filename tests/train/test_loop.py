@@ -43,7 +43,7 @@ def test_balance_loss_reaches_the_router():
     assert model.router.proj.weight.grad.abs().sum() > 0
 
 
-def _config(steps: int = 6, depth_target: float = 0.0) -> RunConfig:
+def _config(steps: int = 6, depth_target: float = 0.0, penalty_kp: float = 0.0) -> RunConfig:
     return RunConfig(
         name="tiny-radial",
         kind="radial_scratch",
@@ -59,16 +59,17 @@ def _config(steps: int = 6, depth_target: float = 0.0) -> RunConfig:
             eval_tokens=64,
             checkpoint_every=2,
             depth_target=depth_target,
+            penalty_kp=penalty_kp,
         ),
         radial=RadialSection(max_steps=6, max_passes=2),
     )
 
 
-@pytest.mark.parametrize("depth_target", [0.0, 3.0])
+@pytest.mark.parametrize(("depth_target", "penalty_kp"), [(0.0, 0.0), (3.0, 0.0), (3.0, 2.0)])
 def test_an_interrupted_scratch_run_resumes_to_the_same_model(
-    tmp_path, monkeypatch, synthetic_text, depth_target
+    tmp_path, monkeypatch, synthetic_text, depth_target, penalty_kp
 ):
-    cfg = _config(depth_target=depth_target)
+    cfg = _config(depth_target=depth_target, penalty_kp=penalty_kp)
     whole = loop.train_scratch(cfg, tmp_path / "whole")
     real, written = loop._atomic, []
 
@@ -94,6 +95,26 @@ def test_an_interrupted_scratch_run_resumes_to_the_same_model(
     if depth_target:  # the multiplier moved after the warm-up, by the depth's distance from its target
         values = [float(row.split(",")[4]) for row in log[1:]]
         assert values[:3] == [0.01] * 3 and values[3] != values[2]
+
+
+def test_the_depth_penalty_is_integral_plus_proportional_control(tmp_path, synthetic_text):
+    """The penalty each step's router sees: the multiplier (moved by penalty_lr x error after every
+    step past the warm-up) plus penalty_kp x the previous step's error, error = (depth - target) / L."""
+    cfg = _config(steps=8, depth_target=3.0, penalty_kp=2.0)
+    loop.train_scratch(cfg, tmp_path / "run")
+    rows = [line.split(",") for line in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
+    depth, seen = [float(r[3]) for r in rows], [float(r[4]) for r in rows]
+    t, layers = cfg.train, cfg.model.num_layers
+    integral, error, expected = t.compute_penalty, 0.0, []
+    for step, d in enumerate(depth):
+        expected.append(
+            integral + t.penalty_kp * error if step >= t.router_warmup_steps else t.compute_penalty
+        )
+        if step >= t.router_warmup_steps:
+            error = (d - t.depth_target) / layers
+            integral += t.penalty_lr * error
+    assert seen == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert any(abs(d - t.depth_target) > 0 for d in depth[t.router_warmup_steps :])  # not vacuous
 
 
 def test_scratch_evaluation_samples_every_source_in_proportion_with_an_interval(tmp_path, synthetic_text):
