@@ -25,6 +25,8 @@ the layers never learn that some of them are skipped. Here, for each target mean
    dual variable moved after every step by exit_bias_lr x (target - depth) / layers: the adapters
    change the hidden states the router reads, so even a frozen router's depth drifts (the 75% model
    without it: from 23.5 to 21.6 layers over its 200 training steps, 21.4 on validation).
+   After training, the exit bias is set by bisection so that argmax routing visits the target depth
+   on training windows past the last step's (`calibrate_exit_bias`): the dual lags the adapters.
    Skipped layers' KV entries are copied from the token's hidden state (`kv_policy = "copy"`).
 3. **Checkpoint.** Every `checkpoint_every` steps the adapters, router, optimiser, penalty and
    log are written atomically; a rerun resumes from there. A step's windows and samples depend
@@ -295,6 +297,39 @@ def adapt_one(
     return student.eval(), log
 
 
+CALIBRATION_STEPS = 4  # training steps' windows past the last one, on which the exit bias is calibrated
+
+
+@torch.no_grad()
+def calibrate_exit_bias(
+    student: Radial, windows: list[torch.Tensor], goal: float, iterations: int = 14
+) -> tuple[float, float]:
+    """Set the router's exit bias so that argmax routing visits `goal` layers per token on `windows`
+    (training windows), as the exit-bias dual holds it during training: the dual lags the adapters,
+    which keep changing the hidden states the router reads (the 60% model ended its training 2.5
+    layers above its target). Depth only falls as the exit bias rises, so the bias is bisected;
+    returns (bias, depth on the windows)."""
+    layers = student.cfg.base.num_layers
+    bias = student.router.proj.bias
+    start = float(bias[layers])
+
+    def depth_at(b: float) -> float:
+        bias[layers] = b
+        with _bf16():
+            visits = sum(float(student(x).depth.float().sum()) for x in windows)
+        return visits / sum(x.numel() for x in windows)
+
+    lo, hi = start - 16.0, start + 16.0  # depth(lo) >= goal >= depth(hi) for any sane router
+    best = (abs(depth_at(start) - goal), start)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        d = depth_at(mid)
+        best = min(best, (abs(d - goal), mid))
+        lo, hi = (mid, hi) if d > goal else (lo, mid)
+    chosen = best[1]
+    return chosen, depth_at(chosen)  # leaves the chosen bias in place
+
+
 def save_adapted(path: Path, student: Radial, cfg: RunConfig, target: float, log: list[dict]) -> None:
     """The adapters (fp16) and router of a finished model: all `adapted_smollm2` needs."""
     state = {
@@ -487,6 +522,13 @@ def adapt(cfg: RunConfig, out_dir: Path) -> dict:
             student = adapted_smollm2(final)
         else:
             student, log = adapt_one(cfg, target, teacher, teacher_bf16, router, train, folder)
+            if a.exit_bias_lr:  # the dual's last value lags the adapters: the bias set at the target
+                windows = [
+                    window_batch(train, seq, cfg.data.batch, cfg.seed, a.steps + i)
+                    for i in range(CALIBRATION_STEPS)
+                ]
+                bias, depth = calibrate_exit_bias(student, windows, target * layers)
+                log.append({**log[-1], "calibrated_exit_bias": bias, "calibrated_depth": depth})
             save_adapted(final, student, cfg, target, log)
             student = adapted_smollm2(final)
         if ("radial_adapted", target) not in done:

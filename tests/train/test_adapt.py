@@ -233,3 +233,26 @@ def test_the_exit_bias_moves_the_depth_towards_its_target(tmp_path, target):
     assert float(model.router.proj.bias[layers]) == pytest.approx(bias[-1])
     frozen = {k: v for k, v in model.router.state_dict().items() if k != "proj.bias"}
     assert all(torch.equal(v, router.state_dict()[k]) for k, v in frozen.items())  # only the bias
+
+
+@pytest.mark.parametrize("target", [0.4, 0.6])
+def test_the_exit_bias_is_calibrated_to_the_target_depth(tmp_path, target):
+    """Bisection on the exit bias brings argmax routing to the target depth on the given windows
+    (64 tokens: steps of 1/64 layer), and leaves the chosen bias in the router."""
+    import radsim.train.adapt as adapt
+
+    cfg, teacher, router, train = _tiny_run(tmp_path, steps=2)
+    model, _ = adapt.adapt_one(cfg, 0.75, teacher, teacher, router, train, tmp_path / "run")
+    windows = [
+        adapt.window_batch(train, cfg.data.seq_len, cfg.data.batch, cfg.seed, 100 + i) for i in range(2)
+    ]
+    layers = TINY.num_layers
+    with torch.no_grad():
+        start = sum(float(model(x).depth.float().sum()) for x in windows) / 64
+    bias, depth = adapt.calibrate_exit_bias(model, windows, target * layers)
+    assert abs(start - target * layers) > 0.2  # not vacuous: the depth had to move
+    assert depth == pytest.approx(target * layers, abs=0.05)
+    assert float(model.router.proj.bias[layers]) == bias
+    with torch.no_grad(), adapt._bf16():
+        again = sum(float(model(x).depth.float().sum()) for x in windows) / 64
+    assert again == depth
