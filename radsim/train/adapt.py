@@ -297,12 +297,12 @@ def adapt_one(
     return student.eval(), log
 
 
-CALIBRATION_STEPS = 4  # training steps' windows past the last one, on which the exit bias is calibrated
+CALIBRATION_STEPS = 2  # training steps' windows past the last one, on which the exit bias is calibrated
 
 
 @torch.no_grad()
 def calibrate_exit_bias(
-    student: Radial, windows: list[torch.Tensor], goal: float, iterations: int = 14
+    student: Radial, windows: list[torch.Tensor], goal: float, iterations: int = 10
 ) -> tuple[float, float]:
     """Set the router's exit bias so that argmax routing visits `goal` layers per token on `windows`
     (training windows), as the exit-bias dual holds it during training: the dual lags the adapters,
