@@ -256,3 +256,35 @@ def test_the_exit_bias_is_calibrated_to_the_target_depth(tmp_path, target):
     with torch.no_grad(), adapt._bf16():
         again = sum(float(model(x).depth.float().sum()) for x in windows) / 64
     assert again == depth
+
+
+@pytest.mark.parametrize("router_lr", [0.0, 1e-3])
+def test_a_frozen_router_passes_no_gradient_into_the_layers(tmp_path, monkeypatch, router_lr):
+    """The straight-through scale only where the router trains; with it frozen, argmax routing is a
+    plain forward (else the scale's gradient reaches the adapters through the router's input)."""
+    import radsim.train.adapt as adapt
+    from radsim.models.radial import Radial as RadialModel
+
+    seen, real = [], RadialModel.forward
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("straight_through", False))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RadialModel, "forward", spy)
+    cfg, teacher, router, train = _tiny_run(tmp_path, steps=1, router_lr=router_lr)
+    adapt.adapt_one(cfg, 0.75, teacher, teacher, router, train, tmp_path / "run")
+    assert seen == [router_lr > 0]
+    # and the leak it avoids: with a frozen router, the scale changes the adapters' gradient
+    torch.manual_seed(0)
+    model = Radial(RadialConfig(base=TINY, max_steps=4, max_passes=1, kv_policy="copy"))
+    params = add_adapters(model.model, rank=2, alpha=2.0)
+    _perturbed(model.model)
+    for p in model.router.parameters():
+        p.requires_grad_(False)
+    grads = []
+    for straight in (False, True):
+        model.zero_grad(set_to_none=True)
+        real(model, X, mode="argmax", straight_through=straight).logits.logsumexp(-1).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in params]))
+    assert not torch.allclose(grads[0], grads[1])
