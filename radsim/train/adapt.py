@@ -15,7 +15,8 @@ the layers never learn that some of them are skipped. Here, for each target mean
    the router's probabilities; the models of 2026-12-02 were trained so, and a 90% one of
    2026-12-03 too, whose training KL rose from 0.32 to 0.60 nats over its last 40 of 100 steps;
    without it the 90% run's training KL stayed at 0.23-0.26, yet its validation perplexity, 1.81x
-   the full model's, is worse than the frozen router's, 1.39x: not understood yet). `routing` says how tokens are routed in training:
+   the full model's, is worse than the frozen router's, 1.39x: not understood yet).
+   `routing` says how tokens are routed in training:
    - `argmax` (the default): as in use, so the adapters learn the very routes they will serve;
      the router starts at the target depth and moves only by the KL's gradient. With
      `router_lr = 0` (the shipped config) the router stays as it started: trained with the
@@ -328,14 +329,16 @@ def calibrate_exit_bias(
         return visits / sum(x.numel() for x in windows)
 
     lo, hi = start - 16.0, start + 16.0  # depth(lo) >= goal >= depth(hi) for any sane router
-    best = (abs(depth_at(start) - goal), start)
+    d = depth_at(start)
+    best = (abs(d - goal), start, d)
     for _ in range(iterations):
         mid = (lo + hi) / 2
         d = depth_at(mid)
-        best = min(best, (abs(d - goal), mid))
+        best = min(best, (abs(d - goal), mid, d))
         lo, hi = (mid, hi) if d > goal else (lo, mid)
-    chosen = best[1]
-    return chosen, depth_at(chosen)  # leaves the chosen bias in place
+    _, chosen, depth = best
+    bias[layers] = chosen  # left in place
+    return chosen, depth
 
 
 def save_adapted(path: Path, student: Radial, cfg: RunConfig, target: float, log: list[dict]) -> None:
