@@ -14,8 +14,7 @@ the layers never learn that some of them are skipped. Here, for each target mean
    gradients back through the router's input into the layers, and the adapters would learn to move
    the router's probabilities; the models of 2026-12-02 were trained so, and a 90% one of
    2026-12-03 too, whose training KL rose from 0.32 to 0.60 nats over its last 40 of 100 steps;
-   without it the 90% run's training KL stayed at 0.23-0.26, yet its validation perplexity, 1.81x
-   the full model's, is worse than the frozen router's, 1.39x: not understood yet).
+   without it the 90% run's training KL stayed at 0.23-0.26).
    `routing` says how tokens are routed in training:
    - `argmax` (the default): as in use, so the adapters learn the very routes they will serve;
      the router starts at the target depth and moves only by the KL's gradient. With
@@ -31,8 +30,10 @@ the layers never learn that some of them are skipped. Here, for each target mean
    dual variable moved after every step by exit_bias_lr x (target - depth) / layers: the adapters
    change the hidden states the router reads, so even a frozen router's depth drifts (the 75% model
    without it: from 23.5 to 21.6 layers over its 200 training steps, 21.4 on validation).
-   After training, the exit bias is set by bisection so that argmax routing visits the target depth
-   on training windows past the last step's (`calibrate_exit_bias`): the dual lags the adapters.
+   The model is saved with the router as trained. (A bisection of the exit bias after training, to
+   put the depth exactly on target, made the models of 2026-12-03 far worse: the depth is flat in
+   the exit bias, so the bisection moved it from 0.59 to 5.68 for 0.24 layers fewer, and the few
+   tokens it cut off early cost the 90% model 0.50 nats of KL on validation windows. Removed.)
    Skipped layers' KV entries are copied from the token's hidden state (`kv_policy = "copy"`).
 3. **Checkpoint.** Every `checkpoint_every` steps the adapters, router, optimiser, penalty and
    log are written atomically; a rerun resumes from there. A step's windows and samples depend
@@ -169,15 +170,22 @@ def adapted_smollm2(path: Path) -> Radial:
     """The adapted radial SmolLM2 of a saved `adapter-*.pt` (adapters merged, router loaded)."""
     from radsim.models import smollm2
 
-    saved = load_adapter_file(path)
-    teacher = smollm2.load_model()
+    return adapted_model(load_adapter_file(path), smollm2.load_model())
+
+
+def adapted_model(saved: dict[str, Any], base: Llama) -> Radial:
+    """The radial model of a saved adaptation (`save_adapted`) over its base model `base` (changed in
+    place): the adapters merged into the layers, the router as it was saved."""
     rank, alpha = int(saved["lora_rank"]), float(saved["lora_alpha"])
-    add_adapters(teacher, rank, alpha)
-    teacher.load_state_dict({k: v.float() for k, v in saved["adapters"].items()}, strict=False)
-    merge_adapters(teacher)
-    router = Router(radial_over(teacher, str(saved["kv_policy"])).cfg)
+    add_adapters(base, rank, alpha)
+    result = base.load_state_dict({k: v.float() for k, v in saved["adapters"].items()}, strict=False)
+    lost = [k for k in result.missing_keys if ".lora_" in k] + list(result.unexpected_keys)
+    if lost:
+        raise ConfigError(f"adapter file does not fit the base model: {lost[:4]}")
+    merge_adapters(base)
+    router = Router(radial_over(base, str(saved["kv_policy"])).cfg)
     router.load_state_dict({k: v.float() for k, v in saved["router"].items()})
-    return radial_over(teacher, str(saved["kv_policy"]), router)
+    return radial_over(base, str(saved["kv_policy"]), router)
 
 
 def tau_for_depth(contrib: torch.Tensor, depth: float, iterations: int = 40) -> float:
@@ -304,41 +312,6 @@ def adapt_one(
             atomic_write(ckpt_path, functools.partial(torch.save, state))
     progress.close()
     return student.eval(), log
-
-
-CALIBRATION_STEPS = 2  # training steps' windows past the last one, on which the exit bias is calibrated
-
-
-@torch.no_grad()
-def calibrate_exit_bias(
-    student: Radial, windows: list[torch.Tensor], goal: float, iterations: int = 10
-) -> tuple[float, float]:
-    """Set the router's exit bias so that argmax routing visits `goal` layers per token on `windows`
-    (training windows), as the exit-bias dual holds it during training: the dual lags the adapters,
-    which keep changing the hidden states the router reads (the 60% model ended its training 2.5
-    layers above its target). Depth only falls as the exit bias rises, so the bias is bisected;
-    returns (bias, depth on the windows)."""
-    layers = student.cfg.base.num_layers
-    bias = student.router.proj.bias
-    start = float(bias[layers])
-
-    def depth_at(b: float) -> float:
-        bias[layers] = b
-        with _bf16():
-            visits = sum(float(student(x).depth.float().sum()) for x in windows)
-        return visits / sum(x.numel() for x in windows)
-
-    lo, hi = start - 16.0, start + 16.0  # depth(lo) >= goal >= depth(hi) for any sane router
-    d = depth_at(start)
-    best = (abs(d - goal), start, d)
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        d = depth_at(mid)
-        best = min(best, (abs(d - goal), mid, d))
-        lo, hi = (mid, hi) if d > goal else (lo, mid)
-    _, chosen, depth = best
-    bias[layers] = chosen  # left in place
-    return chosen, depth
 
 
 def save_adapted(path: Path, student: Radial, cfg: RunConfig, target: float, log: list[dict]) -> None:
@@ -533,13 +506,6 @@ def adapt(cfg: RunConfig, out_dir: Path) -> dict:
             student = adapted_smollm2(final)
         else:
             student, log = adapt_one(cfg, target, teacher, teacher_bf16, router, train, folder)
-            if a.exit_bias_lr:  # the dual's last value lags the adapters: the bias set at the target
-                windows = [
-                    window_batch(train, seq, cfg.data.batch, cfg.seed, a.steps + i)
-                    for i in range(CALIBRATION_STEPS)
-                ]
-                bias, depth = calibrate_exit_bias(student, windows, target * layers)
-                log.append({**log[-1], "calibrated_exit_bias": bias, "calibrated_depth": depth})
             save_adapted(final, student, cfg, target, log)
             student = adapted_smollm2(final)
         if ("radial_adapted", target) not in done:
